@@ -1,0 +1,96 @@
+"""Sessions: tests (the README's test command), per-package installs, kernels, slow, lint,
+docs and the torch-version matrix.
+
+torch is pinned in every session so that pip never resolves an unpinned ``torch`` to a
+multi-GB CUDA download. nox's default virtualenv + pip backend is used on purpose: pip
+finds the local torch wheels, uv does not.
+"""
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"
+nox.options.sessions = ["tests", "lint"]
+
+# The torch versions we test against: the one place to extend the matrix.
+TORCH_VERSIONS = ["2.13.0", "2.14.1"]
+DEFAULT_TORCH = TORCH_VERSIONS[0]
+
+PACKAGES = {
+    "ssm_layers": ["packages/ssm-layers[test]"],
+    "adv_train": ["packages/adv-train[test]"],
+    "ads": ["packages/ssm-layers", "packages/ads[test]"],
+    "cli": ["packages/ssm-layers", "packages/adv-train", "packages/ads", "packages/cli[test]"],
+}
+ALL = ["packages/ssm-layers[test]", "packages/adv-train[test]", "packages/ads[test]", "packages/cli[test]"]
+PYTEST = ["pytest", "-m", "not slow and not kernels", "-p", "no:cacheprovider"]
+WORKERS = ["-n", os.environ.get("ADVSSM_TEST_WORKERS", "2")]
+
+
+def _install(session: nox.Session, torch_version: str, *targets: str) -> None:
+    session.install(f"torch=={torch_version}")
+    session.install(*targets)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every package's default test suite on the default torch."""
+    _install(session, DEFAULT_TORCH, *ALL)
+    session.run(*PYTEST, *WORKERS, "packages", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("torch_version", TORCH_VERSIONS)
+def tests_matrix(session: nox.Session, torch_version: str) -> None:
+    """The default suite against each supported torch version."""
+    _install(session, torch_version, *ALL)
+    session.run("python", "-c", "import torch; print('torch', torch.__version__)")
+    session.run(*PYTEST, *WORKERS, "packages", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("package", list(PACKAGES))
+def package(session: nox.Session, package: str) -> None:
+    """One package installed with only what it declares, running its own tests."""
+    _install(session, DEFAULT_TORCH, *PACKAGES[package])
+    folder = "packages/" + package.replace("_", "-")
+    session.run(*PYTEST, *WORKERS, folder + "/tests", *session.posargs)
+
+
+@nox.session
+def ssm_layers_alone(session: nox.Session) -> None:
+    """advssm-ssm-layers alone in a fresh venv: it installs and works without the other packages."""
+    _install(session, DEFAULT_TORCH, *PACKAGES["ssm_layers"])
+    session.run("python", "-c", "import importlib.util as u; assert u.find_spec('advssm.ads') is None")
+    session.run(*PYTEST, *WORKERS, "packages/ssm-layers/tests", *session.posargs)
+
+
+@nox.session
+def kernels(session: nox.Session) -> None:
+    """Triton kernels against the float64 references, under TRITON_INTERPRET=1 on the CPU."""
+    _install(session, DEFAULT_TORCH, "packages/ssm-layers[test,triton]")
+    session.run("pytest", "-m", "kernels", "-p", "no:cacheprovider", *WORKERS,
+                "packages/ssm-layers/tests", *session.posargs, env={"TRITON_INTERPRET": "1"})
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Long end-to-end runs."""
+    _install(session, DEFAULT_TORCH, *ALL)
+    session.run("pytest", "-m", "slow", "-p", "no:cacheprovider", "packages", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "packages", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with --strict (API reference from the docstrings)."""
+    _install(session, DEFAULT_TORCH, "packages/ssm-layers", "packages/adv-train", "packages/ads", "packages/cli")
+    session.install("mkdocs-material", "mkdocstrings[python]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))

@@ -1,0 +1,57 @@
+"""The contract every layer of the zoo keeps.
+
+A layer maps (batch, length, d_model) -> (batch, length, d_model), causally. SSM layers
+split their forward into three named steps so that transforms and the error-propagation
+analysis can reach inside without knowing the layer:
+
+    y = layer.mix(x)                      # the sequence mixer (SSM + D skip), (B, L, transform_dim)
+    y = layer.output_transform(y)         # identity by default; AdS attaches here
+    out = layer.project(y)                # dropout + output projection -> (B, L, d_model)
+
+``transform_dim`` is the feature size of ``y`` (d_model, or the inner width for S6).
+Linear time-invariant layers (S4, S4D, DSS, S5) set ``is_lti = True`` and implement
+``conv_kernel(L)``, returning (K, D): K of shape (H, L) for per-channel (SISO) kernels
+or (H_out, H_in, L) for MIMO ones, and D of shape (H,) or (H_out, H_in) or None.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SequenceLayer(nn.Module):
+    """Base class: checks the input shape and runs mix -> output_transform -> project."""
+
+    has_output_transform = True
+    is_lti = False
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        if not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"{type(self).__name__}: d_model must be a positive int, got {d_model!r}")
+        self.d_model = d_model
+        self.output_transform: nn.Module = nn.Identity()
+
+    @property
+    def transform_dim(self) -> int:
+        return self.d_model
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def project(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def conv_kernel(self, L: int):  # pragma: no cover - LTI layers override
+        raise NotImplementedError(f"{type(self).__name__} is not a linear time-invariant layer")
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (batch, length, d_model={self.d_model}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.project(self.output_transform(self.mix(x)))

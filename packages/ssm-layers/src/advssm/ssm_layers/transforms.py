@@ -1,0 +1,53 @@
+"""Registry of output transforms: modules applied to an SSM layer's output before its
+output projection (the slot where Adaptive Scaling attaches).
+
+Other packages register transforms through the entry-point group ``advssm.transforms``
+(name -> class); ``register_transform`` does the same at run time. A transform class is
+called as ``cls(dim, **options)`` and must map (..., dim) -> (..., dim).
+"""
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from torch import nn
+
+ENTRY_POINT_GROUP = "advssm.transforms"
+_REGISTRY: dict[str, type[nn.Module]] = {"identity": nn.Identity}
+
+
+class UnknownTransformError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def register_transform(name: str, cls: type[nn.Module]) -> None:
+    _REGISTRY[name] = cls
+
+
+def _load_entry_points() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            _REGISTRY[ep.name] = ep.load()
+
+
+def available_transforms() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_transform(name: str) -> type[nn.Module]:
+    if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
+        hint = " (install advssm-ads: pip install advssm-ads)" if name == "ads" else ""
+        raise UnknownTransformError(
+            f"unknown output transform {name!r}{hint}; registered: {', '.join(sorted(_REGISTRY))}. "
+            f"Packages add transforms through the {ENTRY_POINT_GROUP!r} entry-point group."
+        )
+    return _REGISTRY[name]
+
+
+def build_transform(name: str, dim: int, **options) -> nn.Module:
+    if name == "identity":
+        return nn.Identity()
+    return get_transform(name)(dim, **options)
