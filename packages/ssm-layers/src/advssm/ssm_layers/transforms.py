@@ -24,20 +24,26 @@ def register_transform(name: str, cls: type[nn.Module]) -> None:
     _REGISTRY[name] = cls
 
 
-def _load_entry_points() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            _REGISTRY[ep.name] = ep.load()
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def available_transforms() -> list[str]:
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    """Names of every registered transform (entry points are listed, not imported)."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
 
 
 def get_transform(name: str) -> type[nn.Module]:
     if name not in _REGISTRY:
-        _load_entry_points()
+        ep = _entry_points().get(name)
+        if ep is not None:
+            try:
+                _REGISTRY[name] = ep.load()
+            except Exception as exc:
+                raise UnknownTransformError(
+                    f"output transform {name!r} is registered by {ep.value!r} but failed to import: "
+                    f"{exc.__class__.__name__}: {exc}. Reinstall the package that provides it."
+                ) from exc
     if name not in _REGISTRY:
         hint = " (install advssm-ads: pip install advssm-ads)" if name == "ads" else ""
         raise UnknownTransformError(
