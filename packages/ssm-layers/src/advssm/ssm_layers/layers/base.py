@@ -6,7 +6,10 @@ analysis can reach inside without knowing the layer:
 
     y = layer.mix(x)                      # the sequence mixer (SSM + D skip), (B, L, transform_dim)
     y = layer.output_transform(y)         # identity by default; AdS attaches here
-    out = layer.project(y)                # dropout + output projection -> (B, L, d_model)
+    out = layer.project(y, x)             # activation, dropout, output projection -> (B, L, d_model)
+
+(``project`` receives the layer input ``x`` too, for layers such as Mega whose output
+gate mixes the input back in; most layers ignore it.)
 
 ``transform_dim`` is the feature size of ``y`` (d_model, or the inner width for S6).
 Linear time-invariant layers (S4, S4D, DSS, S5) set ``is_lti = True`` and implement
@@ -39,7 +42,7 @@ class SequenceLayer(nn.Module):
     def mix(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def project(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def conv_kernel(self, L: int):  # pragma: no cover - LTI layers override
@@ -54,4 +57,4 @@ class SequenceLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        return self.project(self.output_transform(self.mix(x)))
+        return self.project(self.output_transform(self.mix(x)), x)
