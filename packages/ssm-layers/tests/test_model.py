@@ -1,0 +1,138 @@
+"""The classifier backbone: config round trip, presets, input handling, trace, transforms."""
+import json
+
+import pytest
+import torch
+from advssm.ssm_layers import LAYERS, PRESETS, ModelConfig, build_model, preset, register_transform
+from torch import nn
+
+TINY = dict(d_model=8, d_state=4, n_layers=2, n_classes=3)
+
+
+def test_config_json_round_trip():
+    cfg = ModelConfig(layer="s6", d_input=3, transform="identity", layer_options={"expand": 2}, transform_layers=[1])
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    assert json.loads(cfg.to_json())["layer"] == "s6"
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(layer="s7"), "unknown layer 's7'"),
+    (dict(d_model=0), "d_model must be a positive int"),
+    (dict(n_classes=1), "n_classes"),
+    (dict(dropout=1.5), "dropout"),
+    (dict(transform_layers=[5]), "outside"),
+])
+def test_config_validation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**bad)
+
+
+def test_config_unknown_key_is_named():
+    with pytest.raises(ValueError, match="d_modle"):
+        ModelConfig.from_dict({"d_modle": 3})
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_every_layer_builds_a_classifier(layer):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(layer=layer, d_input=1, **TINY))
+    x = torch.rand(2, 1, 4, 4, requires_grad=True)
+    logits = model(x)
+    assert logits.shape == (2, 3)
+    logits.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_and_run_forward_backward(name):
+    torch.manual_seed(0)
+    cfg = preset(name, layer="s4d")
+    model = build_model(cfg)
+    c = cfg.d_input
+    x = torch.rand(2, c, 6, 6)  # a small image: the preset fixes the width, not the length
+    model(x).sum().backward()
+    assert cfg.d_model == 128 and cfg.n_layers == (2 if name == "mnist" else 4)
+
+
+def test_preset_cifar10_mamba_uses_d_state_16():
+    assert preset("cifar10", layer="s6").d_state == 16
+    assert preset("cifar10", layer="s4").d_state == 64
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset("imagenet")
+
+
+def test_images_become_pixel_tokens_with_a_permute():
+    model = build_model(ModelConfig(layer="s4d", d_input=3, **TINY))
+    img = torch.rand(2, 3, 4, 5)
+    tokens = model.tokens(img)
+    assert tokens.shape == (2, 20, 3)
+    # the token of pixel (i, j) holds that pixel's three channels (not a scrambled view)
+    assert torch.equal(tokens[:, 1 * 5 + 2], img[:, :, 1, 2])
+    assert torch.equal(model(img), model(tokens))
+
+
+def test_bad_input_shapes_raise_clear_errors():
+    model = build_model(ModelConfig(layer="s4d", d_input=3, **TINY))
+    with pytest.raises(ValueError, match="channel"):
+        model(torch.rand(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="d_input=3"):
+        model(torch.rand(2, 10, 2))
+
+
+def test_forward_trace_matches_forward_and_names_every_component():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(layer="s4d", **TINY)).eval()
+    x = torch.rand(2, 1, 3, 3)
+    trace = model.forward_trace(x)
+    assert torch.allclose(trace["logits"], model(x))
+    parts = ("mix", "transform", "project", "residual", "norm")
+    expected = ["input", "embedding"] + [f"blocks.{i}.{c}" for i in range(2) for c in parts] + ["pool", "logits"]
+    assert list(trace) == expected
+
+
+@pytest.mark.parametrize("prenorm", [False, True])
+def test_prenorm_option(prenorm):
+    model = build_model(ModelConfig(layer="s4d", prenorm=prenorm, **TINY)).eval()
+    x = torch.rand(2, 9, 1)
+    assert torch.allclose(model.forward_trace(x)["logits"], model(x))
+
+
+class Halve(nn.Module):
+    def __init__(self, dim, factor=0.5):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, y):
+        return y * self.factor
+
+
+def test_set_transform_updates_slots_and_config():
+    register_transform("halve-test", Halve)
+    model = build_model(ModelConfig(layer="s6", **TINY))
+    model.set_transform("halve-test", {"factor": 0.25}, layers=[1])
+    assert isinstance(model.blocks[0].layer.output_transform, nn.Identity)
+    assert model.blocks[1].layer.output_transform.factor == 0.25
+    assert model.config.transform == "halve-test" and model.config.transform_layers == [1]
+    rebuilt = build_model(model.config)
+    assert isinstance(rebuilt.blocks[1].layer.output_transform, Halve)
+    model.set_transform("identity")
+    assert isinstance(model.blocks[1].layer.output_transform, nn.Identity) and model.config.transform == "identity"
+
+
+def test_unknown_transform_names_the_package():
+    with pytest.raises(KeyError, match="unknown output transform"):
+        build_model(ModelConfig(layer="s4d", transform="nope", **TINY))
+
+
+def test_first_layer_is_the_embedding():
+    model = build_model(ModelConfig(layer="s4d", **TINY))
+    assert model.first_layer is model.embedding
+
+
+def test_same_seed_same_model():
+    torch.manual_seed(3)
+    a = build_model(ModelConfig(layer="s5", **TINY))
+    torch.manual_seed(3)
+    b = build_model(ModelConfig(layer="s5", **TINY))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
