@@ -1,0 +1,242 @@
+"""The attack base class and the pieces every attack shares: argument checks, eval-mode
+handling, seeded randomness, eps-ball projections, per-example norms and losses.
+
+An attack maps a clean batch ``x`` in [0, 1] (any shape ``(batch, ...)``) and integer labels
+``y`` of shape ``(batch,)`` to an adversarial batch inside the eps-ball of its norm and inside
+[0, 1]. Gradients are taken with respect to the input only, through ``torch.autograd.grad``,
+so the model's weights and their ``.grad`` are never touched.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORMS = ("Linf", "L2")
+# Keeps divisions by a norm or a logit gap finite; the value the AutoAttack paper uses.
+TINY = 1e-12
+
+
+# ---------------------------------------------------------------------------------------
+# Losses: per example, shape (batch,); every attack maximises them.
+# ---------------------------------------------------------------------------------------
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-example cross-entropy."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def _best_other(logits: Tensor, y: Tensor) -> Tensor:
+    """The largest logit among the classes other than ``y``."""
+    return logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Carlini-Wagner margin ``max_{j != y} z_j - z_y``: positive exactly when misclassified."""
+    return _best_other(logits, y) - logits.gather(1, y[:, None]).squeeze(1)
+
+
+def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020): the margin over ``z_pi1 - z_pi3``,
+    invariant to shifting and rescaling the logits. Needs at least 3 classes."""
+    _need_classes(logits, 3, "dlr")
+    top = logits.topk(3, dim=1).values
+    return margin_loss(logits, y) / (top[:, 0] - top[:, 2] + TINY)
+
+
+def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR: ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``. Needs at least 4 classes."""
+    _need_classes(logits, 4, "dlr-targeted")
+    top = logits.topk(4, dim=1).values
+    gap = logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+    return gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + TINY)
+
+
+def _need_classes(logits: Tensor, n: int, name: str) -> None:
+    if logits.shape[1] < n:
+        raise ValueError(f"the {name} loss needs at least {n} classes, the model has {logits.shape[1]}; "
+                         "use loss='ce' for models with fewer classes")
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "ce": cross_entropy, "margin": margin_loss, "dlr": dlr_loss,
+}
+
+
+def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The untargeted loss called ``name`` (one of ``LOSSES``)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+# ---------------------------------------------------------------------------------------
+# Geometry of the threat model.
+# ---------------------------------------------------------------------------------------
+def per_example_norm(t: Tensor, norm: str) -> Tensor:
+    """The ``norm`` ("Linf" or "L2") of each example of ``t``, shape (batch,)."""
+    flat = t.flatten(1)
+    return flat.abs().amax(dim=1) if norm == "Linf" else flat.norm(dim=1)
+
+
+def _per_example(v: Tensor, like: Tensor) -> Tensor:
+    """Reshapes a (batch,) tensor to broadcast against ``like``."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float | Tensor, norm: str) -> Tensor:
+    """Projects ``x_adv`` onto the ``norm`` ball of radius ``eps`` around ``x``, then onto [0, 1].
+
+    Clipping to the box after the ball cannot leave the ball: ``x`` is in the box, so clipping
+    only moves each coordinate of the perturbation towards zero.
+    """
+    delta = x_adv - x
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        scale = (eps / (per_example_norm(delta, "L2") + TINY)).clamp(max=1.0)
+        delta = delta * _per_example(scale, delta)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def steepest_ascent(grad: Tensor, norm: str) -> Tensor:
+    """The unit-norm direction of steepest ascent: ``sign(grad)`` for Linf, ``grad / ||grad||`` for L2."""
+    if norm == "Linf":
+        return grad.sign()
+    return grad / _per_example(per_example_norm(grad, "L2") + TINY, grad)
+
+
+def random_in_ball(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
+    """A perturbation drawn uniformly from the ``norm`` ball of radius ``eps`` (shape of ``x``)."""
+    if norm == "Linf":
+        return (2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1) * eps
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    direction = direction / _per_example(per_example_norm(direction, "L2") + TINY, x)
+    # Radius with density proportional to r^(d-1): uniform in volume.
+    u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+    radius = eps * u ** (1.0 / x[0].numel())
+    return direction * _per_example(radius, x)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; every submodule's own previous mode restored after, also on errors."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def check_eps(eps: float, name: str = "eps") -> float:
+    """Validates a non-negative finite radius (or step size)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(eps).__name__}")
+    if not (0 <= float(eps) < float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {eps}")
+    return float(eps)
+
+
+def check_positive_int(value: int, name: str) -> int:
+    """Validates a count such as ``steps`` or ``restarts``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class Attack:
+    """Base class: ``attack = SomeAttack(model, eps=...); x_adv = attack(x, y)``.
+
+    Args:
+        model: any ``nn.Module`` mapping inputs in [0, 1] to logits of shape (batch, classes).
+        eps: radius of the threat model's ball (>= 0).
+        norm: "Linf" or "L2".
+        seed: seeds the attack's own ``torch.Generator`` (created on the input's device at each
+            call, so a call is a pure function of its inputs). ``None`` draws a fresh seed from
+            torch's global RNG at each call, so a globally seeded program stays reproducible.
+
+    Subclasses implement ``perturb(x, y, generator)``; ``__call__`` wraps it with the checks,
+    eval mode, ``torch.enable_grad()`` and the final projection.
+    """
+
+    def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", seed: int | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        self.model = model
+        self.eps = check_eps(eps)
+        self.norm = norm
+        self.seed = seed
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        """Returns adversarial examples for ``x`` (labels ``y``), detached, same shape and dtype."""
+        y = self._check_inputs(x, y)
+        x = x.detach()
+        generator = self.make_generator(x.device)
+        with eval_mode(self.model), torch.enable_grad():
+            x_adv = self.perturb(x, y, generator)
+        return project(x_adv.detach(), x, self.eps, self.norm)
+
+    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        """The attack itself; runs in eval mode with gradients enabled."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r})"
+
+    # -- shared helpers -------------------------------------------------------------------
+    def make_generator(self, device: torch.device) -> torch.Generator:
+        """A generator on ``device`` seeded from ``seed`` (or from torch's global RNG)."""
+        seed = self.seed if self.seed is not None else int(torch.randint(2**62, (1,)).item())
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The model's logits, checked once for the (batch, classes) shape."""
+        out = self.model(x)
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the model must return logits of shape (batch, classes); got {shape}")
+        return out
+
+    def loss_and_grad(self, x_adv: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-example loss, its gradient w.r.t. the input only, and the logits at ``x_adv``.
+
+        ``loss_fn`` maps logits to a per-example loss. Examples are independent, so the gradient
+        of the summed loss is each example's own gradient.
+        """
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = self.logits(x_adv)
+        loss = loss_fn(logits)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        return loss.detach(), grad.detach(), logits.detach()
+
+    def check_labels(self, logits: Tensor, y: Tensor) -> None:
+        """Labels must index the model's classes."""
+        n_classes = logits.shape[1]
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+            raise ValueError(f"labels must lie in [0, {n_classes}) for a model with {n_classes} classes; "
+                             f"got values in [{int(y.min())}, {int(y.max())}]")
+
+    def _check_inputs(self, x: Tensor, y: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError("inputs x must be a floating-point tensor of shape (batch, ...)")
+        if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError("labels y must be an integer tensor of shape (batch,); convert with y.long()")
+        if x.dim() < 2:
+            raise ValueError(f"inputs x must have shape (batch, ...) with at least 2 dims, got {tuple(x.shape)}")
+        if y.dim() != 1:
+            raise ValueError(f"labels y must have shape (batch,), got {tuple(y.shape)}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y disagree on the batch size: {x.shape[0]} inputs, {y.shape[0]} labels")
+        if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise ValueError(f"inputs must lie in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}]; "
+                             "move any normalisation inside the model")
+        return y.to(device=x.device, dtype=torch.long)

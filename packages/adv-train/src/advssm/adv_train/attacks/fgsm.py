@@ -1,0 +1,27 @@
+"""FGSM (Goodfellow et al. 2015): one step of size eps along the steepest-ascent direction."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Attack, get_loss, steepest_ascent
+
+
+class FGSM(Attack):
+    """Fast Gradient Sign Method: ``x + eps * sign(grad_x loss)`` (Linf), or ``x + eps * g / ||g||`` (L2).
+
+    Args:
+        model: classifier mapping [0, 1] inputs to logits.
+        eps: perturbation radius.
+        norm: "Linf" (the classical FGSM) or "L2" (fast gradient method).
+        loss: "ce", "margin" or "dlr".
+    """
+
+    def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", loss: str = "ce"):
+        super().__init__(model, eps, norm=norm)
+        self.loss_fn = get_loss(loss)
+
+    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        _, grad, logits = self.loss_and_grad(x, lambda z: self.loss_fn(z, y))
+        self.check_labels(logits, y)
+        return x + self.eps * steepest_ascent(grad, self.norm)
