@@ -1,0 +1,151 @@
+"""TrainConfig: every setting of an adversarial-training run, validated once, JSON round trip.
+
+Defaults follow the paper's protocol (arXiv 2406.05532, MNIST): AdamW lr 1e-3, weight decay 2e-4,
+batch 256, cosine schedule over all epochs, seed 5, Linf eps 0.3 with PGD step 0.04.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+#: Per-dataset protocol values (REFERENCE.md section 4); anything else keeps the MNIST defaults.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist": {"eps": 0.3, "alpha": 0.04, "epochs": 100, "trades_beta": 1.0},
+    "cifar10": {"eps": 8 / 255, "alpha": 2 / 255, "epochs": 180, "trades_beta": 6.0},
+    "tinyimagenet": {"eps": 8 / 255, "alpha": 2 / 255, "epochs": 180, "trades_beta": 6.0},
+}
+
+METHOD_NAMES = ("standard", "pgd-at", "trades", "mart", "free-at", "yopo", "fast-at")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run.
+
+    Attributes:
+        method: training method, one of ``METHOD_NAMES``.
+        epochs: number of epochs (the cosine schedule spans all of them).
+        lr, weight_decay: AdamW settings.
+        batch_size: global batch size (split across ranks under torch.distributed).
+        scheduler: ``"cosine"`` (CosineAnnealingLR over all epochs) or ``"none"``.
+        eps, alpha, attack_steps: Linf budget, step size and steps of the training attack.
+        trades_beta, mart_beta: weight of the KL term of TRADES / MART.
+        free_replays: FreeAT's m (replays of each batch).
+        yopo_m, yopo_n: YOPO's outer and inner step counts.
+        fast_at_alpha: Fast-AT step size as a multiple of eps (Wong et al. 2020: 1.25).
+        jacobian_weight, jacobian_projections: Jacobian regularisation (0 = off), added to any method.
+        eval_pgd_steps: steps of the PGD evaluation attack each epoch.
+        eval_n: evaluate on the first ``eval_n`` test examples (None = whole test set).
+        aa_every, aa_n, aa_version: AutoAttack every k epochs (0 = never) on the first aa_n examples.
+        seed: the one seed that fixes the run.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        num_workers: DataLoader worker processes.
+    """
+
+    method: str = "standard"
+    epochs: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 2e-4
+    batch_size: int = 256
+    scheduler: str = "cosine"
+    eps: float = 0.3
+    alpha: float = 0.04
+    attack_steps: int = 10
+    trades_beta: float = 1.0
+    mart_beta: float = 6.0
+    free_replays: int = 4
+    yopo_m: int = 5
+    yopo_n: int = 3
+    fast_at_alpha: float = 1.25
+    jacobian_weight: float = 0.0
+    jacobian_projections: int = 1
+    eval_pgd_steps: int = 10
+    eval_n: int | None = None
+    aa_every: int = 4
+    aa_n: int = 2000
+    aa_version: str = "standard"
+    seed: int = 5
+    device: str = "cpu"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError``/``TypeError`` naming the first bad field and what it must be."""
+        def fail(name: str, need: str) -> None:
+            raise ValueError(f"TrainConfig.{name} must be {need}, got {getattr(self, name)!r}")
+
+        for name in ("epochs", "batch_size", "attack_steps", "free_replays", "yopo_m", "yopo_n",
+                     "jacobian_projections", "eval_pgd_steps", "aa_every", "aa_n", "seed", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"TrainConfig.{name} must be an int, got {type(value).__name__} {value!r}")
+        for name in ("lr", "weight_decay", "eps", "alpha", "trades_beta", "mart_beta", "fast_at_alpha",
+                     "jacobian_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TypeError(f"TrainConfig.{name} must be a finite number, got {value!r}")
+        if self.method not in METHOD_NAMES:
+            fail("method", f"one of {', '.join(METHOD_NAMES)}")
+        for name in ("epochs", "batch_size", "free_replays", "yopo_m", "yopo_n", "jacobian_projections",
+                     "eval_pgd_steps", "aa_n"):
+            if getattr(self, name) < 1:
+                fail(name, ">= 1")
+        for name in ("lr", "alpha", "fast_at_alpha"):
+            if getattr(self, name) <= 0:
+                fail(name, "> 0")
+        for name in ("weight_decay", "trades_beta", "mart_beta", "jacobian_weight", "attack_steps", "aa_every",
+                     "seed", "num_workers"):
+            if getattr(self, name) < 0:
+                fail(name, ">= 0")
+        if not 0 < self.eps <= 1:
+            fail("eps", "in (0, 1] (inputs live in [0, 1])")
+        if self.method in ("pgd-at", "trades", "mart") and self.attack_steps < 1:
+            fail("attack_steps", f">= 1 for method {self.method!r}")
+        if self.scheduler not in ("cosine", "none"):
+            fail("scheduler", "'cosine' or 'none'")
+        if self.eval_n is not None and (isinstance(self.eval_n, bool) or not isinstance(self.eval_n, int)
+                                        or self.eval_n < 1):
+            fail("eval_n", "None (whole test set) or an int >= 1")
+        if self.aa_version not in ("standard", "plus", "rand", "custom"):
+            fail("aa_version", "'standard', 'plus', 'rand' or 'custom'")
+        if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda", "auto")
+                                                    or self.device.startswith("cuda:")):
+            fail("device", "'cpu', 'cuda', 'cuda:N' or 'auto'")
+
+    @classmethod
+    def for_dataset(cls, dataset: str, **overrides: Any) -> TrainConfig:
+        """The paper's settings for ``dataset`` ("mnist", "cifar10", "tinyimagenet"), then ``overrides``."""
+        if dataset not in DATASET_DEFAULTS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASET_DEFAULTS)}")
+        return cls.from_dict({**DATASET_DEFAULTS[dataset], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-ready dict of every field."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict; unknown keys are rejected with their names."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {', '.join(unknown)}; "
+                             f"valid keys are {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        """JSON text of ``to_dict()``."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        """Inverse of ``to_json``."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"TrainConfig JSON must be an object, got {type(data).__name__}")
+        return cls.from_dict(data)

@@ -1,0 +1,31 @@
+"""Adversarial-training methods, each a small class plugged into the one training loop.
+
+``METHODS`` maps a method's name to its class; ``get_method(name, config)`` builds one.
+"""
+from __future__ import annotations
+
+from ..config import TrainConfig
+from .base import NonFiniteLossError, StepContext, TrainMethod
+from .fast_at import FastAT
+from .free_at import FreeAT
+from .jacobian import jacobian_frobenius_sq
+from .mart import MART, mart_loss
+from .pgd_at import PGDAT
+from .standard import Standard
+from .trades import TRADES
+from .yopo import YOPO
+
+METHODS: dict[str, type[TrainMethod]] = {
+    cls.name: cls for cls in (Standard, PGDAT, TRADES, MART, FreeAT, YOPO, FastAT)
+}
+
+
+def get_method(name: str, config: TrainConfig) -> TrainMethod:
+    """The method called ``name`` configured by ``config``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](config)
+
+
+__all__ = ["METHODS", "get_method", "TrainMethod", "StepContext", "NonFiniteLossError", "jacobian_frobenius_sq",
+           "mart_loss", "Standard", "PGDAT", "TRADES", "MART", "FreeAT", "YOPO", "FastAT"]

@@ -1,0 +1,29 @@
+"""PGD adversarial training (Madry et al. 2018): cross-entropy on PGD examples only."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import StepContext, TrainMethod, ce_stats
+
+
+def pgd_examples(ctx: StepContext, x: Tensor, y: Tensor) -> Tensor:
+    """Linf PGD examples with the run's eps/alpha/attack_steps and a uniform random start.
+
+    The attack puts the model in eval mode and leaves no gradient on the weights.
+    """
+    from ..attacks import PGD  # the attacks package is imported on use so methods load without it
+
+    cfg = ctx.config
+    return PGD(ctx.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps, random_start=True)(x, y).detach()
+
+
+class PGDAT(TrainMethod):
+    """Madry's PGD-AT: minimise the cross-entropy of PGD-``attack_steps`` adversarial examples."""
+
+    name = "pgd-at"
+
+    def loss(self, ctx: StepContext, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        logits = ctx.model(pgd_examples(ctx, x, y))
+        loss = F.cross_entropy(logits, y)
+        return loss, ce_stats(loss, y, adv=logits)
