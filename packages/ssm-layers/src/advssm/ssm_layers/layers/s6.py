@@ -1,0 +1,117 @@
+"""S6: the Mamba block (Gu & Dao 2023), an input-dependent (selective) SSM.
+
+    x, z = in_proj(u)                               (B, L, d_inner) each, d_inner = expand * d_model
+    x = silu(causal depthwise conv1d(x))            width d_conv
+    dt, B, C = x_proj(x)                            dt_rank, N, N features per token
+    delta = dt_proj.weight @ dt                     dt_proj.bias enters the scan as delta_bias
+    y = selective_scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus=True)   # gated by silu(z)
+
+``mix`` returns y (B, L, d_inner), the SSM output where a transform (AdS) attaches;
+``project`` is dropout -> out_proj. B, C and delta depend on the input, so S6 is not LTI.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import BACKENDS, selective_scan
+from .base import SequenceLayer
+
+
+def _positive_int(layer: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_dropout(layer: str, dropout) -> float:
+    """Validate a dropout probability (shared by the layers of this package)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{layer}: dropout must be a probability in [0, 1), got {dropout!r}")
+    return float(dropout)
+
+
+def check_backend(layer: str, backend) -> str:
+    """Validate a backend name early, at construction, rather than at the first forward."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{layer}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Parameters that enter exp() or a long recurrence are used in fp32 or better, whatever the module dtype."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = y, for y > 0 (stable for small y: log(expm1(y)) = y + log(1 - exp(-y)))."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class S6(SequenceLayer):
+    """The Mamba block: selective SSM with a causal depthwise convolution and a SiLU gate.
+
+    Args:
+        d_model: model width H.
+        d_state: state size N per inner channel (Mamba default 16).
+        d_conv: width of the causal depthwise convolution.
+        expand: d_inner = expand * d_model.
+        dt_rank: rank of the delta projection; ``"auto"`` means ceil(d_model / 16).
+        dt_min, dt_max: the initial step sizes are drawn log-uniformly in [dt_min, dt_max].
+        dropout: dropout before the output projection.
+        backend: backend of the selective scan (``auto``, ``triton``, ``torch``, ``reference``).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, dropout: float = 0.0, backend: str = "auto"):
+        super().__init__(d_model)
+        name = type(self).__name__
+        self.d_state = _positive_int(name, "d_state", d_state)
+        self.d_conv = _positive_int(name, "d_conv", d_conv)
+        self.d_inner = _positive_int(name, "expand", expand) * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _positive_int(name, "dt_rank", dt_rank)
+        if not (isinstance(dt_min, (int, float)) and isinstance(dt_max, (int, float)) and 0 < dt_min <= dt_max):
+            raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+        self.backend = check_backend(name, backend)
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.dropout = nn.Dropout(check_dropout(name, dropout))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+        # Keep the initial delta = softplus(dt_proj(dt)) near the drawn step sizes: a small weight,
+        # and a bias that is the inverse softplus of a log-uniform step in [dt_min, dt_max].
+        with torch.no_grad():
+            bound = self.dt_rank ** -0.5
+            self.dt_proj.weight.uniform_(-bound, bound)
+            log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            self.dt_proj.bias.copy_(inverse_softplus(log_dt.exp().clamp(min=1e-4)))
+        # S4D-real initialisation: A[:, n] = -(n + 1), stored as a log so A stays negative (stable).
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+
+    @property
+    def transform_dim(self) -> int:
+        return self.d_inner
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Gated selective-scan output, (B, L, d_inner)."""
+        L = x.shape[1]
+        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        u = F.silu(self.conv1d(u)[..., :L])  # padding d_conv - 1 then truncation keeps the conv causal
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # bias added inside the scan, before softplus
+        y = selective_scan(
+            u, delta, -torch.exp(at_least_fp32(self.A_log)), B.transpose(1, 2), C.transpose(1, 2),
+            at_least_fp32(self.D), z=z, delta_bias=at_least_fp32(self.dt_proj.bias), delta_softplus=True,
+            backend=self.backend,
+        )
+        return y.transpose(1, 2)
+
+    def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(y))
