@@ -1,0 +1,10 @@
+"""One file per command; ``COMMANDS`` is what the group registers."""
+from .analyze import analyze
+from .bench import bench
+from .eval import eval_command
+from .info import info
+from .report import report
+from .run import run
+from .sweep import sweep
+
+COMMANDS = [run, eval_command, sweep, report, analyze, bench, info]

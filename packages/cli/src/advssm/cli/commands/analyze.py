@@ -1,0 +1,43 @@
+"""``advssm analyze``: how a perturbation propagates through a trained model, component by component."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..checkpoints import load_for_eval
+from ..output import emit
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--n", "n", default=128, show_default=True, help="Test examples to analyse.")
+@click.option("--eps", type=float, help="Linf budget (default: the run's).")
+@click.option("--steps", default=10, show_default=True, help="PGD steps of the perturbation.")
+@click.option("--dataset", help="Data set (default: the run's).")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="PNG of the error per component (default: next to the checkpoint).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, as_json):
+    """Error propagation under a PGD perturbation: relative error and change rate per component
+    (SSM mix, AdS, projection, residual, norm), the output KL divergence and, for LTI layers, the
+    bound their parameters imply.
+
+    \b
+    Examples:
+      advssm analyze runs/X/pgd-at/best.safetensors
+      advssm analyze model.safetensors --dataset digits --eps 0.1 --json
+    """
+    import torch
+    from advssm.ads import propagation_analysis
+    from advssm.adv_train.attacks import PGD
+
+    model, x, y, eps = load_for_eval(checkpoint, dataset, data_dir, n, eps)
+    attack = PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True, seed=seed)
+    torch.manual_seed(seed)
+    report = propagation_analysis(model, x, y=y, attack=attack)
+    plot_path = Path(plot_path) if plot_path else Path(checkpoint).with_suffix(".propagation.png")
+    report.plot(plot_path)
+    emit({**report.to_dict(), "plot": str(plot_path)}, as_json, f"{report.to_markdown()}\n\nplot: {plot_path}")

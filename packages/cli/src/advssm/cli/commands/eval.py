@@ -1,0 +1,81 @@
+"""``advssm eval``: attack a checkpoint and report clean and robust accuracy."""
+from __future__ import annotations
+
+import click
+
+from ..checkpoints import load_for_eval
+from ..errors import ConfigError
+from ..output import emit
+
+
+def _attack_factories():
+    from advssm.adv_train import attacks as A
+
+    def get(name):
+        if not hasattr(A, name):
+            raise RuntimeError(f"this advssm-adv-train has no {name}; upgrade it")
+        return getattr(A, name)
+
+    return {
+        "fgsm": lambda m, eps, steps, seed: get("FGSM")(m, eps=eps),
+        "pgd": lambda m, eps, steps, seed: get("PGD")(m, eps=eps, alpha=eps / 4, steps=steps, random_start=True,
+                                                       seed=seed),
+        "apgd-ce": lambda m, eps, steps, seed: get("APGD")(m, eps=eps, loss="ce", seed=seed),
+        "apgd-dlr": lambda m, eps, steps, seed: get("APGD")(m, eps=eps, loss="dlr", seed=seed),
+        "apgd-t": lambda m, eps, steps, seed: get("APGDT")(m, eps=eps, seed=seed),
+        "fab-t": lambda m, eps, steps, seed: get("FAB")(m, eps=eps, seed=seed),
+        "square": lambda m, eps, steps, seed: get("Square")(m, eps=eps, seed=seed),
+        "aa": lambda m, eps, steps, seed: get("AutoAttack")(m, eps=eps, seed=seed),
+    }
+
+
+ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "aa")
+
+
+def build_attacks(names: str, model, eps: float, steps: int, seed: int) -> dict:
+    """``"pgd,aa"`` -> {"pgd": PGD(...), "aa": AutoAttack(...)}; unknown names are a ConfigError."""
+    chosen = [n.strip().lower() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in ATTACK_NAMES]
+    if unknown or not chosen:
+        raise ConfigError(f"unknown attack {unknown[0] if unknown else names!r}; choose from {', '.join(ATTACK_NAMES)}")
+    factories = _attack_factories()
+    return {name if name != "pgd" else f"pgd-{steps}": factories[name](model, eps, steps, seed) for name in chosen}
+
+
+@click.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--attacks", default="pgd,aa", show_default=True,
+              help=f"Comma-separated: {', '.join(ATTACK_NAMES)}.")
+@click.option("--n", "n", type=int, help="Evaluate the first N test examples (default: all).")
+@click.option("--eps", type=float, help="Linf budget (default: the run's).")
+@click.option("--steps", default=10, show_default=True, help="PGD steps.")
+@click.option("--dataset", help="Data set (default: the run's, from config.toml next to the checkpoint).")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_command(checkpoint, attacks, n, eps, steps, dataset, data_dir, batch_size, device, seed, as_json):
+    """Clean and robust accuracy of a checkpoint under the chosen attacks (worst case over them too).
+
+    \b
+    Examples:
+      advssm eval runs/X/pgd-at/best.safetensors
+      advssm eval model.safetensors --dataset mnist --data-dir data --eps 0.3 --attacks pgd,apgd-ce,square --n 1000
+      advssm eval best.safetensors --attacks aa --json
+    """
+    import torch
+    from advssm.adv_train.evaluation import evaluate
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(seed)
+    model, x, y, eps = load_for_eval(checkpoint, dataset, data_dir, n, eps, device)
+    result = evaluate(model, TensorDataset(x, y), build_attacks(attacks, model, eps, steps, seed),
+                      batch_size=batch_size, device=device)
+    data = {"checkpoint": str(checkpoint), "eps": eps, "n": len(x), **result.to_dict()}
+    lines = [f"checkpoint {checkpoint}  eps {eps:g}  n {len(x)}", f"{'clean':10} {100 * result.clean_acc:6.2f}%"]
+    lines += [f"{name:10} {100 * acc:6.2f}%" for name, acc in result.robust_acc.items()]
+    if len(result.robust_acc) > 1:
+        lines.append(f"{'worst':10} {100 * result.worst_acc:6.2f}%")
+    lines += [f"warning: {w}" for w in result.warnings]
+    emit(data, as_json, "\n".join(lines))

@@ -1,0 +1,40 @@
+"""``advssm report``: compare finished runs in one markdown table and one plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import runs
+from ..errors import ConfigError
+from ..output import emit
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for report.md and accuracy.png "
+              "(default: the run folder when there is one, else the current folder).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def report(run_dirs, out, as_json):
+    """Paper-style table (clean / PGD-10 / AA, best and last, Diff) and accuracy plots across runs.
+
+    Each RUN_DIR is a run folder (all its finished cells are listed) or one cell folder.
+
+    \b
+    Examples:
+      advssm report runs/20260101-120000-run
+      advssm report runs/a runs/b/pgd-at --out comparison
+    """
+    cells = []
+    for run_dir in map(Path, run_dirs):
+        found = runs.find_cells(run_dir)
+        if not found:
+            raise ConfigError(f"{run_dir} has no finished cell (no {runs.SUMMARY_FILE}); is it a run folder?")
+        cells += found
+    names = [c.name if len(run_dirs) == 1 else f"{c.parent.name}/{c.name}" for c in cells]
+    out_dir = Path(out) if out else (Path(run_dirs[0]) if len(run_dirs) == 1 else Path("."))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = runs.write_report(out_dir, cells, title="advssm report: " + ", ".join(run_dirs))
+    summaries = {name: runs.read_summary(cell) for name, cell in zip(names, cells)}
+    emit({"report": str(path), "cells": summaries}, as_json,
+         f"{runs.summary_table(list(summaries.items()))}\n\nreport: {path}")

@@ -1,0 +1,269 @@
+"""RunConfig: everything one ``advssm run`` / ``advssm sweep`` needs, resolved and validated once.
+
+Layers, lowest first: the built-in defaults (a small S4D on the bundled digits) or a preset
+(``paper-mnist``, ``paper-cifar10``, ``paper-tinyimagenet``), then a TOML file, then flags.
+The TOML has top-level ``name``, ``preset``, ``ads`` and the tables ``[grid]`` (lists of values;
+each combination is one cell), ``[data]``, ``[model]`` (``ModelConfig`` fields) and ``[train]``
+(``TrainConfig`` fields). TOML has no null, so optional settings are written as ``"none"``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, published for older Pythons
+    import tomli as tomllib
+
+from .data import DATASETS
+from .errors import ConfigError
+
+ADS_CHOICES = ("none", "relu", "sigmoid", "tanh")
+# grid axis -> the setting it varies, in the order cell names list them
+GRID_AXES = {"dataset": "data.dataset", "layer": "model.layer", "method": "train.method", "ads": "ads"}
+FROM_DATA = ("d_input", "n_classes")  # ModelConfig fields the data set decides
+OPTIONAL = {"data.train_size", "data.test_size", "data.augment", "train.eval_n", "model.transform_layers"}
+
+
+@dataclass
+class DataSettings:
+    """Which data set and how much of it.
+
+    Attributes:
+        dataset: one of ``advssm.cli.data.DATASETS``.
+        data_dir: folder with the data set's standard files.
+        train_size, test_size: keep the first this many examples (None = all).
+        download: fetch MNIST / CIFAR-10 with torchvision first.
+        tiny_classes: Tiny-ImageNet classes kept (the paper: 50).
+        augment: crop + flip during training; None = as the paper (CIFAR-10 and Tiny-ImageNet only).
+    """
+
+    dataset: str = "digits"
+    data_dir: str = "data"
+    train_size: int | None = None
+    test_size: int | None = None
+    download: bool = False
+    tiny_classes: int = 50
+    augment: bool | None = None
+
+
+def _train_config():
+    from advssm.adv_train.config import TrainConfig
+
+    return TrainConfig
+
+
+def _model_config():
+    from advssm.ssm_layers import ModelConfig
+
+    return ModelConfig
+
+
+# Defaults of the no-argument run: tuned so both cells finish in minutes on 2 CPU cores (see README).
+DEMO = {
+    "model": {"layer": "s4d", "d_model": 32, "d_state": 16, "n_layers": 2},
+    "train": {"epochs": 8, "batch_size": 64, "lr": 3e-3, "eps": 0.1, "alpha": 0.025, "attack_steps": 5,
+              "eval_pgd_steps": 10, "aa_every": 0, "aa_n": 200, "aa_version": "custom", "seed": 0},
+}
+PRESETS = {
+    "paper-mnist": {"data": {"dataset": "mnist"}, "model_preset": "mnist", "train_dataset": "mnist"},
+    "paper-cifar10": {"data": {"dataset": "cifar10"}, "model_preset": "cifar10", "train_dataset": "cifar10"},
+    "paper-tinyimagenet": {"data": {"dataset": "tinyimagenet", "tiny_classes": 50}, "model_preset": "tinyimagenet",
+                           "train_dataset": "tinyimagenet"},
+}
+
+
+@dataclass
+class RunConfig:
+    """A resolved experiment: the base settings and the grid of cells that vary them."""
+
+    name: str = "run"
+    preset: str = "none"
+    ads: str = "none"
+    grid: dict[str, list] = field(default_factory=lambda: {"method": ["standard", "pgd-at"]})
+    data: DataSettings = field(default_factory=DataSettings)
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "preset": self.preset, "ads": self.ads, "grid": dict(self.grid),
+                "data": dataclasses.asdict(self.data), "model": dict(self.model), "train": dict(self.train)}
+
+    def to_toml(self) -> str:
+        """TOML text that ``load_toml`` reads back to an equal config (None written as ``"none"``)."""
+        def encode(section: str, values: dict) -> dict:
+            return {k: ("none" if v is None and f"{section}.{k}" in OPTIONAL else v) for k, v in values.items()}
+
+        data = self.to_dict()
+        for section in ("data", "model", "train"):
+            data[section] = encode(section, data[section])
+        return tomli_w.dumps(data)
+
+    def cells(self) -> list[tuple[str, RunConfig]]:
+        """Every combination of the grid as (cell name, single-cell config), in a fixed order."""
+        axes = [axis for axis in GRID_AXES if axis in self.grid]
+        result = []
+        for values in itertools.product(*(self.grid[axis] for axis in axes)):
+            cell = resolve({}, base=self, overrides={GRID_AXES[a]: v for a, v in zip(axes, values)})
+            cell.grid = {}
+            result.append(("-".join(str(v) for v in values) or "cell", cell))
+        return result
+
+    def model_config(self, d_input: int, n_classes: int):
+        """The ``ModelConfig`` of a single cell, completed by the data set's channels and classes."""
+        return _model_config().from_dict({**self.model, "d_input": d_input, "n_classes": n_classes})
+
+    def train_config(self):
+        """The ``TrainConfig`` of a single cell."""
+        return _train_config().from_dict(self.train)
+
+
+def _suggest(key: str, known, prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+
+
+def _check_keys(values: dict, known, where: str) -> None:
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown key {where + key!r}{_suggest(key, known, where)}")
+
+
+def _decode_none(section: str, values: dict) -> dict:
+    return {k: (None if v == "none" and f"{section}.{k}" in OPTIONAL else v) for k, v in values.items()}
+
+
+def _preset_base(name: str) -> RunConfig:
+    if name == "none":
+        model = _model_config()(**DEMO["model"]).to_dict()
+        for key in FROM_DATA:
+            model.pop(key)
+        return RunConfig(model=model, train=_train_config()(**DEMO["train"]).to_dict())
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)} (choose one of {', '.join(PRESETS)})")
+    spec = PRESETS[name]
+    from advssm.ssm_layers import preset as model_preset
+
+    model = model_preset(spec["model_preset"]).to_dict()
+    for key in FROM_DATA:
+        model.pop(key)
+    train = _train_config().for_dataset(spec["train_dataset"]).to_dict()
+    return RunConfig(name=name, preset=name, data=DataSettings(**spec["data"]), model=model, train=train)
+
+
+def resolve(values: dict, base: RunConfig | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Build a validated RunConfig: ``base`` (else the preset named in ``values`` or the defaults), then the
+    nested TOML-shaped ``values``, then dotted ``overrides`` such as ``{"train.epochs": 5}``.
+
+    Raises:
+        ConfigError: naming the first unknown key (with a close match) or invalid value.
+    """
+    values = dict(values)
+    overrides = dict(overrides or {})
+    preset_name = overrides.pop("preset", None) or values.get("preset") or (base.preset if base else "none")
+    if base is None or preset_name != base.preset:
+        base = _preset_base(preset_name)
+    top_known = {"name", "preset", "ads", "grid", "data", "model", "train"}
+    _check_keys(values, top_known, "")
+    merged = base.to_dict()
+    merged["preset"] = preset_name
+    for key in ("name", "ads"):
+        merged[key] = values.get(key, merged[key])
+    if "grid" in values:
+        merged["grid"] = dict(values["grid"])
+    sections = {"data": {f.name for f in dataclasses.fields(DataSettings)},
+                "model": {f.name for f in dataclasses.fields(_model_config())} - set(FROM_DATA),
+                "train": {f.name for f in dataclasses.fields(_train_config())}}
+    for section, known in sections.items():
+        given = values.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{section!r} must be a table ([{section}]), got {given!r}")
+        if section == "model" and set(FROM_DATA) & set(given):
+            raise ConfigError(f"model.{sorted(set(FROM_DATA) & set(given))[0]} is set by the data set; remove it")
+        _check_keys(given, known, f"{section}.")
+        merged[section].update(_decode_none(section, given))
+    for dotted, value in overrides.items():
+        section, _, key = dotted.rpartition(".")
+        if section in sections:
+            _check_keys({key: value}, sections[section], f"{section}.")
+            merged[section][key] = value
+        elif section == "grid":
+            merged["grid"][key] = value
+        elif section == "" and key in ("name", "ads"):
+            merged[key] = value
+        else:
+            raise ConfigError(f"unknown setting {dotted!r}{_suggest(dotted, _all_keys(sections))}")
+    return _validate(merged)
+
+
+def _all_keys(sections: dict) -> list[str]:
+    return ["name", "ads"] + [f"{s}.{k}" for s, keys in sections.items() for k in keys] + \
+        [f"grid.{a}" for a in GRID_AXES]
+
+
+def _validate(merged: dict) -> RunConfig:
+    if merged["ads"] not in ADS_CHOICES:
+        raise ConfigError(f"invalid ads {merged['ads']!r}; choose one of {', '.join(ADS_CHOICES)}")
+    grid = merged["grid"]
+    _check_keys(grid, GRID_AXES, "grid.")
+    for axis, options in grid.items():
+        if not isinstance(options, list) or not options:
+            raise ConfigError(f"grid.{axis} must be a non-empty list, got {options!r}")
+        if len(set(map(str, options))) != len(options):
+            raise ConfigError(f"grid.{axis} lists a value twice: {options!r}")
+    try:
+        data = DataSettings(**merged["data"])
+    except TypeError as exc:
+        raise ConfigError(f"[data]: {exc}") from exc
+    for axis, choices in (("dataset", DATASETS), ("ads", ADS_CHOICES)):
+        for option in grid.get(axis, []) + ([data.dataset] if axis == "dataset" else [merged["ads"]]):
+            if option not in choices:
+                raise ConfigError(f"invalid {axis} {option!r}{_suggest(str(option), choices)} "
+                                  f"(choose one of {', '.join(choices)})")
+    for name in ("train_size", "test_size"):
+        size = getattr(data, name)
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ConfigError(f"invalid data.{name} {size!r}: must be a positive int (or \"none\" for all)")
+    config = RunConfig(name=str(merged["name"]), preset=merged["preset"], ads=merged["ads"], grid=grid, data=data,
+                       model=merged["model"], train=merged["train"])
+    # validate every cell's model and training settings now, not an hour into the run
+    checks = [{**config.model, "layer": layer} for layer in grid.get("layer", [config.model.get("layer")])]
+    try:
+        for model in checks:
+            _model_config().from_dict({**model, "d_input": 1, "n_classes": 10})
+        for method in grid.get("method", [config.train.get("method")]):
+            _train_config().from_dict({**config.train, "method": method})
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc
+    return config
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a TOML file into a dict; a syntax error becomes a ConfigError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``--set train.aa_n=8`` -> ("train.aa_n", 8): the value is read as TOML (strings may be bare)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value

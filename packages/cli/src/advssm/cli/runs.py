@@ -1,0 +1,103 @@
+"""The run directory: config.toml, one sub-folder per cell (metrics.jsonl, checkpoints, summary.json),
+and the top-level report.md comparing the cells in the paper's table layout.
+"""
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+CONFIG_FILE = "config.toml"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+REPORT_FILE = "report.md"
+STAGES = ("best", "last", "diff")
+COLUMNS = (("clean_acc", "Clean"), ("pgd_acc", "PGD-10"), ("aa_acc", "AA"))
+
+
+def new_run_dir(root: str | Path, name: str) -> Path:
+    """A fresh folder ``root/<UTC timestamp>-<name>`` (a numeric suffix if that exists already)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{name}"
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def is_finished(cell_dir: str | Path) -> bool:
+    """A cell is finished once its trainer wrote summary.json (the last thing it writes)."""
+    return (Path(cell_dir) / SUMMARY_FILE).is_file()
+
+
+def read_summary(cell_dir: str | Path) -> dict:
+    return json.loads((Path(cell_dir) / SUMMARY_FILE).read_text())
+
+
+def read_metrics(cell_dir: str | Path) -> list[dict]:
+    """The per-epoch metric lines; a half-written last line (an interrupted write) is ignored."""
+    path = Path(cell_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def find_cells(run_dir: str | Path) -> list[Path]:
+    """The finished cells of a run: the folder itself if it is a cell, else its sub-folders with a summary."""
+    run_dir = Path(run_dir)
+    if is_finished(run_dir):
+        return [run_dir]
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and is_finished(p))
+
+
+def _pct(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.2f}"
+
+
+def _diff(best: dict, last: dict) -> dict:
+    return {key: (None if best.get(key) is None or last.get(key) is None else best[key] - last[key])
+            for key, _ in COLUMNS}
+
+
+def summary_table(rows: list[tuple[str, dict]]) -> str:
+    """The paper's table: clean / PGD-10 / AA accuracy (%) of the best and last checkpoints and Diff = Best - Last."""
+    head = ["Cell"] + [f"{stage.capitalize()} {label}" for stage in STAGES for _, label in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, summary in rows:
+        best, last = summary.get("best") or {}, summary.get("last") or {}
+        diff = summary.get("diff") or _diff(best, last)
+        cells = [_pct(part.get(key)) for part in (best, last, diff) for key, _ in COLUMNS]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path, cells: list[Path], title: str, config_text: str | None = None) -> Path:
+    """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells``."""
+    from .plots import plot_comparison, plot_metrics
+
+    run_dir = Path(run_dir)
+    rows = [(cell.name if cell != run_dir else run_dir.name, read_summary(cell)) for cell in cells]
+    parts = [f"# {title}", "", "Accuracies in %; the best checkpoint has the highest PGD-10 test accuracy; "
+             "Diff = Best - Last (robust overfitting); '-' = not evaluated.", "", summary_table(rows), ""]
+    metrics = {name: read_metrics(cell) for (name, _), cell in zip(rows, cells)}
+    if any(metrics.values()):
+        plot_comparison(metrics, run_dir / "accuracy.png")
+        parts += ["![test accuracy per epoch](accuracy.png)", ""]
+        for name, cell in zip(metrics, cells):
+            if metrics[name] and cell != run_dir:
+                plot_metrics(metrics[name], cell / "accuracy.png", title=name)
+    if config_text:
+        parts += ["## Configuration", "", "```toml", config_text.strip(), "```", ""]
+    path = run_dir / REPORT_FILE
+    path.write_text("\n".join(parts))
+    return path
