@@ -1,6 +1,7 @@
 """PGD adversarial training (Madry et al. 2018): cross-entropy on PGD examples only."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -10,12 +11,15 @@ from .base import StepContext, TrainMethod, ce_stats
 def pgd_examples(ctx: StepContext, x: Tensor, y: Tensor) -> Tensor:
     """Linf PGD examples with the run's eps/alpha/attack_steps and a uniform random start.
 
-    The attack puts the model in eval mode and leaves no gradient on the weights.
+    The attack puts the model in eval mode and leaves no gradient on the weights; its random start is
+    seeded from the run's generator, so the run's one seed fixes it.
     """
     from ..attacks import PGD  # the attacks package is imported on use so methods load without it
 
     cfg = ctx.config
-    return PGD(ctx.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps, random_start=True)(x, y).detach()
+    seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
+    attack = PGD(ctx.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps, random_start=True, seed=seed)
+    return attack(x, y).detach()
 
 
 class PGDAT(TrainMethod):
