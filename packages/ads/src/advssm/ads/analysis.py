@@ -158,7 +158,7 @@ def propagation_analysis(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor 
         error = _relative_error(clean[name], adv[name])
         rate = None if previous is None or previous == 0.0 else (error - previous) / previous
         row = dict(name=name, block=block, component=component, rel_error=error, change_rate=rate,
-                   mse=float((adv[name] - clean[name]).double().pow(2).mean()),
+                   mse=float((adv[name].double() - clean[name].double()).pow(2).mean()),
                    linf_error=None, bound=None, bound_ratio=None)
         if component == "mix" and bounds.get(block) is not None:
             row.update(bounds[block])
@@ -207,10 +207,10 @@ def _lti_bound(model: nn.Module, block_index: int, clean: dict, adv: dict) -> di
     layer = model.blocks[block_index].layer
     if not getattr(layer, "is_lti", False):
         return None
-    du = (_mix_input(model, block_index, adv) - _mix_input(model, block_index, clean)).double()
-    dy = (adv[f"blocks.{block_index}.mix"] - clean[f"blocks.{block_index}.mix"]).double()
+    du = _mix_input(model, block_index, adv).double() - _mix_input(model, block_index, clean).double()
+    dy = adv[f"blocks.{block_index}.mix"].double() - clean[f"blocks.{block_index}.mix"].double()
     K, D = layer.conv_kernel(du.shape[1])
-    gain = _kernel_gain(K.detach().double(), None if D is None else D.detach().double())
+    gain = kernel_gain(K.detach().double(), None if D is None else D.detach().double())
     du_inf, dy_inf = du.abs().amax(dim=1), dy.abs().amax(dim=1)   # (B, H_in), (B, H_out)
     bound = du_inf @ gain.T                                       # (B, H_out)
     ratio = torch.where(bound > 0, dy_inf / bound.clamp_min(torch.finfo(torch.float64).tiny),
@@ -218,8 +218,13 @@ def _lti_bound(model: nn.Module, block_index: int, clean: dict, adv: dict) -> di
     return dict(linf_error=float(dy_inf.max()), bound=float(bound.max()), bound_ratio=float(ratio.max()))
 
 
-def _kernel_gain(K: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
-    """(H_out, H_in) matrix of sum_l |K| + |D|, from a SISO (H, L) or MIMO (H_out, H_in, L) kernel."""
+def kernel_gain(K: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
+    """The L-inf gain matrix of a causal convolution with feedthrough: sum_l |K| + |D|, (H_out, H_in).
+
+    Accepts what ``conv_kernel`` returns: a per-channel (H, L) kernel (the gain is then
+    diagonal) or a MIMO (H_out, H_in, L) one, and D of shape (H,), (H_out, H_in) or None.
+    Row h bounds output channel h: max_t |dy_h| <= sum_i gain[h, i] * max_t |du_i|.
+    """
     if K.dim() == 2:
         gain = K.abs().sum(-1) + (0.0 if D is None else D.abs().reshape(-1))
         return torch.diag(gain)

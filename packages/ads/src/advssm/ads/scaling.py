@@ -94,6 +94,7 @@ def attach_ads(model: nn.Module, activation: str = "relu", layers: Iterable[int]
     AdaptiveScaling(1, activation=activation, shift=shift)
     chosen = None if layers is None else sorted({int(i) for i in layers})
     model.set_transform("ads", {"activation": activation, "shift": shift}, chosen)
+    _match_layer_dtype(model)
     return model
 
 
@@ -102,6 +103,16 @@ def detach_ads(model: nn.Module) -> nn.Module:
     _check_model(model, "detach_ads")
     model.set_transform("identity")
     return model
+
+
+def _match_layer_dtype(model: nn.Module) -> None:
+    """Give each new AdS the floating dtype of its layer (a model cast with .double() stays double)."""
+    for block in model.blocks:
+        slot = block.layer.output_transform
+        dtypes = [p.dtype for name, p in block.layer.named_parameters()
+                  if p.is_floating_point() and not name.startswith("output_transform.")]
+        if isinstance(slot, AdaptiveScaling) and dtypes:
+            slot.to(dtypes[0])
 
 
 def _check_model(model: object, caller: str) -> None:
