@@ -36,7 +36,7 @@ def _require(name: str, *tensors: torch.Tensor | None) -> None:
         raise ValueError(f"{name}: all tensors must be on one device; move them to {device}")
     ok, why = status(device)
     if not ok:
-        raise BackendError(f"{name}: the Triton kernel cannot run on {device}: {why}")
+        raise BackendError(f"{name}: the Triton kernel cannot run on {device}: {why}; use the op with backend='torch'")
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
