@@ -1,0 +1,80 @@
+"""TrainConfig: the paper's defaults, per-dataset presets, JSON round trip and one clear error per bad field."""
+import json
+import math
+
+import pytest
+from advssm.adv_train.config import METHOD_NAMES, TrainConfig
+
+
+def test_defaults_follow_the_paper_protocol():
+    c = TrainConfig()
+    assert (c.method, c.epochs, c.lr, c.weight_decay, c.batch_size, c.scheduler) == (
+        "standard", 100, 1e-3, 2e-4, 256, "cosine")
+    assert (c.eps, c.alpha, c.attack_steps, c.seed, c.aa_every, c.aa_n) == (0.3, 0.04, 10, 5, 4, 2000)
+    assert (c.free_replays, c.yopo_m, c.yopo_n, c.fast_at_alpha, c.jacobian_weight) == (4, 5, 3, 1.25, 0.0)
+
+
+@pytest.mark.parametrize("dataset,eps,alpha,epochs,beta", [
+    ("mnist", 0.3, 0.04, 100, 1.0), ("cifar10", 8 / 255, 2 / 255, 180, 6.0),
+    ("tinyimagenet", 8 / 255, 2 / 255, 180, 6.0)])
+def test_for_dataset(dataset, eps, alpha, epochs, beta):
+    c = TrainConfig.for_dataset(dataset, method="trades", epochs=3)
+    assert math.isclose(c.eps, eps) and math.isclose(c.alpha, alpha) and c.trades_beta == beta
+    assert c.epochs == 3 and c.method == "trades"
+    assert TrainConfig.for_dataset(dataset).epochs == epochs
+
+
+def test_for_dataset_rejects_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'.*mnist"):
+        TrainConfig.for_dataset("svhn")
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_json_round_trip(method):
+    c = TrainConfig(method=method, eval_n=100, jacobian_weight=0.5, device="auto")
+    text = c.to_json()
+    assert json.loads(text) == c.to_dict()
+    assert TrainConfig.from_json(text) == c
+    assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ValueError, match="unknown TrainConfig keys: bogus, lr_max"):
+        TrainConfig.from_dict({"lr_max": 1, "bogus": 2, "lr": 0.1})
+    with pytest.raises(ValueError, match="must be an object"):
+        TrainConfig.from_json("[1, 2]")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lr", -1, "TrainConfig.lr must be > 0, got -1"),
+    ("method", "sgd", "TrainConfig.method must be one of standard, pgd-at"),
+    ("epochs", 0, "TrainConfig.epochs must be >= 1, got 0"),
+    ("batch_size", 0, "TrainConfig.batch_size must be >= 1"),
+    ("eps", 1.5, r"TrainConfig.eps must be in \(0, 1\]"),
+    ("eps", 0.0, r"TrainConfig.eps must be in \(0, 1\]"),
+    ("alpha", 0.0, "TrainConfig.alpha must be > 0"),
+    ("weight_decay", -0.1, "TrainConfig.weight_decay must be >= 0"),
+    ("scheduler", "step", "TrainConfig.scheduler must be 'cosine' or 'none'"),
+    ("eval_n", 0, "TrainConfig.eval_n must be None"),
+    ("aa_every", -1, "TrainConfig.aa_every must be >= 0"),
+    ("aa_version", "fast", "TrainConfig.aa_version must be"),
+    ("device", "tpu", "TrainConfig.device must be"),
+    ("trades_beta", -1.0, "TrainConfig.trades_beta must be >= 0"),
+    ("jacobian_projections", 0, "TrainConfig.jacobian_projections must be >= 1"),
+    ("yopo_n", 0, "TrainConfig.yopo_n must be >= 1"),
+])
+def test_bad_values_get_one_clear_message(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 2.5), ("seed", True), ("lr", "0.1"), ("eps", float("nan"))])
+def test_bad_types(field, value):
+    with pytest.raises(TypeError, match=f"TrainConfig.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_attack_methods_need_attack_steps():
+    with pytest.raises(ValueError, match="attack_steps must be >= 1 for method 'pgd-at'"):
+        TrainConfig(method="pgd-at", attack_steps=0)
+    assert TrainConfig(method="standard", attack_steps=0).attack_steps == 0
