@@ -58,6 +58,29 @@ def test_numbers_match_an_independent_computation(tiny_model):
     assert report.block_mse() == [r["mse"] for r in report.rows if r["name"] in ("blocks.0.norm", "blocks.1.norm")]
 
 
+def test_bound_matches_an_independent_loop(tiny_model):
+    model = tiny_model("s4d", seed=5)
+    x, x_adv = _inputs(5, eps=0.2)
+    report = propagation_analysis(model, x, x_adv=x_adv)
+    with torch.no_grad():
+        clean, adv = model.forward_trace(x), model.forward_trace(x_adv)
+    for i, block in enumerate(model.blocks):
+        row = next(r for r in report.rows if r["name"] == f"blocks.{i}.mix")
+        before = "embedding" if i == 0 else f"blocks.{i - 1}.norm"
+        du = adv[before].double() - clean[before].double()
+        dy = adv[f"blocks.{i}.mix"].double() - clean[f"blocks.{i}.mix"].double()
+        K, D = (t.detach().double() for t in block.layer.conv_kernel(x[0].numel()))
+        worst_ratio, largest_bound = 0.0, 0.0
+        for b in range(x.shape[0]):
+            for h in range(K.shape[0]):
+                bound = (float(K[h].abs().sum()) + abs(float(D[h]))) * float(du[b, :, h].abs().max())
+                worst_ratio = max(worst_ratio, float(dy[b, :, h].abs().max()) / bound)
+                largest_bound = max(largest_bound, bound)
+        assert row["bound"] == pytest.approx(largest_bound, rel=1e-9)
+        assert row["bound_ratio"] == pytest.approx(worst_ratio, rel=1e-9)
+        assert row["linf_error"] == pytest.approx(float(dy.abs().max()), rel=1e-9)
+
+
 def test_no_perturbation_gives_zero_errors(tiny_model):
     x, _ = _inputs()
     report = propagation_analysis(tiny_model("dss"), x, x_adv=x.clone())
