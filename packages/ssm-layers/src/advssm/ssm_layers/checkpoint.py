@@ -103,19 +103,23 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def _check_file(path) -> Path:
+    """Recognise the file from its first bytes, before any parser sees it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then a JSON object
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if len(head) == 9 and head[8:9] == b"{" and 8 + n <= size:
+        return path
     if head.startswith(_PICKLE_MAGIC):
         raise CheckpointError(
             f"{path}: this is a pickle / torch.save file, not an advssm .safetensors checkpoint; advssm never "
             "unpickles files. Convert it by loading it yourself (if you trust it) and calling save_checkpoint"
         )
-    if len(head) < 8 or int.from_bytes(head, "little") > os.path.getsize(path):
-        raise CheckpointError(f"{path}: truncated or corrupt safetensors file (bad header length)")
-    return path
+    raise CheckpointError(f"{path}: truncated or corrupt safetensors file (bad header)")
 
 
 def _parse_metadata(path: Path, raw: dict) -> dict:
