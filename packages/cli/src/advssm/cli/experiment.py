@@ -28,7 +28,7 @@ def prepare_dir(config: RunConfig, run_dir: Path) -> None:
 def run_cell(config: RunConfig, cell_dir: Path, progress: bool = True, callbacks=(), label: str = "") -> dict:
     """Train and evaluate one cell into ``cell_dir``; continues from train_state.pt when it is there."""
     import torch
-    from advssm.adv_train import Trainer
+    from advssm.adv_train.trainer import Trainer
     from advssm.ssm_layers import build_model, save_checkpoint
 
     settings = config.data

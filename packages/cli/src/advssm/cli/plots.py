@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 # metric key -> legend label; a key missing from the metrics is simply not drawn
 SERIES = {
-    "train_clean_acc": "train clean", "train_robust_acc": "train robust",
+    "train_clean_acc": "train clean", "train_adv_acc": "train adversarial",
     "clean_acc": "test clean", "pgd_acc": "test PGD-10", "aa_acc": "test AA",
 }
 

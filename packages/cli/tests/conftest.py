@@ -1,0 +1,37 @@
+"""Shared fixtures: the tiny CLI settings and one tiny run reused by the read-only tests."""
+import json
+
+import pytest
+from advssm.cli.main import cli
+from click.testing import CliRunner
+
+# a model and budget small enough that a two-cell run takes seconds on 2 CPU cores
+TINY = ["--train-size", "64", "--test-size", "32", "--epochs", "2", "--d-model", "8", "--d-state", "4",
+        "--n-layers", "1", "--no-progress", "--set", "train.batch_size=32", "--set", "train.attack_steps=2",
+        "--set", "train.eval_pgd_steps=2"]
+TIMING_KEYS = ("train_time", "epoch_time")
+
+
+def invoke(*args):
+    """Run the CLI in-process; returns click's Result (exit_code, output, exception)."""
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+
+
+def metrics_without_timing(cell_dir):
+    rows = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished two-cell run (standard vs PGD-AT) on tiny settings."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("run", *TINY, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def helpers():
+    return type("Helpers", (), {"invoke": staticmethod(invoke), "TINY": TINY,
+                                "metrics": staticmethod(metrics_without_timing)})
