@@ -91,6 +91,10 @@ def test_bad_activation_fails_before_touching_the_model(tiny_model):
 def test_bad_block_index_and_foreign_model_are_rejected(tiny_model):
     with pytest.raises(ValueError, match="outside 0..1"):
         attach_ads(tiny_model("s4d"), layers=[2])
+    with pytest.raises(TypeError, match="layers must be a list of block indices"):
+        attach_ads(tiny_model("s4d"), layers=1)
+    with pytest.raises(ValueError, match="layers is empty"):
+        attach_ads(tiny_model("s4d"), layers=[])
     with pytest.raises(TypeError, match="needs set_transform"):
         attach_ads(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="needs set_transform"):

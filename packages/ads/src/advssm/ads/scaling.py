@@ -8,6 +8,7 @@ config or checkpoint that names it rebuilds wherever advssm-ads is installed.
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 
 import torch
@@ -92,7 +93,18 @@ def attach_ads(model: nn.Module, activation: str = "relu", layers: Iterable[int]
     _check_model(model, "attach_ads")
     # Validate here so the error names AdS options before any slot is touched.
     AdaptiveScaling(1, activation=activation, shift=shift)
-    chosen = None if layers is None else sorted({int(i) for i in layers})
+    chosen = None
+    if layers is not None:
+        try:
+            if isinstance(layers, str) or any(isinstance(i, bool) for i in layers):
+                raise TypeError
+            chosen = sorted({operator.index(i) for i in layers})
+        except TypeError:
+            raise TypeError(
+                f"attach_ads: layers must be a list of block indices (or None for all), got {layers!r}"
+            ) from None
+        if not chosen:
+            raise ValueError("attach_ads: layers is empty; pass None for every block, or call detach_ads to remove AdS")
     model.set_transform("ads", {"activation": activation, "shift": shift}, chosen)
     _match_layer_dtype(model)
     return model
