@@ -141,6 +141,7 @@ DIAG_CASES = [
     ((2, 3, 37), (2, 3, 37), (2, 3)),
     ((4, 1), (2, 4, 16), None),
     ((70, 1), (70, 9), (70,)),  # two row blocks
+    ((2, 3, 1), (2, 3, 21), (1,)),  # time-invariant a per row, h0 broadcast
 ]
 
 

@@ -8,8 +8,9 @@ computes the adjoint ``lam_t = dh_t + conj(a_{t+1}) lam_{t+1}``; the gradients
 ``db = lam``, ``da = lam conj(h_{t-1})`` and ``dh0 = conj(a_0) lam_0`` are then plain
 elementwise torch ops, reduced to the broadcast shapes of a and h0.
 
-``a`` is expanded to b's full shape before the kernel (simple, costs one b-sized copy when
-a is time-invariant). fp32 / complex64 compute. Only verified under ``TRITON_INTERPRET=1``.
+A time-invariant ``a`` (last dim 1, as for S5 and Mega's EMA) is passed as one value per row
+and loaded once (``A_PER_ROW``); otherwise it is expanded to b's shape. fp32 / complex64
+compute. Only verified under ``TRITON_INTERPRET=1`` so far.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ MAX_BLOCK_R = 64  # rows per program
 @triton.jit
 def _diag_scan_kernel(a_ptr, b_ptr, h0_ptr, out_ptr, R, L,
                       HAS_H0: tl.constexpr, IS_COMPLEX: tl.constexpr, REVERSE: tl.constexpr,
-                      BLOCK_R: tl.constexpr):
+                      A_PER_ROW: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = rows < R
     ELEM: tl.constexpr = 2 if IS_COMPLEX else 1  # floats per element
@@ -33,6 +34,12 @@ def _diag_scan_kernel(a_ptr, b_ptr, h0_ptr, out_ptr, R, L,
         hr = tl.load(h0_ptr + rows * ELEM, mask=mask_r, other=0.0)
         if IS_COMPLEX:
             hi = tl.load(h0_ptr + rows * ELEM + 1, mask=mask_r, other=0.0)
+    a_row_r = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    a_row_i = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    if A_PER_ROW:
+        a_row_r = tl.load(a_ptr + rows * ELEM, mask=mask_r, other=0.0)
+        if IS_COMPLEX:
+            a_row_i = tl.load(a_ptr + rows * ELEM + 1, mask=mask_r, other=0.0)
     for i in range(L):
         if REVERSE:  # adjoint: lam_t = dh_t + conj(a_{t+1}) lam_{t+1}
             t = L - 1 - i
@@ -42,11 +49,17 @@ def _diag_scan_kernel(a_ptr, b_ptr, h0_ptr, out_ptr, R, L,
             t_a = t
         m_a = mask_r & (rows * 0 + t_a < L)
         idx = (rows * L + t) * ELEM
-        idx_a = (rows * L + t_a) * ELEM
-        ar = tl.load(a_ptr + idx_a, mask=m_a, other=0.0)
+        if A_PER_ROW:
+            ar = tl.where(m_a, a_row_r, 0.0)
+            ai = tl.where(m_a, a_row_i, 0.0)
+        else:
+            idx_a = (rows * L + t_a) * ELEM
+            ar = tl.load(a_ptr + idx_a, mask=m_a, other=0.0)
+            ai = tl.zeros((BLOCK_R,), dtype=tl.float32)
+            if IS_COMPLEX:
+                ai = tl.load(a_ptr + idx_a + 1, mask=m_a, other=0.0)
         br = tl.load(b_ptr + idx, mask=mask_r, other=0.0)
         if IS_COMPLEX:
-            ai = tl.load(a_ptr + idx_a + 1, mask=m_a, other=0.0)
             if REVERSE:
                 ai = -ai
             bi = tl.load(b_ptr + idx + 1, mask=mask_r, other=0.0)
@@ -58,7 +71,8 @@ def _diag_scan_kernel(a_ptr, b_ptr, h0_ptr, out_ptr, R, L,
 
 
 def _run(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> torch.Tensor:
-    """a, b: (R, L) contiguous, both float32 or both complex64; h0: (R,) or None."""
+    """b: (R, L) contiguous; a: (R, L), or (R, 1) when time-invariant; same dtype, float32 or
+    complex64; h0: (R,) or None."""
     R, L = b.shape
     is_complex = b.is_complex()
     as_float = torch.view_as_real if is_complex else (lambda t: t)
@@ -66,7 +80,8 @@ def _run(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: boo
     BLOCK_R = min(triton.next_power_of_2(R), MAX_BLOCK_R)
     _diag_scan_kernel[(triton.cdiv(R, BLOCK_R),)](
         as_float(a), as_float(b), as_float(h0) if h0 is not None else as_float(b), as_float(out), R, L,
-        HAS_H0=h0 is not None, IS_COMPLEX=is_complex, REVERSE=reverse, BLOCK_R=BLOCK_R)
+        HAS_H0=h0 is not None, IS_COMPLEX=is_complex, REVERSE=reverse, A_PER_ROW=a.shape[1] == 1,
+        BLOCK_R=BLOCK_R)
     return out
 
 
@@ -85,7 +100,8 @@ class DiagScanFn(torch.autograd.Function):
         work = torch.complex64 if (a.is_complex() or b.is_complex()) else torch.float32
         out_dtype = torch.result_type(a, b)
         shape = b.shape
-        af = a.detach().to(work).expand(shape).reshape(-1, shape[-1]).contiguous()
+        a_shape = shape[:-1] + (1,) if a.shape[-1:] == (1,) else shape  # keep a time-invariant a per row
+        af = a.detach().to(work).expand(a_shape).reshape(-1, a_shape[-1]).contiguous()
         bf = b.detach().to(work).reshape(-1, shape[-1]).contiguous()
         h0f = None if h0 is None else h0.detach().to(work).expand(shape[:-1]).reshape(-1).contiguous()
         h = _run(af, bf, h0f, reverse=False)
@@ -100,7 +116,7 @@ class DiagScanFn(torch.autograd.Function):
         shape, has_h0 = b_meta[0], h0_meta is not None
         lam = _run(af, dh.to(h.dtype).reshape(h.shape).contiguous(), None, reverse=True)
         h_prev = torch.cat([(h0f if has_h0 else torch.zeros_like(h0f))[:, None], h[:, :-1]], dim=1)
-        da = (lam * h_prev.conj()).reshape(shape)
+        da = (lam * h_prev.conj()).reshape(shape)  # sum_to_size folds the time dim for a per-row a
         dh0 = _grad_to((lam[:, 0] * af[:, 0].conj()).reshape(shape[:-1]), h0_meta) if has_h0 else None
         return _grad_to(da, a_meta), _grad_to(lam.reshape(shape), b_meta), dh0
 
