@@ -29,11 +29,13 @@ class PropagationReport:
         rows: one dict per recorded point, in forward order, with keys ``name`` (trace key),
             ``block`` (block index or None), ``component``, ``rel_error`` (mean over the batch
             of per-example relative L2 errors), ``change_rate`` (relative change of
-            ``rel_error`` across this component; None for the input or when the error before
-            is zero), ``mse`` (mean squared difference), and for the mix step of LTI layers
-            ``linf_error`` (largest per-channel L-inf error), ``bound`` (largest per-channel
-            bound) and ``bound_ratio`` (largest per-channel measured / bound; <= 1 when the
-            bound holds), else None.
+            ``rel_error`` from the previous row, i.e. across this component; None for the
+            input or when the error before is zero; 0 for an identity transform slot; in a
+            pre-norm model the mix step includes the block's input LayerNorm), ``mse`` (mean
+            squared difference), and for the mix step of LTI layers ``linf_error`` (largest
+            per-channel L-inf error), ``bound`` (largest per-channel bound) and
+            ``bound_ratio`` (largest per-channel measured / bound; <= 1 when the bound
+            holds), else None.
         kl: mean over the batch of KL(softmax(clean logits) || softmax(perturbed logits)).
         n_examples: batch size.
         perturbation_linf: max |x_adv - x|.
@@ -133,6 +135,8 @@ def propagation_analysis(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor 
     if (x_adv is None) == (attack is None):
         raise ValueError("propagation_analysis: pass exactly one of x_adv (perturbed inputs) or attack "
                          "(a callable attack(x, y) -> x_adv)")
+    if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0]):
+        raise ValueError(f"propagation_analysis: y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
     if attack is not None:
         if y is None:
             raise ValueError("propagation_analysis: an attack needs the labels y")
@@ -140,8 +144,6 @@ def propagation_analysis(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor 
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
         raise ValueError(f"propagation_analysis: x_adv must have the shape of x {tuple(x.shape)}, got {got}")
-    if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0]):
-        raise ValueError(f"propagation_analysis: y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
 
     was_training = model.training
     model.eval()
