@@ -63,6 +63,6 @@ def execute(config: RunConfig, run_dir: Path, progress: bool = True, callbacks=(
             click.echo(f"[{i}/{len(cells)}] {name}: training", err=True)
             run_cell(cell, cell_dir, progress, callbacks, label=name)
         summaries[name] = runs.read_summary(cell_dir)
-    runs.write_report(run_dir, [run_dir / name for name, _ in cells], title=f"advssm run: {config.name}",
+    runs.write_report(run_dir, {name: run_dir / name for name, _ in cells}, title=f"advssm run: {config.name}",
                       config_text=config.to_toml())
     return summaries

@@ -81,12 +81,13 @@ def summary_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | Path, cells: list[Path], title: str, config_text: str | None = None) -> Path:
-    """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells``."""
+def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config_text: str | None = None) -> Path:
+    """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells`` (table row name -> folder)."""
     from .plots import plot_comparison, plot_metrics
 
     run_dir = Path(run_dir)
-    rows = [(cell.name if cell != run_dir else run_dir.name, read_summary(cell)) for cell in cells]
+    rows = [(name, read_summary(cell)) for name, cell in cells.items()]
+    cells = list(cells.values())
     parts = [f"# {title}", "", "Accuracies in %; the best checkpoint has the highest PGD-10 test accuracy; "
              "Diff = Best - Last (robust overfitting); '-' = not evaluated.", "", summary_table(rows), ""]
     metrics = {name: read_metrics(cell) for (name, _), cell in zip(rows, cells)}

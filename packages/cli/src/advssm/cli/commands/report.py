@@ -31,10 +31,17 @@ def report(run_dirs, out, as_json):
         if not found:
             raise ConfigError(f"{run_dir} has no finished cell (no {runs.SUMMARY_FILE}); is it a run folder?")
         cells += found
-    names = [c.name if len(run_dirs) == 1 else f"{c.parent.name}/{c.name}" for c in cells]
+    named: dict[str, Path] = {}
+    for cell in cells:
+        name = cell.name if len(run_dirs) == 1 else f"{cell.parent.name}/{cell.name}"
+        # the same cell listed twice (a run and one of its cells) gets a numbered second row
+        unique, k = name, 2
+        while unique in named:
+            unique, k = f"{name} #{k}", k + 1
+        named[unique] = cell
     out_dir = Path(out) if out else (Path(run_dirs[0]) if len(run_dirs) == 1 else Path("."))
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = runs.write_report(out_dir, cells, title="advssm report: " + ", ".join(run_dirs))
-    summaries = {name: runs.read_summary(cell) for name, cell in zip(names, cells)}
+    path = runs.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs))
+    summaries = {name: runs.read_summary(cell) for name, cell in named.items()}
     emit({"report": str(path), "cells": summaries}, as_json,
          f"{runs.summary_table(list(summaries.items()))}\n\nreport: {path}")
