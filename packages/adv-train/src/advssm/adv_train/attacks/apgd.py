@@ -1,0 +1,190 @@
+"""APGD and APGD-T (Croce & Hein, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks", ICML 2020): PGD with momentum and a step size
+that halves at fixed checkpoints when progress stalls, restarting from the best point.
+
+Schedule (the paper's Section 3): step size eta = 2 eps; checkpoints w_j = ceil(p_j N) with
+p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06). At w_j the step size
+halves for an example if
+  1. the loss rose in fewer than rho * (w_j - w_{j-1}) of the steps since w_{j-1}, or
+  2. the step size was not halved at w_{j-1} and the best loss has not improved since.
+After a halving the iterate restarts from the best point found (with no momentum carried).
+Update: z = P(x_k + eta * s(grad)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})),
+a = 0.75 (a = 1 on the first step), s = sign for Linf, grad / ||grad||_2 for L2.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .base import (
+    Attack,
+    check_positive_int,
+    cross_entropy,
+    dlr_targeted_loss,
+    get_loss,
+    project,
+    random_in_ball,
+    steepest_ascent,
+)
+
+MOMENTUM = 0.75
+
+
+def apgd_checkpoints(n_iter: int) -> list[int]:
+    """The iterations w_j = ceil(p_j * n_iter) (j >= 1, p_j <= 1) at which the step size is reviewed."""
+    p = [0.0, 0.22]
+    while p[-1] <= 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    # round() first: 0.57 * 100 is 57.000000000000007 in floating point.
+    return sorted({math.ceil(round(pj * n_iter, 9)) for pj in p[1:] if pj <= 1} - {0})
+
+
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class APGD(Attack):
+    """Auto-PGD, untargeted.
+
+    Args:
+        model: classifier mapping [0, 1] inputs to logits.
+        norm: "Linf" or "L2".
+        eps: radius of the threat model's ball.
+        steps: iterations per restart (100 in AutoAttack).
+        n_restarts: runs from independent random starts; later runs attack only the examples
+            not yet fooled.
+        loss: "ce" (APGD-CE), "dlr" (APGD-DLR) or "margin".
+        rho: the oscillation threshold of condition 1.
+        seed: seeds the random starts.
+
+    Returns, per example, the first adversarial iterate found, else the highest-loss point.
+    """
+
+    def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, steps: int = 100,
+                 n_restarts: int = 1, loss: str = "ce", rho: float = 0.75, seed: int | None = 0):
+        super().__init__(model, eps, norm=norm, seed=seed)
+        self.steps = check_positive_int(steps, "steps")
+        self.n_restarts = check_positive_int(n_restarts, "n_restarts")
+        if not 0 < rho <= 1:
+            raise ValueError(f"rho must lie in (0, 1], got {rho}")
+        self.rho = float(rho)
+        self.loss_name = loss
+        self.loss_fn = self._loss_function(loss)
+        self.checkpoints = set(apgd_checkpoints(self.steps))
+
+    def _loss_function(self, loss: str) -> Callable:
+        return get_loss(loss)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
+                f"n_restarts={self.n_restarts}, loss={self.loss_name!r})")
+
+    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        with torch.no_grad():
+            logits = self.logits(x)
+        self.check_labels(logits, y)
+        x_adv, fooled = x.clone(), logits.argmax(1) != y
+        for _ in range(self.n_restarts):
+            self.attack_remaining(x, y, x_adv, fooled, lambda z, idx: self.loss_fn(z, y[idx]), generator)
+        return x_adv
+
+    def attack_remaining(self, x: Tensor, y: Tensor, x_adv: Tensor, fooled: Tensor,
+                         loss_fn: Callable[[Tensor, Tensor], Tensor], generator: torch.Generator) -> None:
+        """One run on the examples not yet fooled; updates ``x_adv`` and ``fooled`` in place.
+
+        ``loss_fn(logits, idx)`` is the loss for the examples ``idx`` of the batch.
+        """
+        idx = (~fooled).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
+        x_run, run_fooled = self.run(x[idx], y[idx], lambda z: loss_fn(z, idx), generator)
+        # None of these was fooled before: each takes this run's result (its best-loss point if not fooled).
+        x_adv[idx] = x_run
+        fooled[idx] = run_fooled
+
+    def run(self, x: Tensor, y: Tensor, loss_fn: Callable[[Tensor], Tensor],
+            generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One APGD run from a random start: (adversarial or best-loss point, fooled mask)."""
+        def step(x_from: Tensor, direction: Tensor, size: Tensor) -> Tensor:
+            return project(x_from + _rows(size, x) * direction, x, self.eps, self.norm)
+
+        x_k = project(x + random_in_ball(x, self.eps, self.norm, generator), x, self.eps, self.norm)
+        f_k, g_k, logits = self.loss_and_grad(x_k, loss_fn)
+        fooled = logits.argmax(1) != y
+        x_found = x_k.clone()
+        x_best, f_best, g_best = x_k.clone(), f_k.clone(), g_k.clone()
+        x_prev = x_k
+        eta = torch.full_like(f_k, 2 * self.eps)
+        n_rises = torch.zeros_like(f_k)
+        f_best_at_check, halved_at_check, last_check = f_best.clone(), torch.zeros_like(fooled), 0
+        for k in range(self.steps):
+            z = step(x_k, steepest_ascent(g_k, self.norm), eta)
+            a = MOMENTUM if k > 0 else 1.0
+            x_next = step(x_k, a * (z - x_k) + (1 - a) * (x_k - x_prev), torch.ones_like(eta))
+            f_next, g_next, logits = self.loss_and_grad(x_next, loss_fn)
+
+            newly_fooled = (logits.argmax(1) != y) & ~fooled
+            x_found[newly_fooled] = x_next[newly_fooled]
+            fooled |= newly_fooled
+            n_rises += f_next > f_k
+            better = f_next > f_best
+            x_best[better], f_best[better], g_best[better] = x_next[better], f_next[better], g_next[better]
+            x_prev, x_k, f_k, g_k = x_k, x_next, f_next, g_next
+
+            if k + 1 in self.checkpoints:
+                oscillating = n_rises < self.rho * (k + 1 - last_check)
+                stalled = ~halved_at_check & (f_best <= f_best_at_check)
+                halve = oscillating | stalled
+                eta = torch.where(halve, eta / 2, eta)
+                x_k = torch.where(_rows(halve, x), x_best, x_k)
+                x_prev = torch.where(_rows(halve, x), x_best, x_prev)
+                g_k = torch.where(_rows(halve, x), g_best, g_k)
+                f_k = torch.where(halve, f_best, f_k)
+                n_rises.zero_()
+                f_best_at_check, halved_at_check, last_check = f_best.clone(), halve, k + 1
+        return torch.where(_rows(fooled, x), x_found, x_best), fooled
+
+
+class APGDT(APGD):
+    """Targeted Auto-PGD (APGD-T): for each of the ``n_target_classes`` classes with the highest
+    clean logits after the top one, an APGD run maximising the targeted loss towards that class,
+    on the examples not yet fooled. Success means misclassification (any class), as in AutoAttack.
+
+    Args:
+        loss: "dlr-targeted" (default, needs >= 4 classes) or "ce-targeted" (minus the CE to the target).
+        n_target_classes: how many target classes to try (capped at classes - 1).
+        n_restarts: runs per target class.
+        Others as ``APGD``.
+    """
+
+    TARGETED_LOSSES = ("dlr-targeted", "ce-targeted")
+
+    def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, steps: int = 100,
+                 n_restarts: int = 1, n_target_classes: int = 9, loss: str = "dlr-targeted", rho: float = 0.75,
+                 seed: int | None = 0):
+        super().__init__(model, norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, loss=loss, rho=rho,
+                         seed=seed)
+        self.n_target_classes = check_positive_int(n_target_classes, "n_target_classes")
+
+    def _loss_function(self, loss: str) -> Callable:
+        if loss not in self.TARGETED_LOSSES:
+            raise ValueError(f"unknown targeted loss {loss!r}; choose one of {self.TARGETED_LOSSES}")
+        if loss == "ce-targeted":
+            return lambda logits, y, target: -cross_entropy(logits, target)
+        return dlr_targeted_loss
+
+    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        with torch.no_grad():
+            logits = self.logits(x)
+        self.check_labels(logits, y)
+        ranked = logits.argsort(dim=1, descending=True)
+        x_adv, fooled = x.clone(), logits.argmax(1) != y
+        for rank in range(1, min(self.n_target_classes, logits.shape[1] - 1) + 1):
+            target = ranked[:, rank]
+            for _ in range(self.n_restarts):
+                self.attack_remaining(x, y, x_adv, fooled,
+                                      lambda z, idx, t=target: self.loss_fn(z, y[idx], t[idx]), generator)
+        return x_adv
