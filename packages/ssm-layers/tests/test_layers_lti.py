@@ -268,3 +268,9 @@ def test_s4d_init_is_s4d_lin():
     A = torch.complex(-layer.log_A_real.exp(), layer.A_imag)
     torch.testing.assert_close(A[0], torch.complex(torch.full((4,), -0.5, dtype=torch.float64),
                                                    math.pi * torch.arange(4, dtype=torch.float64)))
+
+
+@names
+def test_conv_kernel_refuses_empty_length(name):
+    with pytest.raises(ValueError, match="L must be"):
+        make(name).conv_kernel(0)

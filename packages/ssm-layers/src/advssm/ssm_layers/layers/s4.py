@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from .s4d import LTILayer, log_timescales
+from .s4d import LTILayer, _positive_int, log_timescales
 
 
 def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,21 +111,16 @@ class S4(LTILayer):
         parts = (Lam, torch.view_as_complex(self.P), torch.view_as_complex(self.B), torch.view_as_complex(self.C))
         return tuple(with_conjugates(z) for z in parts)
 
-    def dense_A(self) -> torch.Tensor:
-        """The state matrix A = diag(Lambda) - P P^*, (N, N) complex."""
-        Lam, P, _, _ = self.system()
-        return torch.diag(Lam) - P[:, None] * P.conj()[None, :]
-
     def conv_kernel(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(K (H, L), D (H,)): the layer's exact causal kernel and skip."""
+        L = _positive_int("S4.conv_kernel", "L", L)
         Lam, P, B, C = self.system()
         dt = self.log_dt.exp()[:, None]  # (H, 1)
         # A_bar = (I - dt/2 A)^-1 (I + dt/2 A) = 2 (I - dt/2 A)^-1 - I, and I - dt/2 A is diagonal plus
         # rank one, so Sherman-Morrison inverts it in closed form (a batched dense solve is far slower)
-        d = 1 / (1 - dt / 2 * Lam)  # (H, N)
-        dP, Pd = d * P, P.conj() * d
-        inv = torch.diag_embed(d) - (dt / 2 / (1 + dt / 2 * (Pd * P).sum(-1, keepdim=True)))[..., None] \
-            * dP[:, :, None] * Pd[:, None, :]
+        d = 1 / (1 - dt / 2 * Lam)  # (H, N): inverse of the diagonal part
+        scale = dt / 2 / (1 + dt / 2 * (P.conj() * d * P).sum(-1, keepdim=True))  # (H, 1)
+        inv = torch.diag_embed(d) - scale[..., None] * (d * P)[:, :, None] * (P.conj() * d)[:, None, :]
         A_bar = 2 * inv - torch.eye(Lam.shape[0], dtype=Lam.dtype, device=Lam.device)
         C_tilde = C - torch.einsum("hn,hnm->hm", C, torch.linalg.matrix_power(A_bar, L))
         # the roots of unity w_k = exp(-2 pi i k / L) for the rfft half, k = 0..L//2

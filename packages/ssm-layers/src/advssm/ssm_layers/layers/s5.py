@@ -23,7 +23,7 @@ from torch import nn
 
 from ..ops import diag_scan
 from .s4 import legs_normal_eigen
-from .s4d import LTILayer, log_timescales
+from .s4d import LTILayer, _positive_int, log_timescales
 
 
 class S5(LTILayer):
@@ -68,6 +68,7 @@ class S5(LTILayer):
 
     def conv_kernel(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(K (H_out, H_in, L), D (H,)): K[h, j, l] = Re(C Lambda_bar^l B_bar)[h, j]."""
+        L = _positive_int("S5.conv_kernel", "L", L)
         dtLam, B_bar, C = self.discrete()
         powers = (dtLam[:, None] * torch.arange(L, device=dtLam.device, dtype=dtLam.real.dtype)).exp()  # (P, L)
         return torch.einsum("hp,pl,pj->hjl", C, powers, B_bar).real, self.D
