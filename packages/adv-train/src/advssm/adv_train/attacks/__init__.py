@@ -2,12 +2,31 @@
 
     attack = PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
     x_adv = attack(x, y)
+
+Every attack puts the model in eval mode (restoring each submodule's mode after), takes
+gradients with respect to the input only, and returns a detached tensor inside the eps-ball
+of its norm and inside [0, 1]; a seed fixes all of its randomness.
 """
-from .base import NORMS, Attack, cross_entropy, dlr_loss, dlr_targeted_loss, margin_loss, per_example_norm, project
+from .apgd import APGD, APGDT, apgd_checkpoints
+from .autoattack import STANDARD, AutoAttack, build_attack
+from .base import (
+    NORMS,
+    Attack,
+    cross_entropy,
+    dlr_loss,
+    dlr_targeted_loss,
+    eval_mode,
+    margin_loss,
+    per_example_norm,
+    project,
+)
+from .fab import FAB, project_onto_hyperplane_in_box
 from .fgsm import FGSM
 from .pgd import PGD
+from .square import Square, p_selection
 
 __all__ = [
-    "Attack", "NORMS", "FGSM", "PGD",
-    "cross_entropy", "margin_loss", "dlr_loss", "dlr_targeted_loss", "per_example_norm", "project",
+    "Attack", "NORMS", "FGSM", "PGD", "APGD", "APGDT", "FAB", "Square", "AutoAttack", "STANDARD", "build_attack",
+    "cross_entropy", "margin_loss", "dlr_loss", "dlr_targeted_loss", "per_example_norm", "project", "eval_mode",
+    "apgd_checkpoints", "p_selection", "project_onto_hyperplane_in_box",
 ]

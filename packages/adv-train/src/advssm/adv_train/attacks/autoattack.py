@@ -1,0 +1,105 @@
+"""AutoAttack (Croce & Hein, ICML 2020): an ensemble of parameter-free attacks run one after the
+other, each only on the examples the previous ones did not break.
+
+The standard version (Linf): APGD-CE (100 iterations, no restarts), APGD-T (100 iterations,
+9 target classes), FAB-T (100 iterations, 9 target classes), Square (5000 queries, p_init 0.8).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .apgd import APGD, APGDT
+from .base import Attack
+from .fab import FAB
+from .square import Square
+
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def build_attack(name: str, model: nn.Module, norm: str, eps: float, seed: int | None) -> Attack:
+    """One of AutoAttack's attacks by name, with the AutoAttack paper's budgets."""
+    makers = {
+        "apgd-ce": lambda: APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
+        "apgd-dlr": lambda: APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss="dlr", seed=seed),
+        "apgd-t": lambda: APGDT(model, norm=norm, eps=eps, steps=100, n_restarts=1, n_target_classes=9, seed=seed),
+        "fab-t": lambda: FAB(model, norm=norm, eps=eps, steps=100, n_restarts=1, targeted=True,
+                             n_target_classes=9, seed=seed),
+        "fab": lambda: FAB(model, norm=norm, eps=eps, steps=100, n_restarts=5, targeted=False, seed=seed),
+        "square": lambda: Square(model, eps=eps, n_queries=5000, p_init=0.8, n_restarts=1, seed=seed, norm=norm),
+    }
+    if name not in makers:
+        raise ValueError(f"unknown AutoAttack attack {name!r}; choose from {sorted(makers)} or pass Attack instances")
+    return makers[name]()
+
+
+class AutoAttack(Attack):
+    """The AutoAttack ensemble.
+
+    Args:
+        model: classifier mapping [0, 1] inputs to logits.
+        norm: "Linf" or "L2" (the standard version is Linf only here: Square is Linf only).
+        eps: radius of the threat model's ball.
+        version: "standard" (the four attacks above, paper budgets) or "custom" (``attacks``).
+        attacks: for "custom", a list of names ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "fab",
+            "square") or ``Attack`` instances with the same eps and norm, run in that order.
+        seed: seeds every attack built by name.
+
+    After a call, ``last_broken`` maps each attack's name to how many examples it broke
+    (examples the attacks before it had not broken) and ``last_n_correct`` counts the clean-correct ones.
+    """
+
+    def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, version: str = "standard",
+                 attacks: list[str | Attack] | None = None, seed: int | None = 0):
+        super().__init__(model, eps, norm=norm, seed=seed)
+        if version == "standard":
+            if attacks is not None:
+                raise ValueError("version='standard' fixes its attacks; pass attacks=... with version='custom'")
+            if norm != "Linf":
+                raise ValueError("the standard AutoAttack for L2 needs an L2 Square attack, which is not "
+                                 "implemented; use version='custom', attacks=['apgd-ce', 'apgd-t', 'fab-t']")
+            attacks = list(STANDARD)
+        elif version == "custom":
+            if not attacks:
+                raise ValueError("version='custom' needs a non-empty list attacks=[...] of names or Attack instances")
+        else:
+            raise ValueError(f"unknown version {version!r}; choose 'standard' or 'custom'")
+        self.version = version
+        self.attacks: dict[str, Attack] = {}
+        for entry in attacks:
+            attack = build_attack(entry, model, norm, self.eps, seed) if isinstance(entry, str) else entry
+            if not isinstance(attack, Attack):
+                raise TypeError(f"attacks must be names or Attack instances, got {type(entry).__name__}")
+            if attack.eps != self.eps or attack.norm != self.norm:
+                raise ValueError(f"{attack!r} has eps={attack.eps:g}, norm={attack.norm!r}; AutoAttack has "
+                                 f"eps={self.eps:g}, norm={self.norm!r}: they must agree")
+            name = entry if isinstance(entry, str) else type(attack).__name__.lower()
+            while name in self.attacks:
+                name += "'"
+            self.attacks[name] = attack
+        self.last_broken: dict[str, int] = {}
+        self.last_n_correct = 0
+
+    def __repr__(self) -> str:
+        return (f"AutoAttack(norm={self.norm!r}, eps={self.eps:g}, version={self.version!r}, "
+                f"attacks={list(self.attacks)})")
+
+    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        with torch.no_grad():
+            logits = self.logits(x)
+        self.check_labels(logits, y)
+        robust = logits.argmax(1) == y
+        self.last_n_correct = int(robust.sum())
+        self.last_broken = dict.fromkeys(self.attacks, 0)
+        x_adv = x.clone()
+        for name, attack in self.attacks.items():
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            candidate = attack(x[idx], y[idx])
+            with torch.no_grad():
+                broken = self.logits(candidate).argmax(1) != y[idx]
+            x_adv[idx[broken]] = candidate[broken]
+            robust[idx[broken]] = False
+            self.last_broken[name] = int(broken.sum())
+        return x_adv
