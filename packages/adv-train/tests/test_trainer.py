@@ -1,0 +1,222 @@
+"""The training loop: robustness gain of PGD-AT, exact resume, non-finite losses, files and callbacks."""
+import json
+
+import pytest
+import torch
+from advssm.adv_train.config import TrainConfig
+from advssm.adv_train.trainer import NonFiniteLossError, Trainer, robust_overfitting_summary
+from torch import nn
+from torch.utils.data import TensorDataset
+
+TIMES = ("train_time", "epoch_time")
+
+
+def shortcut_task(n=480, d=16, seed=0):
+    """Label in feature 0 with margin 0.25 (robust at eps 0.1); features 1.. carry it with margin 0.03 only.
+
+    A standard model leans on the many weak features, which a 0.1 perturbation flips together; an
+    adversarially trained one must use feature 0.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(2, (n,), generator=g)
+    sign = (2 * y - 1).float()[:, None]
+    x = torch.cat([0.5 + 0.25 * sign + 0.1 * torch.randn(n, 1, generator=g),
+                   0.5 + 0.03 * sign + 0.01 * torch.randn(n, d - 1, generator=g)], dim=1).clamp(0, 1)
+    cut = n * 3 // 4
+    return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+
+
+class MLP(nn.Module):
+    def __init__(self, d=16, hidden=16, dropout=0.0, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.first_layer = nn.Linear(d, hidden)
+        self.rest = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 2))
+
+    def forward(self, x):
+        return self.rest(self.first_layer(x))
+
+
+def config(**kw):
+    base = dict(epochs=3, batch_size=64, lr=1e-2, eps=0.1, alpha=0.03, attack_steps=5, eval_pgd_steps=5, aa_every=0)
+    return TrainConfig(**{**base, **kw})
+
+
+class Quiet:
+    pass
+
+
+def strip(history):
+    return [{k: v for k, v in m.items() if k not in TIMES} for m in history]
+
+
+def linear_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(16, 2)
+
+
+def test_pgd_at_raises_pgd_accuracy_over_standard():
+    # a linear model keeps the comparison convex and stable; both reach > 0.9 clean accuracy
+    train, test = shortcut_task(n=320)
+    results = {m: Trainer(linear_model(), train, test, config(method=m, epochs=4, lr=5e-2, batch_size=32),
+                          callbacks=[Quiet()]).fit() for m in ("standard", "pgd-at")}
+    std, adv = results["standard"]["last"], results["pgd-at"]["last"]
+    assert std["clean_acc"] > 0.9 and adv["clean_acc"] > 0.9, results
+    assert adv["pgd_acc"] > 0.8 and adv["pgd_acc"] > std["pgd_acc"] + 0.1, results
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAfter:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if epoch == self.epoch:
+            raise Interrupt
+
+
+def noisy_augment(x, generator):
+    return (x + 0.01 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("method,stop", [("free-at", 1), ("pgd-at", 2)])
+def test_resume_gives_exactly_the_uninterrupted_run(tmp_path, method, stop):
+    train, test = shortcut_task(n=200)
+    cfg = config(method=method, free_replays=2, eval_n=30)
+    kw = dict(augment=noisy_augment)  # dropout, augmentation, persistent noise and attacks all use RNG
+    straight = Trainer(MLP(dropout=0.2), train, test, cfg, out_dir=tmp_path / "a", callbacks=[Quiet()], **kw)
+    summary_a = straight.fit()
+    with pytest.raises(Interrupt):
+        Trainer(MLP(dropout=0.2), train, test, cfg, out_dir=tmp_path / "b", callbacks=[StopAfter(stop)], **kw).fit()
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == stop
+    resumed = Trainer(MLP(dropout=0.2, seed=99), train, test, cfg, out_dir=tmp_path / "b", callbacks=[Quiet()], **kw)
+    summary_b = resumed.fit(resume=True)
+    assert summary_a == summary_b
+    assert strip(straight.history) == strip(resumed.history)
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    lines = [json.loads(s) for s in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert strip(lines) == strip(straight.history)
+
+
+def test_resume_checks_its_inputs(tmp_path):
+    train, test = shortcut_task(n=100)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        Trainer(MLP(), train, test, config(), out_dir=tmp_path, callbacks=[Quiet()]).fit(resume=True)
+    Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path, callbacks=[Quiet()]).fit()
+    with pytest.raises(ValueError, match="differs from the saved run in lr"):
+        Trainer(MLP(), train, test, config(epochs=1, lr=0.5), out_dir=tmp_path, callbacks=[Quiet()]).fit(resume=True)
+
+
+class NaNAt(MLP):
+    """Emits NaN logits on the given (1-based) epoch and 0-based batch of training."""
+
+    def __init__(self, epoch, batch, batches_per_epoch):
+        super().__init__()
+        self.at, self.calls = (epoch - 1) * batches_per_epoch + batch, -1
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                out = out * float("nan")
+        return out
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train, test = shortcut_task(n=160)  # 120 training examples: 2 batches of 64
+    model = NaNAt(epoch=2, batch=1, batches_per_epoch=2)
+    snapshots = {}
+
+    class Snapshot:
+        def on_epoch_end(self, trainer, epoch, metrics):
+            snapshots[epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    with pytest.raises(NonFiniteLossError, match="epoch 2, batch 1"):
+        Trainer(model, train, test, config(), out_dir=tmp_path, callbacks=[Snapshot()]).fit()
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert set(snapshots) == {1} and all(torch.equal(last[k], v) for k, v in snapshots[1].items())
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert torch.load(tmp_path / "train_state.pt", weights_only=True)["epoch"] == 1
+
+
+def test_huge_learning_rate_is_reported(tmp_path):
+    train, test = shortcut_task(n=160)
+    with pytest.raises(NonFiniteLossError, match=r"at epoch \d+, batch \d+; lower TrainConfig.lr"):
+        Trainer(MLP(), train, test, config(lr=1e30, epochs=5, scheduler="none"), callbacks=[Quiet()]).fit()
+
+
+def test_files_summary_and_callbacks(tmp_path, capsys):
+    train, test = shortcut_task(n=160)
+    events = []
+
+    class Record:
+        def on_epoch_start(self, trainer, epoch):
+            events.append(("start", epoch))
+
+        def on_batch_end(self, trainer, epoch, batch_idx, n_batches, stats):
+            events.append(("batch", epoch, batch_idx, n_batches))
+
+        def on_eval(self, trainer, epoch, stage, done, total):
+            events.append(("eval", epoch, stage, done, total))
+
+        def on_epoch_end(self, trainer, epoch, metrics):
+            events.append(("end", epoch))
+
+    def saver(path, model, metadata):
+        torch.save({"w": model.state_dict(), "epoch": metadata["epoch"]}, path)
+
+    saver.suffix = ".ckpt"
+    trainer = Trainer(MLP(), train, test, config(method="trades", eval_n=25), out_dir=tmp_path, save_model=saver,
+                      callbacks=[Record()])
+    summary = trainer.fit()
+    assert capsys.readouterr().err == ""  # a callback replaces the default progress line
+    assert ("batch", 1, 1, 2) in events and ("eval", 3, "pgd", 25, 25) in events and events[-1] == ("end", 3)
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert {"train_loss", "train_clean_acc", "train_adv_acc", "clean_acc", "pgd_acc", "aa_acc", "lr",
+            "epoch_time"} <= set(lines[0])
+    assert all(m["aa_acc"] is None for m in lines) and lines[0]["lr"] > lines[2]["lr"]  # cosine schedule
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary == robust_overfitting_summary(lines)
+    best = max(lines, key=lambda m: m["pgd_acc"])
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == best["epoch"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 3
+    assert {"train_state.pt", "metrics.jsonl", "summary.json", "best.ckpt", "last.ckpt"} <= {
+        p.name for p in tmp_path.iterdir()}
+
+
+def test_default_saver_and_progress_line(tmp_path, capsys):
+    train, test = shortcut_task(n=160)
+    trainer = Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path)
+    trainer.fit()
+    assert capsys.readouterr().err.startswith("epoch 1/1 ")
+    model = MLP(seed=5)
+    model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=True))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trainer.model.state_dict().values()))
+    assert json.loads((tmp_path / "last.pt.json").read_text())["epoch"] == 1
+
+
+def test_summary_diff_and_missing_autoattack():
+    hist = [{"epoch": 1, "clean_acc": 0.8, "pgd_acc": 0.5, "aa_acc": None},
+            {"epoch": 2, "clean_acc": 0.9, "pgd_acc": 0.6, "aa_acc": 0.55},
+            {"epoch": 3, "clean_acc": 0.95, "pgd_acc": 0.4, "aa_acc": 0.35}]
+    s = robust_overfitting_summary(hist)
+    assert s["best"] == hist[1] and s["last"] == hist[2]
+    assert s["diff"]["pgd_acc"] == pytest.approx(0.2) and s["diff"]["aa_acc"] == pytest.approx(0.2)
+    assert robust_overfitting_summary(hist[:1] + hist[2:])["diff"]["aa_acc"] is None
+    with pytest.raises(ValueError, match="at least one epoch"):
+        robust_overfitting_summary([])
+
+
+def test_bad_arguments():
+    train, test = shortcut_task(n=100)
+    with pytest.raises(TypeError, match="Trainer needs a TrainConfig"):
+        Trainer(MLP(), train, test, {"epochs": 1})
+    with pytest.raises(ValueError, match="test_set must be a non-empty"):
+        Trainer(MLP(), train, TensorDataset(torch.zeros(0, 16), torch.zeros(0)), config())
+    with pytest.raises(TypeError, match="first-layer protocol"):
+        Trainer(nn.Linear(16, 2), train, test, config(method="yopo"))
