@@ -200,3 +200,11 @@ def test_backend_triton_routes_to_the_kernels(op, monkeypatch):
         out, ref = vandermonde_kernel(C, dtA, 7, backend="triton"), vandermonde_kernel_ref(C, dtA, 7)
     assert calls == [1]
     torch.testing.assert_close(out, ref, **FWD_TOL)
+
+
+def test_double_backward_fails_loudly():
+    C = torch.randn(2, 4, dtype=torch.complex64, device=DEVICE, requires_grad=True)
+    dtA = torch.complex(-torch.rand(2, 4), torch.randn(2, 4)).to(DEVICE).requires_grad_()
+    (grad_C,) = torch.autograd.grad(triton_ops.vandermonde_triton(C, dtA, 5).square().sum(), [C], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_C.abs().sum().backward()

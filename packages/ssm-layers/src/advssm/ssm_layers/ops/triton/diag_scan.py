@@ -110,6 +110,7 @@ class DiagScanFn(torch.autograd.Function):
         return h.reshape(shape).to(out_dtype)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels build no graph: double backward must fail loudly
     def backward(ctx, dh):
         af, h, h0f = ctx.saved_tensors
         a_meta, b_meta, h0_meta = ctx.meta

@@ -237,6 +237,7 @@ class SelectiveScanFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels build no graph: double backward must fail loudly
     def backward(ctx, dout, *maybe_dlast):
         u, delta, A, B, C, D, z, bias, chunks = ctx.saved_tensors
         has_d, has_z, has_bias = ctx.present

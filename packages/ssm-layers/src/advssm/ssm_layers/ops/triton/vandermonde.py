@@ -94,6 +94,7 @@ class VandermondeFn(torch.autograd.Function):
         return K.to(C.real.dtype)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels build no graph: double backward must fail loudly
     def backward(ctx, dK):
         Cf, Af = ctx.saved_tensors
         H, N = Cf.shape
