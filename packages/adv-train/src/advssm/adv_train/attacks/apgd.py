@@ -85,7 +85,6 @@ class APGD(Attack):
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
             logits = self.logits(x)
-        self.check_labels(logits, y)
         x_adv, fooled = x.clone(), logits.argmax(1) != y
         for _ in range(self.n_restarts):
             self.attack_remaining(x, y, x_adv, fooled, lambda z, idx: self.loss_fn(z, y[idx]), generator)
@@ -179,7 +178,6 @@ class APGDT(APGD):
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
             logits = self.logits(x)
-        self.check_labels(logits, y)
         ranked = logits.argsort(dim=1, descending=True)
         x_adv, fooled = x.clone(), logits.argmax(1) != y
         for rank in range(1, min(self.n_target_classes, logits.shape[1] - 1) + 1):

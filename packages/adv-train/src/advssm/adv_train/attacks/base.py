@@ -181,8 +181,12 @@ class Attack:
         y = self._check_inputs(x, y)
         x = x.detach()
         generator = self.make_generator(x.device)
-        with eval_mode(self.model), torch.enable_grad():
-            x_adv = self.perturb(x, y, generator)
+        with eval_mode(self.model):
+            if x.shape[0]:
+                with torch.no_grad():  # one example tells the number of classes
+                    self.check_labels(self.logits(x[:1]), y)
+            with torch.enable_grad():
+                x_adv = self.perturb(x, y, generator)
         return project(x_adv.detach(), x, self.eps, self.norm)
 
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:

@@ -53,10 +53,8 @@ class PGD(Attack):
         for _ in range(self.restarts):
             x_adv = x + random_in_ball(x, self.eps, self.norm, generator) if self.random_start else x
             x_adv = project(x_adv, x, self.eps, self.norm)
-            for step in range(self.steps):
-                _, grad, logits = self.loss_and_grad(x_adv, loss)
-                if step == 0:
-                    self.check_labels(logits, y)
+            for _ in range(self.steps):
+                _, grad, _ = self.loss_and_grad(x_adv, loss)
                 x_adv = project(x_adv + self.alpha * steepest_ascent(grad, self.norm), x, self.eps, self.norm)
             if self.restarts == 1:
                 return x_adv

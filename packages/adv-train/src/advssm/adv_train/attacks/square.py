@@ -81,7 +81,6 @@ class Square(Attack):
     @torch.no_grad()
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         logits = self.logits(x)
-        self.check_labels(logits, y)
         margin = -margin_loss(logits, y)
         x_adv = x.clone()
         for _ in range(self.n_restarts):
