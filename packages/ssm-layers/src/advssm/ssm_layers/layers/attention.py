@@ -48,4 +48,5 @@ class Attention(SequenceLayer):
         return y.transpose(1, 2).reshape(batch, L, self.d_model)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Dropout, then the output projection; ``x`` is unused."""
         return self.out_proj(self.dropout(y))

@@ -107,6 +107,7 @@ class Mega(SequenceLayer):
         return y.to(x.dtype).transpose(1, 2)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Gated attention on the EMA output ``y`` with values and gated residual from the layer input ``x``."""
         m = F.silu(y)
         v = F.silu(self.v_proj(x))
         update, zr, candidate = self.gates_proj(m).split([self.d_model, self.z_dim + self.d_model, self.d_model], -1)

@@ -72,7 +72,9 @@ class S6(SequenceLayer):
         self.d_state = _positive_int(name, "d_state", d_state)
         self.d_conv = _positive_int(name, "d_conv", d_conv)
         self.d_inner = _positive_int(name, "expand", expand) * d_model
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _positive_int(name, "dt_rank", dt_rank)
+        if dt_rank != "auto" and (isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1):
+            raise ValueError(f"{name}: dt_rank must be a positive int or 'auto', got {dt_rank!r}")
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         if not (isinstance(dt_min, (int, float)) and isinstance(dt_max, (int, float)) and 0 < dt_min <= dt_max):
             raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
         self.backend = check_backend(name, backend)
@@ -114,4 +116,5 @@ class S6(SequenceLayer):
         return y.transpose(1, 2)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Dropout, then out_proj back to (B, L, d_model); ``x`` is unused."""
         return self.out_proj(self.dropout(y))
