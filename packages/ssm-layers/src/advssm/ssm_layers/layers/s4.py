@@ -128,9 +128,9 @@ class S4(LTILayer):
         w = torch.polar(torch.ones_like(angle), angle)
         a, c = 1 - w, (1 + w) * dt / 2  # (K,), (H, K)
         R = 1 / (a[:, None] - c[..., None] * Lam)  # (H, K, N): the Cauchy terms
-        k00 = torch.einsum("hn,hkn,hn->hk", C_tilde, R, B)
-        k01 = torch.einsum("hn,hkn,n->hk", C_tilde, R, P)
-        k10 = torch.einsum("n,hkn,hn->hk", P.conj(), R, B)
-        k11 = torch.einsum("n,hkn,n->hk", P.conj(), R, P)
-        spectrum = dt * (k00 - c * k01 * k10 / (1 + c * k11))
+        # the four Woodbury terms [C~; P^*] R [B, P] in one contraction: k[..., i, j]
+        left = torch.stack([C_tilde, P.conj().expand_as(C_tilde)], dim=1)  # (H, 2, N)
+        right = torch.stack([B, P.expand_as(B)], dim=-1)  # (H, N, 2)
+        k = torch.einsum("hin,hkn,hnj->hkij", left, R, right)
+        spectrum = dt * (k[..., 0, 0] - c * k[..., 0, 1] * k[..., 1, 0] / (1 + c * k[..., 1, 1]))
         return torch.fft.irfft(spectrum, n=L), self.D
