@@ -31,7 +31,8 @@ def test_for_dataset_rejects_unknown_dataset():
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_json_round_trip(method):
-    c = TrainConfig(method=method, eval_n=100, jacobian_weight=0.5, device="auto")
+    c = TrainConfig(method=method, eval_n=100, jacobian_weight=0.5, device="auto", aa_version="custom",
+                    aa_attacks=["apgd-ce", "square"])
     text = c.to_json()
     assert json.loads(text) == c.to_dict()
     assert TrainConfig.from_json(text) == c
@@ -57,7 +58,9 @@ def test_unknown_keys_are_named():
     ("scheduler", "step", "TrainConfig.scheduler must be 'cosine' or 'none'"),
     ("eval_n", 0, "TrainConfig.eval_n must be None"),
     ("aa_every", -1, "TrainConfig.aa_every must be >= 0"),
-    ("aa_version", "fast", "TrainConfig.aa_version must be"),
+    ("aa_version", "fast", "TrainConfig.aa_version must be 'standard' or 'custom'"),
+    ("aa_version", "custom", "TrainConfig.aa_attacks must be a non-empty list of attack names"),
+    ("aa_attacks", ["apgd-ce"], "TrainConfig.aa_attacks must be None when aa_version is 'standard'"),
     ("device", "tpu", "TrainConfig.device must be"),
     ("trades_beta", -1.0, "TrainConfig.trades_beta must be >= 0"),
     ("jacobian_projections", 0, "TrainConfig.jacobian_projections must be >= 1"),

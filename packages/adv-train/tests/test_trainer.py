@@ -189,6 +189,19 @@ def test_files_summary_and_callbacks(tmp_path, capsys):
         p.name for p in tmp_path.iterdir()}
 
 
+def test_autoattack_every_k_epochs_and_at_the_last(tmp_path):
+    train, test = shortcut_task(n=160)
+    cfg = config(method="fast-at", aa_every=2, aa_n=20, aa_version="custom", aa_attacks=["apgd-ce"])
+    trainer = Trainer(linear_model(), train, test, cfg, callbacks=[Quiet()])
+    summary = trainer.fit()
+    aa = [m["aa_acc"] for m in trainer.history]
+    assert aa[0] is None and all(a is not None and 0 <= a <= 1 for a in aa[1:])
+    assert summary["last"]["aa_acc"] == aa[2]
+    # AutoAttack is at least as strong as no attack on the same first 20 examples
+    clean20 = Trainer(trainer.model, train, test, config(eval_n=20), callbacks=[Quiet()])._evaluate(9, False)
+    assert aa[2] <= clean20["clean_acc"]
+
+
 def test_default_saver_and_progress_line(tmp_path, capsys):
     train, test = shortcut_task(n=160)
     trainer = Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path)

@@ -39,7 +39,9 @@ class TrainConfig:
         jacobian_weight, jacobian_projections: Jacobian regularisation (0 = off), added to any method.
         eval_pgd_steps: steps of the PGD evaluation attack each epoch.
         eval_n: evaluate on the first ``eval_n`` test examples (None = whole test set).
-        aa_every, aa_n, aa_version: AutoAttack every k epochs (0 = never) on the first aa_n examples.
+        aa_every, aa_n: AutoAttack every k epochs (0 = never; also at the last epoch) on the first aa_n examples.
+        aa_version, aa_attacks: ``"standard"`` (the four-attack ensemble), or ``"custom"`` with ``aa_attacks``
+            a list of attack names (e.g. ``["apgd-ce", "apgd-t"]``) for a cheaper run.
         seed: the one seed that fixes the run.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         num_workers: DataLoader worker processes.
@@ -67,6 +69,7 @@ class TrainConfig:
     aa_every: int = 4
     aa_n: int = 2000
     aa_version: str = "standard"
+    aa_attacks: list[str] | None = None
     seed: int = 5
     device: str = "cpu"
     num_workers: int = 0
@@ -111,8 +114,13 @@ class TrainConfig:
         if self.eval_n is not None and (isinstance(self.eval_n, bool) or not isinstance(self.eval_n, int)
                                         or self.eval_n < 1):
             fail("eval_n", "None (whole test set) or an int >= 1")
-        if self.aa_version not in ("standard", "plus", "rand", "custom"):
-            fail("aa_version", "'standard', 'plus', 'rand' or 'custom'")
+        if self.aa_version not in ("standard", "custom"):
+            fail("aa_version", "'standard' or 'custom'")
+        if self.aa_version == "custom" and (not isinstance(self.aa_attacks, list) or not self.aa_attacks
+                                            or not all(isinstance(a, str) for a in self.aa_attacks)):
+            fail("aa_attacks", "a non-empty list of attack names when aa_version is 'custom'")
+        if self.aa_version == "standard" and self.aa_attacks is not None:
+            fail("aa_attacks", "None when aa_version is 'standard' (set aa_version='custom' to choose attacks)")
         if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda", "auto")
                                                     or self.device.startswith("cuda:")):
             fail("device", "'cpu', 'cuda', 'cuda:N' or 'auto'")

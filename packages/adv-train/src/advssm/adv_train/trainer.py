@@ -252,7 +252,8 @@ class Trainer:
         if run_aa:
             from .attacks import AutoAttack
 
-            attacks["aa"] = AutoAttack(self.model, norm="Linf", eps=cfg.eps, version=cfg.aa_version, seed=seed)
+            attacks["aa"] = AutoAttack(self.model, norm="Linf", eps=cfg.eps, version=cfg.aa_version,
+                                       attacks=cfg.aa_attacks, seed=seed)
         return attacks
 
     def _evaluate(self, epoch: int, run_aa: bool) -> dict[str, Any]:
