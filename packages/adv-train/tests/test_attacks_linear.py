@@ -4,7 +4,7 @@ the margin by eps * ||w||_1 (direction eps * sign(w)), the worst L2 one by eps *
 (direction eps * w / ||w||_2), as long as the box [0, 1] is not reached."""
 import pytest
 import torch
-from advssm.adv_train.attacks import FGSM, PGD
+from advssm.adv_train.attacks import FAB, FGSM, PGD, per_example_norm
 from torch import nn
 
 D = 20
@@ -54,3 +54,26 @@ def test_attack_reaches_the_closed_form(make_attack, l2_tol, norm, seed):
     tol = 1e-13 if norm == "Linf" else l2_tol
     torch.testing.assert_close(x_adv, expected, rtol=0, atol=tol)
     torch.testing.assert_close(margin(model, x_adv, y), margin(model, x, y) - EPS * w_norm, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("targeted", [True, False])
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_fab_finds_the_minimal_perturbation(norm, targeted):
+    """FAB is a minimum-norm attack: on a linear model the smallest perturbation that flips the
+    label has norm |margin| / ||w||_dual (dual of Linf is L1), and FAB must get within 1 % of it."""
+    model = linear_model(4)
+    g = torch.Generator().manual_seed(4)
+    w = (model.weight[1] - model.weight[0]).detach()
+    with torch.no_grad():  # boundary through the centre of the cube, so that the box stays out of reach
+        model.bias[1] = model.bias[0] - 0.5 * w.sum()
+    x = 0.45 + 0.1 * torch.rand(16, D, generator=g, dtype=torch.float64)
+    y = model(x).argmax(1).detach()
+    d_min = margin(model, x, y) / w.norm(p=1 if norm == "Linf" else 2)
+    assert d_min.max() < 0.4
+    x_adv = FAB(model, norm=norm, eps=1.0, steps=30, targeted=targeted, n_target_classes=1)(x, y)
+    found = per_example_norm(x_adv - x, norm)
+    assert (model(x_adv).argmax(1) != y).all()
+    assert (found >= d_min * (1 - 1e-9)).all() and (found <= d_min * 1.01).all()
+    # With eps just below the minimum nothing can be broken, and FAB returns x itself.
+    below = FAB(model, norm=norm, eps=0.99 * float(d_min.min()), steps=30, targeted=targeted, n_target_classes=1)
+    assert torch.equal(below(x, y), x)
