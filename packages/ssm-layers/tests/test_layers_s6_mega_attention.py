@@ -199,6 +199,8 @@ def test_s6_initialisation():
     dt = F.softplus(layer.dt_proj.bias)
     assert dt.min() >= 2e-3 * (1 - 1e-4) and dt.max() <= 5e-2 * (1 + 1e-4)
     assert torch.equal(layer.D, torch.ones(96))
+    no_decay = {name for name, p in layer.named_parameters() if getattr(p, "_optim", {}).get("weight_decay") == 0.0}
+    assert no_decay == {"A_log", "D"}
 
 
 # ---------------------------------------------------------------- Mega

@@ -96,6 +96,10 @@ class S6(SequenceLayer):
         # S4D-real initialisation: A[:, n] = -(n + 1), stored as a log so A stays negative (stable).
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
         self.D = nn.Parameter(torch.ones(self.d_inner))
+        # As in Mamba, A and D are exempt from weight decay; the tag follows the package's ``_optim``
+        # convention (see ``LTILayer``) for optimisers that build parameter groups from it.
+        for param in (self.A_log, self.D):
+            param._optim = {"weight_decay": 0.0}
 
     @property
     def transform_dim(self) -> int:
