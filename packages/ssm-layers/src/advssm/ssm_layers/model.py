@@ -211,9 +211,9 @@ class SequenceClassifier(nn.Module):
             layer = block.layer
             if not getattr(layer, "has_output_transform", False):
                 continue
-            device = next(layer.parameters(), torch.empty(0)).device
+            ref = next(layer.parameters(), torch.empty(0))
             module = build_transform(name, layer.transform_dim, **options) if i in chosen else nn.Identity()
-            layer.output_transform = module.to(device)
+            layer.output_transform = module.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         self.config.transform = name
         self.config.transform_options = options if name != "identity" else {}
         self.config.transform_layers = None if (layers is None or name == "identity") else sorted(chosen)
