@@ -58,6 +58,7 @@ def test_presets_build_and_run_forward_backward(name):
 def test_preset_cifar10_mamba_uses_d_state_16():
     assert preset("cifar10", layer="s6").d_state == 16
     assert preset("cifar10", layer="s4").d_state == 64
+    assert preset("mnist", layer="mega").d_state == 16 and preset("mnist", layer="mega", d_state=8).d_state == 8
     with pytest.raises(ValueError, match="unknown model preset"):
         preset("imagenet")
 

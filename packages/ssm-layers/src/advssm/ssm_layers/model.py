@@ -79,7 +79,8 @@ class ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
-# The paper's models (REFERENCE.md section 2); Mamba uses d_state 16 on CIFAR-10.
+# The paper's models (REFERENCE.md section 2); Mamba uses d_state 16 on CIFAR-10 and
+# Mega's EMA dimension (its d_state) is 16 everywhere.
 PRESETS: dict[str, dict] = {
     "mnist": dict(d_input=1, d_model=128, d_state=32, n_layers=2, n_classes=10),
     "cifar10": dict(d_input=3, d_model=128, d_state=64, n_layers=4, n_classes=10),
@@ -92,7 +93,8 @@ def preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[name])
-    if name == "cifar10" and overrides.get("layer") == "s6" and "d_state" not in overrides:
+    layer = overrides.get("layer")
+    if "d_state" not in overrides and (layer == "mega" or (name == "cifar10" and layer == "s6")):
         values["d_state"] = 16
     values.update(overrides)
     return ModelConfig.from_dict(values)
