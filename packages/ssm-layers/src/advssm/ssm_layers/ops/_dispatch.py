@@ -25,6 +25,12 @@ def triton_status(device: torch.device | None = None) -> tuple[bool, str]:
 
 
 def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
+    """The concrete backend ("triton", "torch" or "reference") to run on ``tensors``.
+
+    Raises:
+        ValueError: ``backend`` (or ``ADVSSM_BACKEND``) names no backend.
+        BackendError: "triton" was asked for where it cannot run; the message says why and what to use.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":

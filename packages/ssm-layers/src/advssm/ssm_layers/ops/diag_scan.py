@@ -117,7 +117,9 @@ class _DiagScan(torch.autograd.Function):
         # adjoint: g_t = grad_h_t + conj(a_{t+1}) g_{t+1}, run backwards in time
         a_next = torch.cat([a_full[..., 1:], torch.ones_like(a_full[..., :1])], dim=-1).conj()
         g = linear_scan(a_next, grad_h.to(h.dtype), reverse=True)
-        h_first = torch.zeros_like(h[..., :1]) if h0 is None else h0.to(b.dtype).to(h.dtype).expand(b.shape[:-1])[..., None]
+        h_first = torch.zeros_like(h[..., :1])
+        if h0 is not None:
+            h_first = h0.to(b.dtype).to(h.dtype).expand(b.shape[:-1])[..., None]
         h_prev = torch.cat([h_first, h[..., :-1]], dim=-1)
         grad_a = _reduce_to(g * h_prev.conj(), a) if ctx.needs_input_grad[0] else None
         grad_b = _reduce_to(g, b) if ctx.needs_input_grad[1] else None

@@ -6,13 +6,16 @@ dtA: (H, N) complex. Returns K: (H, L) real.
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ._dispatch import resolve_backend
 
 
 def _check(C, dtA, L):
     if C.dim() != 2 or C.shape != dtA.shape:
-        raise ValueError(f"vandermonde_kernel: C and dtA must both be (H, N), got {tuple(C.shape)} and {tuple(dtA.shape)}")
+        raise ValueError(
+            f"vandermonde_kernel: C and dtA must both be (H, N), got {tuple(C.shape)} and {tuple(dtA.shape)}"
+        )
     if not (C.is_complex() and dtA.is_complex()):
         raise ValueError("vandermonde_kernel: C and dtA must be complex tensors")
     if int(L) < 1:
@@ -26,13 +29,44 @@ def vandermonde_kernel_ref(C, dtA, L):
     return torch.stack(cols, dim=-1)
 
 
-def vandermonde_kernel_torch(C, dtA, L):
-    """Vectorised over l (placeholder: one (H, N, L) tensor)."""
-    l = torch.arange(int(L), device=C.device, dtype=C.real.dtype)
+# Largest (H, N, chunk) complex tensor the fast path makes, in bytes.
+_MAX_CHUNK_BYTES = 64 * 2**20
+
+
+def _kernel_columns(C, dtA, l):
     return 2 * torch.einsum("hn,hnl->hl", C, torch.exp(dtA[..., None] * l)).real
 
 
+def vandermonde_kernel_torch(C, dtA, L):
+    """Vectorised over l in chunks, so no (H, N, chunk) complex tensor exceeds ``_MAX_CHUNK_BYTES``.
+
+    Under autograd each chunk is checkpointed (its powers recomputed in backward), so the memory
+    held for backward is bounded too.
+    """
+    _check(C, dtA, L)
+    L = int(L)
+    H, N = C.shape
+    chunk = max(1, min(L, _MAX_CHUNK_BYTES // max(1, H * N * C.element_size())))
+    l = torch.arange(L, device=C.device, dtype=C.real.dtype)
+    if chunk >= L:
+        return _kernel_columns(C, dtA, l)
+    grad = torch.is_grad_enabled() and (C.requires_grad or dtA.requires_grad)
+    cols = [
+        checkpoint(_kernel_columns, C, dtA, part, use_reentrant=False) if grad else _kernel_columns(C, dtA, part)
+        for part in l.split(chunk)
+    ]
+    return torch.cat(cols, dim=-1)
+
+
 def vandermonde_kernel(C, dtA, L, backend="auto"):
+    """K[h, l] = 2 Re(sum_n C[h, n] exp(dtA[h, n] l)) for l < L: (H, L) real.
+
+    Args:
+        C: (H, N) complex, already discretised.
+        dtA: (H, N) complex, the discretised state matrix's diagonal.
+        L: kernel length (>= 1).
+        backend: "auto", "torch", "triton" or "reference".
+    """
     _check(C, dtA, L)
     backend = resolve_backend(backend, C)
     if backend == "reference":
