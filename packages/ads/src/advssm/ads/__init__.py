@@ -4,9 +4,14 @@
 ``detach_ads`` put it into (or take it out of) a built model's layers;
 ``propagation_analysis`` measures how a perturbation travels through a model.
 """
+from advssm.ssm_layers.compat import require_interface
+
 from ._version import INTERFACE_VERSION, __version__
-from .analysis import PropagationReport, kernel_gain, propagation_analysis
-from .scaling import ACTIVATIONS, AdaptiveScaling, attach_ads, detach_ads
+
+require_interface("advssm-ads", __version__, "advssm.ssm_layers", "advssm-ssm-layers", supported=(1,))
+
+from .analysis import PropagationReport, kernel_gain, propagation_analysis  # noqa: E402 (after the interface check)
+from .scaling import ACTIVATIONS, AdaptiveScaling, attach_ads, detach_ads  # noqa: E402
 
 __all__ = [
     "__version__", "INTERFACE_VERSION",
