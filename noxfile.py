@@ -94,3 +94,14 @@ def docs(session: nox.Session) -> None:
     _install(session, DEFAULT_TORCH, "packages/ssm-layers", "packages/adv-train", "packages/ads", "packages/cli")
     session.install("mkdocs-material", "mkdocstrings[python]")
     session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """A wheel and an sdist for each package, with hatch."""
+    session.install("hatch")
+    out = os.path.abspath(os.path.join(session.create_tmp(), "dist"))
+    for folder in ("ssm-layers", "adv-train", "ads", "cli"):
+        with session.chdir(f"packages/{folder}"):
+            session.run("hatch", "build", "-t", "wheel", "-t", "sdist", out)
+    session.log(f"built into {out}: " + ", ".join(sorted(os.listdir(out))))
