@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 SCRIPT = '''
@@ -26,8 +27,16 @@ g = torch.Generator().manual_seed(0)
 x = torch.rand(200, 6, generator=g)
 y = (x[:, 0] + x[:, 1] > 1).long()
 torch.manual_seed(0)
-model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
-cfg = TrainConfig(method="standard", epochs=2, batch_size=50, lr=1e-2, eps=0.1, alpha=0.03, eval_pgd_steps=3,
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first_layer, self.head = nn.Linear(6, 16), nn.Sequential(nn.Tanh(), nn.Linear(16, 2))
+
+    def forward(self, x):
+        return self.head(self.first_layer(x))
+
+model = Net()
+cfg = TrainConfig(method=sys.argv[2], epochs=2, batch_size=50, lr=1e-2, eps=0.1, alpha=0.03, eval_pgd_steps=3,
                   aa_every=0)
 trainer = Trainer(model, TensorDataset(x[:150], y[:150]), TensorDataset(x[150:], y[150:]), cfg,
                   out_dir=sys.argv[1], callbacks=[object()])
@@ -57,13 +66,17 @@ def results(out):
     return lines, torch.load(out / "final.pt", weights_only=True)
 
 
+def two_ranks(script, out, method):
+    run(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(free_port()), str(script), str(out), method], out.parent)
+
+
 def test_two_gloo_ranks_match_one_process(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     one, two = tmp_path / "one", tmp_path / "two"
-    run([str(script), str(one)], tmp_path)
-    run(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(free_port()), str(script), str(two)], tmp_path)
+    run([str(script), str(one), "standard"], tmp_path)
+    two_ranks(script, two, "standard")
     (m1, f1), (m2, f2) = results(one), results(two)
     assert (f1["world"], f2["world"]) == (1, 2)
     assert len(m1) == len(m2) == 2
@@ -75,3 +88,15 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     for k, w in f1["weights"].items():
         torch.testing.assert_close(f2["weights"][k], w, rtol=0, atol=1e-4)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pgd-at", "trades", "free-at", "yopo", "fast-at"])
+def test_every_method_runs_on_two_ranks(tmp_path, method):
+    # random starts differ per rank, so these runs are compared for sanity, not against one process
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    two_ranks(script, tmp_path / "two", method)
+    metrics, final = results(tmp_path / "two")
+    assert final["world"] == 2 and len(metrics) == 2
+    assert all(0 <= m["pgd_acc"] <= m["clean_acc"] + 0.1 and m["train_loss"] > 0 for m in metrics)

@@ -227,9 +227,8 @@ class Trainer:
             ctx.sync_grads = functools.partial(D.average_grads, local_n=len(y), global_n=global_sizes[batch_idx],
                                                info=self.dist)
             stats = self.method.train_step(ctx, x, y)
-            if not math.isfinite(stats["loss"]):
-                raise NonFiniteLossError(f"non-finite training loss ({stats['loss']}) at epoch {epoch}, "
-                                         f"batch {batch_idx}; lower TrainConfig.lr or check the model and data")
+            if not math.isfinite(stats["loss"]):  # a method that stepped without ctx.step
+                raise NonFiniteLossError(stats["loss"], epoch, batch_idx)
             totals["loss"] += stats["loss"] * stats["n"]
             for key in ("n", "clean_correct", "adv_correct"):
                 totals[key] += stats.get(key, 0.0)
@@ -261,28 +260,28 @@ class Trainer:
         cfg = self.config
         n_eval = len(self.test_set) if cfg.eval_n is None else min(cfg.eval_n, len(self.test_set))
         attacks = self._attacks(epoch, run_aa)
-        limits = {"clean": n_eval, "pgd": n_eval, "aa": min(cfg.aa_n, len(self.test_set))}
-        counts = {"clean": 0.0, **{k: 0.0 for k in attacks}}
         self.model.eval()
-        for stage in counts:
-            if stage == "pgd":
-                continue  # counted alongside the clean pass over the same examples
-            indices = D.shard(torch.arange(limits[stage]), self.dist).tolist()
-            loader = DataLoader(self.test_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                sampler=indices)
-            done = 0
-            for x, y in loader:
-                x, y = x.to(self.device, torch.float32), y.to(self.device, torch.long)
-                for name in (("clean", "pgd") if stage == "clean" else (stage,)):
-                    x_in = x if name == "clean" else attacks[name](x, y)
-                    with torch.no_grad():
-                        counts[name] += float((self.model(x_in).argmax(dim=1) == y).sum())
-                done += len(y)
-                self._emit("on_eval", epoch, "pgd" if stage == "clean" else stage, done, len(indices))
+        acc = self._accuracies(epoch, "pgd", n_eval, {"clean": None, "pgd": attacks["pgd"]})
+        if run_aa:
+            acc |= self._accuracies(epoch, "aa", min(cfg.aa_n, len(self.test_set)), {"aa": attacks["aa"]})
         self.model.train()
-        counts = D.all_reduce_sums(counts, self.dist, self.device)
-        return {"clean_acc": counts["clean"] / limits["clean"], "pgd_acc": counts["pgd"] / limits["pgd"],
-                "aa_acc": counts["aa"] / limits["aa"] if run_aa else None}
+        return {"clean_acc": acc["clean"], "pgd_acc": acc["pgd"], "aa_acc": acc.get("aa")}
+
+    def _accuracies(self, epoch: int, stage: str, n: int, attacks: dict[str, Any]) -> dict[str, float]:
+        """Accuracy under each attack (None = clean) on the first ``n`` test examples, sharded over ranks."""
+        indices = D.shard(torch.arange(n), self.dist).tolist()
+        loader = DataLoader(self.test_set, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
+                            sampler=indices)
+        counts, done = dict.fromkeys(attacks, 0.0), 0
+        for x, y in loader:
+            x, y = x.to(self.device, torch.float32), y.to(self.device, torch.long)
+            for name, attack in attacks.items():
+                x_in = x if attack is None else attack(x, y)
+                with torch.no_grad():
+                    counts[name] += float((self.model(x_in).argmax(dim=1) == y).sum())
+            done += len(y)
+            self._emit("on_eval", epoch, stage, done, len(indices))
+        return {k: v / n for k, v in D.all_reduce_sums(counts, self.dist, self.device).items()}
 
     # -- checkpoints ----------------------------------------------------------------------------------
 

@@ -22,6 +22,11 @@ from .jacobian import jacobian_frobenius_sq
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite; the message names the epoch and the batch."""
 
+    def __init__(self, value: float, epoch: int, batch_idx: int) -> None:
+        super().__init__(f"non-finite training loss ({value}) at epoch {epoch}, batch {batch_idx}; "
+                         "lower TrainConfig.lr or check the model and data for NaN/inf")
+        self.value, self.epoch, self.batch_idx = value, epoch, batch_idx
+
 
 @dataclass
 class StepContext:
@@ -55,9 +60,7 @@ class StepContext:
     def check_finite(self, loss: Tensor) -> None:
         """Raise ``NonFiniteLossError`` naming the epoch and batch if ``loss`` is NaN or infinite."""
         if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at epoch {self.epoch}, batch {self.batch_idx}; "
-                "lower TrainConfig.lr or check the model and data for NaN/inf")
+            raise NonFiniteLossError(float(loss.detach().sum()), self.epoch, self.batch_idx)
 
     def regulariser(self, x: Tensor) -> Tensor:
         """``jacobian_weight * ||d logits / d x||_F^2`` on the clean batch, or 0 when switched off."""
