@@ -27,8 +27,13 @@ def _check(a, b, h0):
         raise ValueError(f"diag_scan: a {tuple(a.shape)} does not broadcast to b {tuple(b.shape)}") from None
     if torch.broadcast_shapes(a.shape, b.shape) != b.shape:
         raise ValueError(f"diag_scan: a {tuple(a.shape)} must broadcast to b's shape {tuple(b.shape)}, not beyond it")
-    if h0 is not None and torch.broadcast_shapes(h0.shape, b.shape[:-1]) != b.shape[:-1]:
-        raise ValueError(f"diag_scan: h0 {tuple(h0.shape)} must broadcast to {tuple(b.shape[:-1])}")
+    if h0 is not None:
+        try:
+            fits = torch.broadcast_shapes(h0.shape, b.shape[:-1]) == b.shape[:-1]
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"diag_scan: h0 {tuple(h0.shape)} must broadcast to {tuple(b.shape[:-1])}")
 
 
 def diag_scan_ref(a, b, h0=None):
