@@ -17,10 +17,10 @@ import torch
 SCRIPT = '''
 import sys
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import TensorDataset
 from advssm.adv_train.config import TrainConfig
+from advssm.adv_train.distributed import shutdown
 from advssm.adv_train.trainer import Trainer
 
 g = torch.Generator().manual_seed(0)
@@ -43,8 +43,7 @@ trainer = Trainer(model, TensorDataset(x[:150], y[:150]), TensorDataset(x[150:],
 trainer.fit()
 if trainer.dist.is_main:
     torch.save({"weights": model.state_dict(), "world": trainer.dist.world_size}, sys.argv[1] + "/final.pt")
-if dist.is_initialized():
-    dist.destroy_process_group()
+shutdown()
 '''
 
 

@@ -94,3 +94,14 @@ def barrier(info: DistInfo) -> None:
     """Wait for every rank."""
     if info.active:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly at the end of a torchrun script.
+
+    Every rank waits for the others before destroying the group: a rank that tears gloo down while
+    another is still writing its files can abort ("terminate called without an active exception").
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
