@@ -67,7 +67,9 @@ def test_model_must_return_logits():
         FGSM(nn.Identity(), 0.1)(torch.rand(4, 2, 3), Y)
 
 
-def test_square_rejects_five_dimensional_inputs():
+@pytest.mark.parametrize("seed", range(3))
+def test_square_rejects_five_dimensional_inputs(seed):
+    torch.manual_seed(seed)  # whatever the model predicts, even if every example is already misclassified
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 5))
     with pytest.raises(ValueError, match=r"\(B, D\), \(B, L, C\) or \(B, C, H, W\)"):
         Square(model, 0.1, n_queries=2)(torch.rand(4, 1, 2, 2, 2), Y)

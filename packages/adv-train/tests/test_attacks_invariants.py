@@ -4,9 +4,8 @@ the model's per-submodule train/eval modes are restored; the weights and their .
 touched; a seed makes the result reproducible."""
 import pytest
 import torch
-from torch import nn
-
 from advssm.adv_train.attacks import APGD, APGDT, FAB, FGSM, PGD, AutoAttack, Square, per_example_norm
+from torch import nn
 
 EPS = {"Linf": 0.1, "L2": 0.5}
 SHAPES = {"image": (2, 4, 4), "sequence": (12, 3)}

@@ -225,6 +225,17 @@ def test_summary_diff_and_missing_autoattack():
         robust_overfitting_summary([])
 
 
+def test_optimisers_follow_the_config():
+    train, test = shortcut_task(n=100)
+    trainer = Trainer(MLP(), train, test, config(method="yopo", lr=3e-3, weight_decay=1e-4, epochs=7))
+    assert set(trainer.optimizers) == {"main", "layer_one"}
+    for opt in trainer.optimizers.values():
+        assert isinstance(opt, torch.optim.AdamW)
+        assert opt.param_groups[0]["lr"] == 3e-3 and opt.param_groups[0]["weight_decay"] == 1e-4
+    assert {s.T_max for s in trainer.schedulers.values()} == {7}
+    assert Trainer(MLP(), train, test, config(scheduler="none")).schedulers == {}
+
+
 def test_bad_arguments():
     train, test = shortcut_task(n=100)
     with pytest.raises(TypeError, match="Trainer needs a TrainConfig"):

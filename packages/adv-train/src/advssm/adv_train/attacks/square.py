@@ -80,6 +80,7 @@ class Square(Attack):
 
     @torch.no_grad()
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        to_channels_first(x)  # rejects unsupported shapes even when nothing is left to attack
         logits = self.logits(x)
         margin = -margin_loss(logits, y)
         x_adv = x.clone()

@@ -17,6 +17,9 @@ class FreeAT(TrainMethod):
     state. Both the FGSM step and the clamp are ``eps``, following Shafahi et al.: the paper under
     reproduction hard-codes 4/255 for every data set, which on MNIST (eps 0.3) would train against a
     perturbation 20 times smaller than the one evaluated.
+
+    One epoch here is one pass over the data (``free_replays`` optimiser steps per batch); Shafahi et al.
+    divide the epoch count by m to match the cost of standard training; set ``epochs`` accordingly.
     """
 
     name = "free-at"

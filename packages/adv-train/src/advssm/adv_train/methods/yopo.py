@@ -31,7 +31,7 @@ class YOPO(TrainMethod):
     layer's output f0; then ``yopo_n`` signed steps of size ``alpha`` ascend the Hamiltonian
     ``-<p, f0(x + eta)>`` using the first layer only; the first layer's gradient is that of the Hamiltonian
     at the updated eta. Gradients are averaged over the m outer steps; the first layer has its own optimiser
-    (``"layer_one"``), the rest the ``"main"`` one.
+    (``"layer_one"``), the rest the ``"main"`` one; both use the run's AdamW settings and schedule.
     """
 
     name = "yopo"
