@@ -8,7 +8,7 @@ from click.testing import CliRunner
 # a model and budget small enough that a two-cell run takes seconds on 2 CPU cores
 TINY = ["--train-size", "64", "--test-size", "32", "--epochs", "2", "--d-model", "8", "--d-state", "4",
         "--n-layers", "1", "--no-progress", "--set", "train.batch_size=32", "--set", "train.attack_steps=2",
-        "--set", "train.eval_pgd_steps=2"]
+        "--set", "train.eval_pgd_steps=2", "--set", "eval.aa_n=8", "--set", "eval.aa_steps=2"]
 TIMING_KEYS = ("train_time", "epoch_time")
 
 

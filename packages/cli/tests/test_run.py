@@ -24,7 +24,8 @@ def test_run_writes_the_run_folder(tiny_run):
         summary = runs.read_summary(cell_dir)
         for stage in ("best", "last"):
             assert 0 <= summary[stage]["clean_acc"] <= 1 and 0 <= summary[stage]["pgd_acc"] <= 1
-            assert summary[stage]["aa_acc"] is None  # AA is off in the tiny settings
+            assert 0 <= summary[stage]["aa_acc"] <= summary[stage]["clean_acc"] * 32 / 8  # AA on the first 8
+        assert summary["final_eval"] == {"aa": "custom", "attacks": ["apgd-ce", "apgd-dlr"], "steps": 2, "n": 8}
         assert summary["diff"]["pgd_acc"] == pytest.approx(summary["best"]["pgd_acc"] - summary["last"]["pgd_acc"])
         # the table shows the summary's numbers as percentages
         assert f"{100 * summary['last']['clean_acc']:.2f}" in report

@@ -30,7 +30,6 @@ ADS_CHOICES = ("none", "relu", "sigmoid", "tanh")
 # grid axis -> the setting it varies, in the order cell names list them
 GRID_AXES = {"dataset": "data.dataset", "layer": "model.layer", "method": "train.method", "ads": "ads"}
 FROM_DATA = ("d_input", "n_classes")  # ModelConfig fields the data set decides
-OPTIONAL = {"data.train_size", "data.test_size", "data.augment", "train.eval_n", "model.transform_layers"}
 
 
 @dataclass
@@ -55,6 +54,25 @@ class DataSettings:
     augment: bool | None = None
 
 
+@dataclass
+class EvalSettings:
+    """The final AutoAttack of the best and last checkpoints, filling the AA accuracies the trainer left empty.
+
+    Attributes:
+        aa: run it (the paper reports AA for both checkpoints; the trainer runs AA only every k epochs).
+        aa_n: attack the first this many test examples (the paper: 2000).
+        aa_version: "standard" (APGD-CE, APGD-T, FAB-T, Square at their full budgets) or "custom".
+        aa_attacks: for "custom", names among apgd-ce, apgd-dlr, apgd-t, fab-t, square, run in order.
+        aa_steps: for "custom", iterations of APGD / FAB (Square gets 50x as many queries).
+    """
+
+    aa: bool = True
+    aa_n: int = 2000
+    aa_version: str = "standard"
+    aa_attacks: list[str] = field(default_factory=lambda: ["apgd-ce", "apgd-t", "fab-t", "square"])
+    aa_steps: int = 100
+
+
 def _train_config():
     from advssm.adv_train.config import TrainConfig
 
@@ -71,8 +89,11 @@ def _model_config():
 DEMO = {
     "model": {"layer": "s4d", "d_model": 32, "d_state": 16, "n_layers": 2},
     "train": {"epochs": 8, "batch_size": 64, "lr": 3e-3, "eps": 0.1, "alpha": 0.025, "attack_steps": 5,
-              "eval_pgd_steps": 10, "aa_every": 0, "aa_n": 200, "aa_version": "custom", "seed": 0},
+              "eval_pgd_steps": 10, "aa_every": 0, "aa_n": 200, "seed": 0},
+    # a reduced AutoAttack (two APGD losses, 25 steps) so the demo stays within minutes; reported as such
+    "eval": {"aa_n": 200, "aa_version": "custom", "aa_attacks": ["apgd-ce", "apgd-dlr"], "aa_steps": 25},
 }
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 PRESETS = {
     "paper-mnist": {"data": {"dataset": "mnist"}, "model_preset": "mnist", "train_dataset": "mnist"},
     "paper-cifar10": {"data": {"dataset": "cifar10"}, "model_preset": "cifar10", "train_dataset": "cifar10"},
@@ -92,18 +113,20 @@ class RunConfig:
     data: DataSettings = field(default_factory=DataSettings)
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "preset": self.preset, "ads": self.ads, "grid": dict(self.grid),
-                "data": dataclasses.asdict(self.data), "model": dict(self.model), "train": dict(self.train)}
+                "data": dataclasses.asdict(self.data), "model": dict(self.model), "train": dict(self.train),
+                "eval": dataclasses.asdict(self.eval)}
 
     def to_toml(self) -> str:
         """TOML text that ``load_toml`` reads back to an equal config (None written as ``"none"``)."""
         def encode(section: str, values: dict) -> dict:
-            return {k: ("none" if v is None and f"{section}.{k}" in OPTIONAL else v) for k, v in values.items()}
+            return {k: ("none" if v is None and k in _optional(section) else v) for k, v in values.items()}
 
         data = self.to_dict()
-        for section in ("data", "model", "train"):
+        for section in ("data", "model", "train", "eval"):
             data[section] = encode(section, data[section])
         return tomli_w.dumps(data)
 
@@ -138,7 +161,13 @@ def _check_keys(values: dict, known, where: str) -> None:
 
 
 def _decode_none(section: str, values: dict) -> dict:
-    return {k: (None if v == "none" and f"{section}.{k}" in OPTIONAL else v) for k, v in values.items()}
+    return {k: (None if v == "none" and k in _optional(section) else v) for k, v in values.items()}
+
+
+def _optional(section: str) -> set[str]:
+    """Fields that default to None: the ones written as "none" in TOML (which has no null)."""
+    cls = {"data": DataSettings, "model": _model_config(), "train": _train_config(), "eval": EvalSettings}[section]
+    return {f.name for f in dataclasses.fields(cls) if f.default is None}
 
 
 def _preset_base(name: str) -> RunConfig:
@@ -146,7 +175,8 @@ def _preset_base(name: str) -> RunConfig:
         model = _model_config()(**DEMO["model"]).to_dict()
         for key in FROM_DATA:
             model.pop(key)
-        return RunConfig(model=model, train=_train_config()(**DEMO["train"]).to_dict())
+        train = _train_config()(**DEMO["train"]).to_dict()
+        return RunConfig(model=model, train=train, eval=EvalSettings(**DEMO["eval"]))
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)} (choose one of {', '.join(PRESETS)})")
     spec = PRESETS[name]
@@ -171,7 +201,7 @@ def resolve(values: dict, base: RunConfig | None = None, overrides: dict[str, An
     preset_name = overrides.pop("preset", None) or values.get("preset") or (base.preset if base else "none")
     if base is None or preset_name != base.preset:
         base = _preset_base(preset_name)
-    top_known = {"name", "preset", "ads", "grid", "data", "model", "train"}
+    top_known = {"name", "preset", "ads", "grid", "data", "model", "train", "eval"}
     _check_keys(values, top_known, "")
     merged = base.to_dict()
     merged["preset"] = preset_name
@@ -181,7 +211,8 @@ def resolve(values: dict, base: RunConfig | None = None, overrides: dict[str, An
         merged["grid"] = dict(values["grid"])
     sections = {"data": {f.name for f in dataclasses.fields(DataSettings)},
                 "model": {f.name for f in dataclasses.fields(_model_config())} - set(FROM_DATA),
-                "train": {f.name for f in dataclasses.fields(_train_config())}}
+                "train": {f.name for f in dataclasses.fields(_train_config())},
+                "eval": {f.name for f in dataclasses.fields(EvalSettings)}}
     for section, known in sections.items():
         given = values.get(section, {})
         if not isinstance(given, dict):
@@ -219,10 +250,16 @@ def _validate(merged: dict) -> RunConfig:
             raise ConfigError(f"grid.{axis} must be a non-empty list, got {options!r}")
         if len(set(map(str, options))) != len(options):
             raise ConfigError(f"grid.{axis} lists a value twice: {options!r}")
-    try:
-        data = DataSettings(**merged["data"])
-    except TypeError as exc:
-        raise ConfigError(f"[data]: {exc}") from exc
+    data, final = DataSettings(**merged["data"]), EvalSettings(**merged["eval"])
+    if final.aa_version not in ("standard", "custom"):
+        raise ConfigError(f"invalid eval.aa_version {final.aa_version!r}; choose 'standard' or 'custom'")
+    bad = [a for a in final.aa_attacks if a not in AA_ATTACKS] if isinstance(final.aa_attacks, list) else [None]
+    if bad or not final.aa_attacks:
+        raise ConfigError(f"invalid eval.aa_attacks {final.aa_attacks!r}: a non-empty list of {', '.join(AA_ATTACKS)}")
+    for name in ("aa_n", "aa_steps"):
+        value = getattr(final, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"invalid eval.{name} {value!r}: must be a positive int")
     for axis, choices in (("dataset", DATASETS), ("ads", ADS_CHOICES)):
         for option in grid.get(axis, []) + ([data.dataset] if axis == "dataset" else [merged["ads"]]):
             if option not in choices:
@@ -233,7 +270,7 @@ def _validate(merged: dict) -> RunConfig:
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
             raise ConfigError(f"invalid data.{name} {size!r}: must be a positive int (or \"none\" for all)")
     config = RunConfig(name=str(merged["name"]), preset=merged["preset"], ads=merged["ads"], grid=grid, data=data,
-                       model=merged["model"], train=merged["train"])
+                       model=merged["model"], train=merged["train"], eval=final)
     # validate every cell's model and training settings now, not an hour into the run
     checks = [{**config.model, "layer": layer} for layer in grid.get("layer", [config.model.get("layer")])]
     try:

@@ -9,6 +9,7 @@ from . import runs
 from .config import RunConfig
 from .data import load_dataset
 from .errors import ConfigError
+from .final_eval import finish_cell
 from .progress import TqdmProgress
 
 
@@ -44,7 +45,11 @@ def run_cell(config: RunConfig, cell_dir: Path, progress: bool = True, callbacks
     cell_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, data.train, data.test, train_config, out_dir=cell_dir, save_model=save_checkpoint,
                       augment=data.augment, callbacks=[TqdmProgress(label, enabled=progress), *callbacks])
-    return trainer.fit(resume=(cell_dir / "train_state.pt").is_file())
+    trainer.fit(resume=(cell_dir / "train_state.pt").is_file())
+    bar = TqdmProgress(label, enabled=progress)
+    return finish_cell(config, cell_dir, data.test,
+                       progress=lambda stage, info: bar.on_eval(None, f"final {stage}", "aa", info["done"],
+                                                                info["total"] or 0))
 
 
 def execute(config: RunConfig, run_dir: Path, progress: bool = True, callbacks=()) -> dict[str, dict]:
@@ -57,7 +62,7 @@ def execute(config: RunConfig, run_dir: Path, progress: bool = True, callbacks=(
     summaries = {}
     for i, (name, cell) in enumerate(cells, 1):
         cell_dir = run_dir / name
-        if runs.is_finished(cell_dir):
+        if runs.is_complete(cell_dir):
             click.echo(f"[{i}/{len(cells)}] {name}: finished, skipped", err=True)
         else:
             click.echo(f"[{i}/{len(cells)}] {name}: training", err=True)

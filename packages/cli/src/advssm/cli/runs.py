@@ -32,6 +32,11 @@ def is_finished(cell_dir: str | Path) -> bool:
     return (Path(cell_dir) / SUMMARY_FILE).is_file()
 
 
+def is_complete(cell_dir: str | Path) -> bool:
+    """Finished and finally evaluated by the CLI (``final_eval`` recorded in summary.json)."""
+    return is_finished(cell_dir) and "final_eval" in read_summary(cell_dir)
+
+
 def read_summary(cell_dir: str | Path) -> dict:
     return json.loads((Path(cell_dir) / SUMMARY_FILE).read_text())
 
@@ -89,7 +94,9 @@ def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config
     rows = [(name, read_summary(cell)) for name, cell in cells.items()]
     cells = list(cells.values())
     parts = [f"# {title}", "", "Accuracies in %; the best checkpoint has the highest PGD-10 test accuracy; "
-             "Diff = Best - Last (robust overfitting); '-' = not evaluated.", "", summary_table(rows), ""]
+             "Diff = Best - Last (robust overfitting); '-' = not evaluated.", ""]
+    protocols = {json.dumps(s.get("final_eval"), sort_keys=True) for _, s in rows if s.get("final_eval")}
+    parts += [f"AA protocol: `{p}`" for p in sorted(protocols)] + ["", summary_table(rows), ""]
     metrics = {name: read_metrics(cell) for (name, _), cell in zip(rows, cells)}
     if any(metrics.values()):
         plot_comparison(metrics, run_dir / "accuracy.png")
