@@ -1,7 +1,8 @@
 """Triton kernels against the float64 references: forward and every gradient.
 
-Runs under ``TRITON_INTERPRET=1`` on the CPU (``nox -s kernels``) or on a CUDA device;
-anywhere else the module skips. Shapes are small because interpreted kernels are slow;
+Runs under ``TRITON_INTERPRET=1`` on the CPU (``nox -s kernels``) or on a CUDA device. Every test is
+marked ``kernels``, so the default suite (``-m "not kernels"``) deselects them; asked for where they
+cannot run, they skip with the reason. Shapes are small because interpreted kernels are slow;
 lengths include 1 and values that are not multiples of the chunk / block sizes.
 """
 from __future__ import annotations
@@ -10,12 +11,7 @@ import os
 
 import pytest
 import torch
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 (nox -s kernels)", allow_module_level=True)
-
-from advssm.ssm_layers.ops import (  # noqa: E402  (after the skip: triton is imported lazily below)
+from advssm.ssm_layers.ops import (  # triton itself is imported lazily, by the kernels' wrappers
     diag_scan,
     diag_scan_ref,
     selective_scan,
@@ -23,9 +19,14 @@ from advssm.ssm_layers.ops import (  # noqa: E402  (after the skip: triton is im
     vandermonde_kernel,
     vandermonde_kernel_ref,
 )
-from advssm.ssm_layers.ops import triton as triton_ops  # noqa: E402
+from advssm.ssm_layers.ops import triton as triton_ops
 
-pytestmark = pytest.mark.kernels
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+pytestmark = [
+    pytest.mark.kernels,
+    pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
+                       reason="Triton kernels need CUDA or TRITON_INTERPRET=1 (nox -s kernels)"),
+]
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 FWD_TOL = {"rtol": 6e-4, "atol": 2e-3}
 GRAD_TOL = {"rtol": 1.2e-3, "atol": 4e-3}
@@ -208,3 +209,31 @@ def test_double_backward_fails_loudly():
     (grad_C,) = torch.autograd.grad(triton_ops.vandermonde_triton(C, dtA, 5).square().sum(), [C], create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_C.abs().sum().backward()
+
+
+def test_selective_scan_half_inputs_give_the_torch_paths_result():
+    """fp16 inputs: output in fp16, last state in fp32 (as the torch path and mamba_ssm return it)."""
+    from advssm.ssm_layers.ops.selective_scan import selective_scan_torch
+
+    args = [a.half() if a is not None else None
+            for a in _selective_inputs(2, 4, 4, 21, True, True, True, True, True, 11)]
+    y, last = triton_ops.selective_scan_triton(*args, delta_softplus=True, return_last_state=True)
+    y_ref, last_ref = selective_scan_torch(*args, delta_softplus=True, return_last_state=True)
+    assert (y.dtype, last.dtype) == (torch.float16, torch.float32) == (y_ref.dtype, last_ref.dtype)
+    torch.testing.assert_close(y, y_ref, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(last, last_ref, **FWD_TOL)
+
+
+def test_global_override_runs_a_layer_on_the_kernels(monkeypatch):
+    from advssm.ssm_layers.layers import S6
+
+    torch.manual_seed(0)
+    layer = S6(8, d_state=4).to(DEVICE)
+    x = torch.randn(2, 7, 8, device=DEVICE)
+    expected = layer(x)
+    calls = []
+    real = triton_ops.selective_scan_triton
+    monkeypatch.setattr(triton_ops, "selective_scan_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("ADVSSM_BACKEND", "triton")
+    torch.testing.assert_close(layer(x), expected, **FWD_TOL)
+    assert calls == [1]

@@ -63,10 +63,12 @@ def _ss(impl, softplus=True):
 
 
 @pytest.mark.parametrize("var_B,var_C", [(True, True), (False, False), (True, False)])
-@pytest.mark.parametrize("L,block", [(1, None), (7, None), (13, 2 * 3 * 4 * 5)])  # block: 5 steps, last partial
-def test_selective_scan_gradcheck(var_B, var_C, L, block, monkeypatch):
-    if block:
-        monkeypatch.setattr(ss_mod, "_BLOCK_ELEMENTS", block)
+@pytest.mark.parametrize("L,blocked", [(1, False), (7, False), (13, True)])
+def test_selective_scan_gradcheck(var_B, var_C, L, blocked, monkeypatch):
+    if blocked:  # blocks of 5 steps (the last one partial), one channel per slice
+        monkeypatch.setattr(ss_mod, "_BLOCK_ELEMENTS", 2 * 4 * 5)
+        monkeypatch.setattr(ss_mod, "_MIN_BLOCK", 5)
+        assert ss_mod._blocking(2, 3, 4, L) == (5, 1)
     inputs = [t.requires_grad_() for t in _ss_inputs(L + 10 * var_B, 2, 3, 4, L, var_B, var_C)]
     assert torch.autograd.gradcheck(_ss(selective_scan_torch), inputs, fast_mode=True)
 
@@ -74,7 +76,10 @@ def test_selective_scan_gradcheck(var_B, var_C, L, block, monkeypatch):
 @pytest.mark.parametrize("seed,L", [(0, 1), (1, 64), (2, 100), (3, 257)])
 @pytest.mark.parametrize("var_B,var_C", [(True, True), (False, False)])
 def test_selective_scan_fp32_matches_float64_reference(seed, L, var_B, var_C, monkeypatch):
-    monkeypatch.setattr(ss_mod, "_BLOCK_ELEMENTS", 2 * 16 * 8 * 48)  # several blocks, a partial last one
+    # several time blocks of 48 steps with a partial last one, each in two slices of 8 channels
+    monkeypatch.setattr(ss_mod, "_BLOCK_ELEMENTS", 2 * 8 * 8 * 48)
+    monkeypatch.setattr(ss_mod, "_MIN_BLOCK", 48)
+    assert ss_mod._blocking(2, 16, 8, L) == (min(L, 48), 8 if L > 48 else 16)
     inputs = _ss_inputs(seed, 2, 16, 8, L, var_B, var_C)
     g = torch.Generator().manual_seed(seed + 100)
     grad_outs = [torch.randn(2, 16, L, generator=g, dtype=F64), torch.randn(2, 16, 8, generator=g, dtype=F64)]
@@ -109,6 +114,35 @@ def test_selective_scan_extreme_decay_stays_finite_and_exact(seed):
 def test_selective_scan_keeps_input_dtype():
     u, delta, A, B, C, *_ = _ss_inputs(0, 1, 2, 3, 5, True, True)
     assert selective_scan_torch(u.half(), delta.float(), A.float(), B.float(), C.float()).dtype == torch.float16
+
+
+@pytest.mark.parametrize("impl", [selective_scan_torch, selective_scan_ref])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_selective_scan_half_inputs_compute_in_fp32(impl, dtype):
+    """Half inputs: output in u's dtype, last state in fp32 (mamba_ssm's), values those of fp32 compute."""
+    args = _ss_inputs(3, 2, 4, 3, 40, True, True)
+    low = [t.to(dtype) for t in args]
+    y, last = _ss(impl)(*low)
+    y32, last32 = _ss(selective_scan_ref)(*(t.float() for t in low))
+    assert y.dtype == dtype and last.dtype == torch.float32
+    torch.testing.assert_close(y, y32.to(dtype))
+    torch.testing.assert_close(last, last32, rtol=1e-5, atol=1e-5)
+
+
+def test_selective_scan_under_autocast_is_fp32_forward_and_backward():
+    """Autocast would run the scan's einsums in bf16 (and then mix dtypes in backward): it is off inside."""
+    args = [t.float() for t in _ss_inputs(4, 2, 4, 3, 40, True, True)]
+    grad_out = torch.randn(2, 4, 40)
+    ref_y, ref_grads = _grads(_ss(selective_scan_ref), args, [grad_out.double(), torch.zeros(2, 4, 3).double()])
+
+    def under_autocast(*xs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return _ss(selective_scan_torch)(*xs)
+
+    y, grads = _grads(under_autocast, args, [grad_out.double(), torch.zeros(2, 4, 3).double()])
+    torch.testing.assert_close(y[0], ref_y[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("change,match", [

@@ -24,8 +24,12 @@ def triton_status(device: torch.device | None = None) -> tuple[bool, str]:
     return status(device)
 
 
-def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
+def resolve_backend(backend: str, *tensors: torch.Tensor, op: str = "this op", has_triton: bool = True) -> str:
     """The concrete backend ("triton", "torch" or "reference") to run on ``tensors``.
+
+    ``has_triton=False`` is for an op without a Triton kernel (``op`` names it in errors): an
+    ``ADVSSM_BACKEND=triton`` override then leaves it on its PyTorch path, while an explicit
+    ``backend="triton"`` is refused.
 
     Raises:
         ValueError: ``backend`` (or ``ADVSSM_BACKEND``) names no backend.
@@ -33,6 +37,7 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    device = next((t.device for t in tensors if isinstance(t, torch.Tensor)), torch.device("cpu"))
     if backend == "auto":
         env = os.environ.get("ADVSSM_BACKEND", "").strip().lower()
         if env and env != "auto":
@@ -40,14 +45,15 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
                 raise ValueError(
                     f"ADVSSM_BACKEND={env!r} is not a backend; set it to one of {', '.join(BACKENDS)}"
                 )
-            backend = env
+            backend = "torch" if env == "triton" and not has_triton else env
         else:
-            device = next((t.device for t in tensors if isinstance(t, torch.Tensor)), torch.device("cpu"))
-            if device.type == "cuda" and triton_status(device)[0]:
+            if has_triton and device.type == "cuda" and triton_status(device)[0]:
                 return "triton"
             return "torch"
     if backend == "triton":
-        device = next((t.device for t in tensors if isinstance(t, torch.Tensor)), torch.device("cpu"))
+        if not has_triton:
+            raise BackendError(f"{op} has no Triton kernel (its PyTorch path runs on every device); "
+                               "use backend='auto' or 'torch'")
         ok, why = triton_status(device)
         if not ok:
             raise BackendError(f"backend 'triton' cannot run on {device}: {why}. Use backend='torch' instead.")

@@ -4,7 +4,8 @@
 
 b: (..., L), real or complex; a broadcastable to b (e.g. (P, 1) for a time-invariant
 diagonal, or b's full shape for an input-dependent one); h0 broadcastable to b[..., 0].
-Returns every state h, shaped like b.
+Returns every state h, shaped like b, in the promoted dtype of a and b (computed in fp32
+or better).
 
 The fast path is a Hillis-Steele (log-step) scan: ceil(log2 L) whole-tensor passes instead
 of L tiny ones. It only ever multiplies the a's together, so it is as safe as the sequential
@@ -109,11 +110,13 @@ def linear_scan(a, b, h0=None, dim=-1, reverse=False):
 class _DiagScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, h0):
-        work = torch.promote_types(a.dtype, b.dtype)
+        out_dtype = torch.promote_types(a.dtype, b.dtype)
+        # half-precision states would drift over a long recurrence: compute in fp32 at least
+        work = torch.promote_types(out_dtype, torch.float32)
         h0w = None if h0 is None else h0.to(b.dtype).to(work).expand(b.shape[:-1])
         h = linear_scan(a.to(work).expand(b.shape), b.to(work), h0w)
         ctx.save_for_backward(a, b, h0, h)
-        return h
+        return h.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_h):

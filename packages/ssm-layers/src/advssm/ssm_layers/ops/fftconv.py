@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ._dispatch import resolve_backend
+
 
 def _check(u, K, D):
     if u.dim() != 3:
@@ -27,13 +29,28 @@ def fft_conv_ref(u, K, D=None):
     return y if D is None else y + D[None, :, None] * u
 
 
-def fft_conv(u, K, D=None):
-    """FFT convolution at length 2L (no wrap-around), computed in fp32 or better."""
+def fft_conv_torch(u, K, D=None):
+    """FFT convolution at length 2L (no wrap-around), computed in fp32 or better, output in u's dtype."""
     _check(u, K, D)
     L = u.shape[-1]
     K = K[:, :L]
     n = 2 * L
     work = torch.promote_types(u.dtype, torch.float32)
-    y = torch.fft.irfft(torch.fft.rfft(u.to(work), n=n) * torch.fft.rfft(K.to(work), n=n), n=n)[..., :L]
+    # autocast leaves the FFTs alone on the CPU but not necessarily elsewhere; the product is fp32 by contract
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        y = torch.fft.irfft(torch.fft.rfft(u.to(work), n=n) * torch.fft.rfft(K.to(work), n=n), n=n)[..., :L]
     y = y.to(u.dtype)
-    return y if D is None else y + D[None, :, None] * u
+    return y if D is None else y + (D[None, :, None] * u).to(u.dtype)
+
+
+def fft_conv(u, K, D=None, backend="auto"):
+    """Causal convolution of u (B, H, L) with K (H, L') plus D u, in u's dtype.
+
+    ``backend``: "auto" or "torch" (``torch.fft``, on every device), or "reference" (the direct
+    sum over lags). There is no Triton kernel: ``backend="triton"`` raises ``BackendError``, and
+    ``ADVSSM_BACKEND=triton`` leaves this op on its PyTorch path.
+    """
+    _check(u, K, D)
+    if resolve_backend(backend, u, op="fft_conv", has_triton=False) == "reference":
+        return fft_conv_ref(u, K, D)
+    return fft_conv_torch(u, K, D)

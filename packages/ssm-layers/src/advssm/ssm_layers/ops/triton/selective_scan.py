@@ -232,8 +232,8 @@ class SelectiveScanFn(torch.autograd.Function):
         ctx.softplus = bool(delta_softplus)
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias))
         out = out.to(u.dtype)
-        if return_last_state:
-            return out, last.to(u.dtype)
+        if return_last_state:  # the state in the compute dtype, as the torch path and mamba_ssm return it
+            return out, last.to(torch.float64 if u.dtype == torch.float64 else torch.float32)
         return out
 
     @staticmethod
