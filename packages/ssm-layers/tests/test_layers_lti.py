@@ -177,10 +177,12 @@ def test_legs_dplr_reconstructs_hippo_legs():
 @pytest.mark.parametrize("L", [1, 784])
 def test_shapes_and_lengths(name, L):
     layer = make(name, d_model=16, dtype=torch.float32, d_state=16)
-    x = randn(2, L, 16, dtype=torch.float32)
+    x = randn(2, L, 16, dtype=torch.float32).requires_grad_(True)
     out = layer(x)
     assert out.shape == (2, L, 16) and layer.mix(x).shape == (2, L, layer.transform_dim)
-    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
     assert layer.is_lti
 
 

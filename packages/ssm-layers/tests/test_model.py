@@ -44,15 +44,19 @@ def test_every_layer_builds_a_classifier(layer):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("layer", sorted(LAYERS))
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_build_and_run_forward_backward(name):
+def test_presets_build_and_run_forward_backward(name, layer):
     torch.manual_seed(0)
-    cfg = preset(name, layer="s4d")
+    cfg = preset(name, layer=layer, **({"layer_options": {"n_heads": 4}} if layer == "attention" else {}))
     model = build_model(cfg)
-    c = cfg.d_input
-    x = torch.rand(2, c, 6, 6)  # a small image: the preset fixes the width, not the length
-    model(x).sum().backward()
+    x = torch.rand(2, cfg.d_input, 5, 5)  # a small image: the preset fixes the width, not the length
+    logits = model(x)
+    logits.logsumexp(-1).sum().backward()
+    assert logits.shape == (2, cfg.n_classes) and torch.isfinite(logits).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert cfg.d_model == 128 and cfg.n_layers == (2 if name == "mnist" else 4)
+    assert cfg.n_classes == (50 if name == "tinyimagenet" else 10)
 
 
 def test_preset_cifar10_mamba_uses_d_state_16():
@@ -75,6 +79,8 @@ def test_images_become_pixel_tokens_with_a_permute():
 
 def test_bad_input_shapes_raise_clear_errors():
     model = build_model(ModelConfig(layer="s4d", d_input=3, **TINY))
+    with pytest.raises(ValueError, match=r"floating inputs in \[0, 1\].*/ 255"):
+        model(torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8))
     with pytest.raises(ValueError, match="channel"):
         model(torch.rand(2, 1, 4, 4))
     with pytest.raises(ValueError, match="d_input=3"):
@@ -137,3 +143,15 @@ def test_same_seed_same_model():
     torch.manual_seed(3)
     b = build_model(ModelConfig(layer="s5", **TINY))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_transform_plugin_that_fails_to_import_is_named(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from advssm.ssm_layers import transforms
+
+    broken = EntryPoint(name="broken-test", value="advssm_no_such_module:Thing", group=transforms.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(transforms, "_entry_points", lambda: {"broken-test": broken})
+    assert "broken-test" in transforms.available_transforms()
+    with pytest.raises(KeyError, match="registered by 'advssm_no_such_module:Thing' but failed to import"):
+        build_model(ModelConfig(layer="s4d", transform="broken-test", **TINY))

@@ -163,8 +163,17 @@ class SequenceClassifier(nn.Module):
         return self.embedding
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, H*W, C); (B, L, C) unchanged; (B, L) -> (B, L, 1)."""
+        """(B, C, H, W) -> (B, H*W, C); (B, L, C) unchanged; (B, L) -> (B, L, 1).
+
+        Floating inputs are cast to the model's dtype (float pixels fed to a model moved to
+        double or half just work, and gradients flow back in the input's dtype); integer ones
+        are refused, since [0, 255] pixels would silently be read as [0, 1] ones.
+        """
         d = self.config.d_input
+        if not x.is_floating_point():
+            raise ValueError(f"expected floating inputs in [0, 1], got dtype {x.dtype}; convert images with "
+                             "x.float() / 255 (or torchvision's ToTensor)")
+        x = x.to(self.embedding.weight.dtype)
         if x.dim() == 4:
             if x.shape[1] != d:
                 raise ValueError(f"expected images with {d} channel(s) (B, {d}, H, W), got {tuple(x.shape)}")

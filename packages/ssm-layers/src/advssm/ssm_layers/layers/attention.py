@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SequenceLayer
-from .s6 import check_backend, check_dropout
+from .base import SequenceLayer, check_backend, check_dropout
 
 
 class Attention(SequenceLayer):
@@ -24,8 +23,9 @@ class Attention(SequenceLayer):
         d_model: model width; must be divisible by ``n_heads``.
         n_heads: number of heads.
         dropout: dropout before the output projection.
-        backend: accepted (and validated) so that every layer takes the same keyword; attention
-            always runs through ``torch.nn.functional.scaled_dot_product_attention``.
+        backend: accepted so that every layer takes the same keyword; attention always runs
+            through ``torch.nn.functional.scaled_dot_product_attention`` (which picks its own fused
+            kernel), so ``"triton"`` is refused rather than ignored.
     """
 
     def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0, backend: str = "auto"):
@@ -34,7 +34,7 @@ class Attention(SequenceLayer):
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
             raise ValueError(f"{name}: n_heads must be a positive int dividing d_model={d_model}, got {n_heads!r}")
         self.n_heads = n_heads
-        self.backend = check_backend(name, backend)
+        self.backend = check_backend(name, backend, triton="attention runs on scaled_dot_product_attention")
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.dropout = nn.Dropout(check_dropout(name, dropout))
         self.out_proj = nn.Linear(d_model, d_model)

@@ -21,6 +21,52 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops import BACKENDS
+
+
+def positive_int(owner: str, name: str, value) -> int:
+    """``value`` if it is a positive int (not a bool), else a ValueError naming ``owner.name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_dropout(owner: str, dropout) -> float:
+    """Validate a dropout probability (shared by the layers of this package)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{owner}: dropout must be a probability in [0, 1), got {dropout!r}")
+    return float(dropout)
+
+
+def check_backend(owner: str, backend, triton: str | None = None) -> str:
+    """Validate a backend name at construction rather than at the first forward.
+
+    ``triton``: None when the layer runs an op with a Triton kernel; otherwise the reason it has
+    none, and ``backend="triton"`` is refused with it (a layer never ignores a request for Triton).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{owner}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "triton" and triton is not None:
+        raise ValueError(f"{owner}: backend='triton' is not available: {triton}; use backend='auto' or 'torch'")
+    return backend
+
+
+def conv_backend(backend: str) -> str:
+    """The ``fft_conv`` backend for a layer's backend: it has no Triton kernel, so "triton" means "auto"
+    there (torch.fft, cuFFT on CUDA), while "torch" and "reference" carry over."""
+    return "auto" if backend == "triton" else backend
+
+
+def autocast_off(device: torch.device):
+    """A region where autocast does not lower einsums and matmuls to half precision: an SSM's kernel
+    and recurrence are computed in fp32 (or better) by design."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Parameters that enter exp() or a long recurrence are used in fp32 or better, whatever the module dtype."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
 
 class SequenceLayer(nn.Module):
     """Base class: checks the input shape and runs mix -> output_transform -> project."""

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..ops import vandermonde_kernel
+from .base import at_least_fp32
 from .s4 import legs_normal_eigen
 from .s4d import LTILayer, log_timescales
 
@@ -32,7 +33,7 @@ class DSS(LTILayer):
         dropout: dropout rate after the activation.
         dt_min, dt_max: range of the log-uniform init of dt per channel.
         lr: learning rate of Lambda and log dt (None: the global one; 0: frozen).
-        backend: backend of the Vandermonde kernel op.
+        backend: backend of the Vandermonde kernel op (and, but for "triton", of the FFT convolution).
     """
 
     def __init__(self, d_model: int, d_state: int = 64, dropout: float = 0.0, dt_min: float = 1e-3,
@@ -48,9 +49,9 @@ class DSS(LTILayer):
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W', Lambda dt): the ZOH output vector and discrete log-transition, each (H, N/2) complex."""
-        Lam = torch.complex(-self.log_lambda_real.exp(), self.lambda_imag)
-        dtLam = Lam * self.log_dt.exp()[:, None]
-        return torch.view_as_complex(self.W) * (dtLam.exp() - 1) / Lam, dtLam
+        Lam = torch.complex(-at_least_fp32(self.log_lambda_real).exp(), at_least_fp32(self.lambda_imag))
+        dtLam = Lam * at_least_fp32(self.log_dt).exp()[:, None]
+        return torch.view_as_complex(at_least_fp32(self.W)) * (dtLam.exp() - 1) / Lam, dtLam
 
     def conv_kernel(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(K (H, L), D (H,)): the layer's exact causal kernel and skip."""

@@ -34,8 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import diag_scan, fft_conv
-from .base import SequenceLayer
-from .s6 import at_least_fp32, check_backend, check_dropout
+from .base import SequenceLayer, at_least_fp32, autocast_off, check_backend, check_dropout, conv_backend
 
 EMA_MODES = ("fft", "scan")
 
@@ -49,7 +48,8 @@ class Mega(SequenceLayer):
         z_dim: width of the shared query/key representation z.
         dropout: dropout on the layer output.
         ema: ``"fft"`` (convolution with the EMA kernel, default) or ``"scan"`` (the recurrence).
-        backend: backend of ``diag_scan`` when ``ema="scan"``; the FFT path does not use it.
+        backend: backend of the EMA's op: ``diag_scan`` with ``ema="scan"``, ``fft_conv`` with
+            ``ema="fft"`` (which has no Triton kernel, so ``"triton"`` needs ``ema="scan"``).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, z_dim: int = 64, dropout: float = 0.0, ema: str = "fft",
@@ -62,7 +62,9 @@ class Mega(SequenceLayer):
         if ema not in EMA_MODES:
             raise ValueError(f"{name}: ema must be one of {', '.join(EMA_MODES)}, got {ema!r}")
         self.d_state, self.z_dim, self.ema = d_state, z_dim, ema
-        self.backend = check_backend(name, backend)
+        self.backend = check_backend(
+            name, backend, triton=None if ema == "scan" else "ema='fft' runs on torch.fft; pass ema='scan' for "
+                                                              "the Triton diagonal scan")
 
         # EMA parameters. alpha and delta are stored as logits so that sigmoid keeps them in (0, 1)
         # and the decay 1 - alpha * delta in (0, 1): the EMA is stable for any parameter value.
@@ -95,15 +97,16 @@ class Mega(SequenceLayer):
         return torch.einsum("dn,dnl->dl", gain * weight, powers)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """The EMA output x' = EMA(x) + omega * x, (B, L, d_model)."""
-        u = x.transpose(1, 2)  # (B, d_model, L)
-        omega = at_least_fp32(self.omega)
-        if self.ema == "fft":
-            y = fft_conv(u, self.ema_kernel(u.shape[-1]), D=omega)
-        else:
-            decay, gain, weight = self.ema_coefficients()
-            states = diag_scan(decay[..., None], gain[..., None] * u[:, :, None, :], backend=self.backend)
-            y = torch.einsum("bdnl,dn->bdl", states, weight) + omega[:, None] * u
+        """The EMA output x' = EMA(x) + omega * x, (B, L, d_model), in x's dtype (computed in fp32 or better)."""
+        with autocast_off(x.device):  # autocast would run the EMA's einsums in half precision
+            u = x.transpose(1, 2)  # (B, d_model, L)
+            omega = at_least_fp32(self.omega)
+            if self.ema == "fft":
+                y = fft_conv(u, self.ema_kernel(u.shape[-1]), D=omega, backend=conv_backend(self.backend))
+            else:
+                decay, gain, weight = self.ema_coefficients()
+                states = diag_scan(decay[..., None], gain[..., None] * u[:, :, None, :], backend=self.backend)
+                y = torch.einsum("bdnl,dn->bdl", states, weight) + omega[:, None] * u
         return y.to(x.dtype).transpose(1, 2)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

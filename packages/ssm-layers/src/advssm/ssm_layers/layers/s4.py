@@ -30,7 +30,8 @@ import math
 import torch
 from torch import nn
 
-from .s4d import LTILayer, _positive_int, log_timescales
+from .base import at_least_fp32, positive_int
+from .s4d import LTILayer, log_timescales
 
 
 def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,8 +89,11 @@ class S4(LTILayer):
         dropout: dropout rate after the activation.
         dt_min, dt_max: range of the log-uniform init of dt per channel.
         lr: learning rate of Lambda, P, B and log dt (None: the global one; 0: frozen).
-        backend: accepted for a uniform interface; S4 uses no op with a backend choice.
+        backend: the backend of the FFT convolution; the kernel itself is plain PyTorch, so S4 has
+            no Triton path and refuses ``"triton"`` rather than ignoring it.
     """
+
+    no_triton = "S4's kernel (Cauchy + Woodbury) and its FFT convolution run on PyTorch only"
 
     def __init__(self, d_model: int, d_state: int = 64, dropout: float = 0.0, dt_min: float = 1e-3,
                  dt_max: float = 1e-1, lr: float | None = None, backend: str = "auto"):
@@ -107,15 +111,15 @@ class S4(LTILayer):
     def system(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The full continuous system (Lambda (N,), P (N,), B (H, N), C (H, N)), complex, with
         A = diag(Lambda) - P P^* for every channel."""
-        Lam = torch.complex(-self.log_lambda_real.exp(), self.lambda_imag)
-        parts = (Lam, torch.view_as_complex(self.P), torch.view_as_complex(self.B), torch.view_as_complex(self.C))
+        Lam = torch.complex(-at_least_fp32(self.log_lambda_real).exp(), at_least_fp32(self.lambda_imag))
+        parts = (Lam, *(torch.view_as_complex(at_least_fp32(p)) for p in (self.P, self.B, self.C)))
         return tuple(with_conjugates(z) for z in parts)
 
     def conv_kernel(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(K (H, L), D (H,)): the layer's exact causal kernel and skip."""
-        L = _positive_int("S4.conv_kernel", "L", L)
+        L = positive_int("S4.conv_kernel", "L", L)
         Lam, P, B, C = self.system()
-        dt = self.log_dt.exp()[:, None]  # (H, 1)
+        dt = at_least_fp32(self.log_dt).exp()[:, None]  # (H, 1)
         # A_bar = (I - dt/2 A)^-1 (I + dt/2 A) = 2 (I - dt/2 A)^-1 - I, and I - dt/2 A is diagonal plus
         # rank one, so Sherman-Morrison inverts it in closed form (a batched dense solve is far slower)
         d = 1 / (1 - dt / 2 * Lam)  # (H, N): inverse of the diagonal part

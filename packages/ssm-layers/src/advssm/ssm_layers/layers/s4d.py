@@ -21,14 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import BACKENDS, fft_conv, vandermonde_kernel
-from .base import SequenceLayer
-
-
-def _positive_int(owner: str, name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
-    return value
+from ..ops import fft_conv, vandermonde_kernel
+from .base import SequenceLayer, at_least_fp32, autocast_off, check_backend, conv_backend, positive_int
 
 
 def log_timescales(n: int, dt_min: float, dt_max: float, owner: str = "layer") -> torch.Tensor:
@@ -46,15 +40,21 @@ class LTILayer(SequenceLayer):
     by construction. ``lr`` is the SSM parameters' learning rate: None trains them like
     every other weight, 0 freezes them (buffers), a positive value tags them with
     ``_optim = {"lr": lr, "weight_decay": 0.0}`` for optimisers that build groups from it.
+
+    Precision: the kernel is computed from the SSM parameters in fp32 (complex64) or better and
+    the convolution in fp32, whatever the module's dtype (a half-precision complex exp does not
+    exist on the CPU and would lose the kernel's tail); ``mix`` returns the input's dtype.
     """
 
     is_lti = True
+    # why backend="triton" is refused, for a subclass that runs no op with a Triton kernel (else None)
+    no_triton: str | None = None
 
     def __init__(self, d_model: int, d_state: int, dropout: float = 0.0, lr: float | None = None,
                  backend: str = "auto", pairs: bool = True):
         super().__init__(d_model)
         owner = type(self).__name__
-        _positive_int(owner, "d_state", d_state)
+        positive_int(owner, "d_state", d_state)
         if pairs and d_state % 2:
             raise ValueError(f"{owner}: d_state must be even (it counts N real state dimensions, "
                              f"stored as N/2 complex conjugate pairs), got {d_state}")
@@ -62,9 +62,7 @@ class LTILayer(SequenceLayer):
             raise ValueError(f"{owner}: dropout must be a float in [0, 1), got {dropout!r}")
         if lr is not None and (not isinstance(lr, (int, float)) or lr < 0):
             raise ValueError(f"{owner}: lr must be None or a float >= 0, got {lr!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"{owner}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.d_state, self.lr, self.backend = d_state, lr, backend
+        self.d_state, self.lr, self.backend = d_state, lr, check_backend(owner, backend, self.no_triton)
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout)
         self.output_linear = nn.Linear(d_model, 2 * d_model)
@@ -80,9 +78,10 @@ class LTILayer(SequenceLayer):
         self.register_parameter(name, param)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """The SSM output y = K * u + D u, (B, L, H) -> (B, L, H)."""
-        K, D = self.conv_kernel(x.shape[1])
-        return fft_conv(x.transpose(1, 2), K, D).transpose(1, 2)
+        """The SSM output y = K * u + D u, (B, L, H) -> (B, L, H), in x's dtype."""
+        with autocast_off(x.device):
+            K, D = self.conv_kernel(x.shape[1])
+            return fft_conv(x.transpose(1, 2), K, D, backend=conv_backend(self.backend)).transpose(1, 2)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """GELU -> dropout -> Linear(H, 2H) -> GLU, as in the S4 code."""
@@ -98,7 +97,7 @@ class S4D(LTILayer):
         dropout: dropout rate after the activation.
         dt_min, dt_max: range of the log-uniform init of the step dt per channel.
         lr: learning rate of log dt and A (None: the global one; 0: frozen).
-        backend: backend of the Vandermonde kernel op.
+        backend: backend of the Vandermonde kernel op (and, but for "triton", of the FFT convolution).
     """
 
     def __init__(self, d_model: int, d_state: int = 64, dropout: float = 0.0, dt_min: float = 1e-3,
@@ -113,9 +112,9 @@ class S4D(LTILayer):
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(C', dt A): the ZOH output vector and the discrete log-transition, each (H, N/2) complex."""
-        A = torch.complex(-self.log_A_real.exp(), self.A_imag)
-        dtA = A * self.log_dt.exp()[:, None]
-        return torch.view_as_complex(self.C) * (dtA.exp() - 1) / A, dtA
+        A = torch.complex(-at_least_fp32(self.log_A_real).exp(), at_least_fp32(self.A_imag))
+        dtA = A * at_least_fp32(self.log_dt).exp()[:, None]
+        return torch.view_as_complex(at_least_fp32(self.C)) * (dtA.exp() - 1) / A, dtA
 
     def conv_kernel(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(K (H, L), D (H,)): the layer's exact causal kernel and skip."""

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from ..ops import diag_scan
+from .base import at_least_fp32, autocast_off, positive_int
 from .s4 import legs_normal_eigen
-from .s4d import LTILayer, _positive_int, log_timescales
+from .s4d import LTILayer, log_timescales
 
 
 class S5(LTILayer):
@@ -52,23 +53,24 @@ class S5(LTILayer):
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Lambda dt (P,), B_bar (P, H), C (H, P)), complex; Lambda_bar = exp(Lambda dt)."""
-        Lam = torch.complex(-self.log_lambda_real.exp(), self.lambda_imag)
-        dtLam = Lam * self.log_dt.exp()
-        B_bar = ((dtLam.exp() - 1) / Lam)[:, None] * torch.view_as_complex(self.B)
-        return dtLam, B_bar, torch.view_as_complex(self.C)
+        Lam = torch.complex(-at_least_fp32(self.log_lambda_real).exp(), at_least_fp32(self.lambda_imag))
+        dtLam = Lam * at_least_fp32(self.log_dt).exp()
+        B_bar = ((dtLam.exp() - 1) / Lam)[:, None] * torch.view_as_complex(at_least_fp32(self.B))
+        return dtLam, B_bar, torch.view_as_complex(at_least_fp32(self.C))
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """y = Re(C x) + D u with the state from the parallel scan, (B, L, H) -> (B, L, H)."""
-        dtLam, B_bar, C = self.discrete()
-        u = x.transpose(1, 2)  # (B, H, L)
-        states = diag_scan(dtLam.exp()[:, None], torch.einsum("ph,bhl->bpl", B_bar, u.to(B_bar.dtype)),
-                           backend=self.backend)
-        y = torch.einsum("hp,bpl->bhl", C, states).real + self.D[:, None] * u
-        return y.transpose(1, 2)
+        """y = Re(C x) + D u with the state from the parallel scan, (B, L, H) -> (B, L, H), in x's dtype."""
+        with autocast_off(x.device):
+            dtLam, B_bar, C = self.discrete()
+            u = x.transpose(1, 2)  # (B, H, L)
+            states = diag_scan(dtLam.exp()[:, None], torch.einsum("ph,bhl->bpl", B_bar, u.to(B_bar.dtype)),
+                               backend=self.backend)
+            y = torch.einsum("hp,bpl->bhl", C, states).real + at_least_fp32(self.D)[:, None] * u
+        return y.to(x.dtype).transpose(1, 2)
 
     def conv_kernel(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(K (H_out, H_in, L), D (H,)): K[h, j, l] = Re(C Lambda_bar^l B_bar)[h, j]."""
-        L = _positive_int("S5.conv_kernel", "L", L)
+        L = positive_int("S5.conv_kernel", "L", L)
         dtLam, B_bar, C = self.discrete()
         powers = (dtLam[:, None] * torch.arange(L, device=dtLam.device, dtype=dtLam.real.dtype)).exp()  # (P, L)
         return torch.einsum("hp,pl,pj->hjl", C, powers, B_bar).real, self.D

@@ -17,33 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import BACKENDS, selective_scan
-from .base import SequenceLayer
-
-
-def _positive_int(layer: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
-    return value
-
-
-def check_dropout(layer: str, dropout) -> float:
-    """Validate a dropout probability (shared by the layers of this package)."""
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"{layer}: dropout must be a probability in [0, 1), got {dropout!r}")
-    return float(dropout)
-
-
-def check_backend(layer: str, backend) -> str:
-    """Validate a backend name early, at construction, rather than at the first forward."""
-    if backend not in BACKENDS:
-        raise ValueError(f"{layer}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return backend
-
-
-def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """Parameters that enter exp() or a long recurrence are used in fp32 or better, whatever the module dtype."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+from ..ops import selective_scan
+from .base import SequenceLayer, at_least_fp32, check_backend, check_dropout, positive_int
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -69,9 +44,9 @@ class S6(SequenceLayer):
                  dt_min: float = 1e-3, dt_max: float = 1e-1, dropout: float = 0.0, backend: str = "auto"):
         super().__init__(d_model)
         name = type(self).__name__
-        self.d_state = _positive_int(name, "d_state", d_state)
-        self.d_conv = _positive_int(name, "d_conv", d_conv)
-        self.d_inner = _positive_int(name, "expand", expand) * d_model
+        self.d_state = positive_int(name, "d_state", d_state)
+        self.d_conv = positive_int(name, "d_conv", d_conv)
+        self.d_inner = positive_int(name, "expand", expand) * d_model
         if dt_rank != "auto" and (isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1):
             raise ValueError(f"{name}: dt_rank must be a positive int or 'auto', got {dt_rank!r}")
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
