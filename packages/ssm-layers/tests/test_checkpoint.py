@@ -62,19 +62,23 @@ def test_round_trip_with_a_registered_transform(tmp_path, model):
     assert torch.equal(loaded(x), model(x))
 
 
-def test_write_is_atomic(tmp_path, model, monkeypatch):
+@pytest.mark.parametrize("crash_in", ["save", "replace"])
+def test_write_is_atomic(tmp_path, model, monkeypatch, crash_in):
+    """A crash while serialising or just before the rename leaves the old file and no temporary."""
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, model)
     before = path.read_bytes()
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
+    def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt_module, "save_file", crash)
+    if crash_in == "save":
+        monkeypatch.setattr(ckpt_module, "save", crash)
+    else:
+        monkeypatch.setattr(ckpt_module.os, "replace", crash)
+    torch.manual_seed(5)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, model)
+        save_checkpoint(path, build_model(ModelConfig(layer="s4d", **TINY)))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.safetensors"]
 
@@ -155,3 +159,66 @@ def test_non_json_metadata_is_refused(tmp_path, model):
     with pytest.raises(CheckpointError, match="JSON"):
         save_checkpoint(tmp_path / "m.safetensors", model, {"x": object()})
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_round_trip_keeps_the_model_dtype(tmp_path, dtype):
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(layer="s4", **TINY)).to(dtype).eval()
+    save_checkpoint(tmp_path / "m.safetensors", model)
+    loaded, _ = load_checkpoint(tmp_path / "m.safetensors")
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    lr_tagged = build_model(ModelConfig(layer="s4d", layer_options={"lr": 1e-3}, **TINY)).double()
+    save_checkpoint(tmp_path / "tagged.safetensors", lr_tagged)
+    reloaded, _ = load_checkpoint(tmp_path / "tagged.safetensors")  # parameter attributes survive the cast
+    assert reloaded.blocks[0].layer.log_dt._optim == {"lr": 1e-3, "weight_decay": 0.0}
+    x = torch.rand(2, 1, 3, 3)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_damaged_tensor_bytes_are_caught_by_the_checksum(tmp_path, model):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # one bit of the last tensor's data: the header still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum.*corrupt"):
+        load_checkpoint(path)
+
+
+def test_files_without_a_checksum_still_load(tmp_path, model):
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={
+        "format": "advssm-checkpoint", "format_version": "1", "model_config": model.config.to_json()})
+    loaded, meta = load_checkpoint(path)
+    x = torch.rand(2, 4, 1)
+    assert torch.equal(loaded(x), model(x)) and meta["user"] == {}
+
+
+def test_write_is_flushed_and_gets_ordinary_permissions(tmp_path, model, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(ckpt_module.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model)
+    assert synced  # the data is flushed before the rename
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_config_that_cannot_be_built(tmp_path, model):
+    path = tmp_path / "bad.safetensors"
+    cfg = model.config.to_dict() | {"layer_options": {"no_such_option": 1}}
+    save_file({"w": torch.zeros(2)}, str(path), metadata={
+        "format": "advssm-checkpoint", "format_version": "1", "model_config": json.dumps(cfg)})
+    with pytest.raises(CheckpointError, match="cannot be built.*no_such_option"):
+        load_checkpoint(path)
+
+
+def test_damaged_metadata(tmp_path, model):
+    path = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={
+        "format": "advssm-checkpoint", "format_version": "1", "model_config": "{not json"})
+    with pytest.raises(CheckpointError, match="metadata is damaged"):
+        load_checkpoint(path)

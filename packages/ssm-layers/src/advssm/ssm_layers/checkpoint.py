@@ -6,22 +6,28 @@ Metadata keys (all strings, JSON where structured):
     model_config    ModelConfig as JSON
     packages        {"advssm-ssm-layers": "0.1.0", "torch": "...", ...} as JSON
     user            the caller's metadata as JSON
+    tensors_sha256  SHA-256 of every tensor's name, dtype, shape and bytes, in name order
+                    (optional: files written without it load unverified)
 
 Nothing is ever unpickled: safetensors stores raw tensors, and the model is rebuilt
-from its config. Writes go to a temporary file in the same folder and are renamed
-into place, so a crash never leaves a half-written checkpoint under the final name.
+from its config, in the dtype its tensors were saved in. Writes go to a temporary file in
+the same folder, flushed to disk and renamed into place, so a crash never leaves a
+half-written checkpoint under the final name. safetensors itself only checks the header;
+the checksum catches damage to the tensor bytes (a flipped bit, a bad copy).
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
-import tempfile
+import secrets
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ._version import __version__
 from .model import ModelConfig, build_model
@@ -30,7 +36,7 @@ from .transforms import UnknownTransformError
 FORMAT_NAME = "advssm-checkpoint"
 FORMAT_VERSION = 1
 FORMAT_HISTORY = {1: "first version: tensors = state_dict; metadata = format, format_version, model_config, "
-                     "packages, user"}
+                     "packages, user, and the optional tensors_sha256"}
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; torch.save's zip container
 
 
@@ -48,19 +54,51 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it onto ``path``.
+
+    The temporary file lives in the target folder (a rename is only atomic within one file
+    system) under a unique name, and is created by ``open``, so the checkpoint gets the
+    permissions any new file gets (mkstemp, and safetensors' own writer, make it owner-only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:
-        write(tmp)
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist the rename itself (POSIX); folders cannot be opened for fsync on every platform."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and raw bytes of CPU tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # any dtype, bfloat16 included
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, metadata: dict | None = None) -> None:
@@ -70,18 +108,20 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, metadata: d
         raise CheckpointError("save_checkpoint needs a model built by advssm.ssm_layers.build_model (it has a .config)")
     try:
         user = json.dumps(metadata or {}, sort_keys=True)
-    except TypeError as exc:
-        raise CheckpointError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
+        config_json = config.to_json()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata and the model config must be JSON-serialisable: {exc}") from exc
     # safetensors refuses shared or non-contiguous storage: store plain contiguous copies
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     header = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
-        "model_config": config.to_json(),
+        "model_config": config_json,
         "packages": json.dumps(_package_versions(), sort_keys=True),
         "user": user,
+        "tensors_sha256": tensors_digest(tensors),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    atomic_write(path, save(tensors, metadata=header))
 
 
 save_checkpoint.suffix = ".safetensors"
@@ -149,6 +189,23 @@ def _parse_metadata(path: Path, raw: dict) -> dict:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from exc
 
 
+def _stored_checksum(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("tensors_sha256")
+
+
+def _match_stored_dtypes(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Give each floating parameter / buffer the dtype it was saved in (a model saved after .double()
+    or .half() comes back so). ``.data`` keeps the Parameter objects and their attributes."""
+    for name, current in itertools.chain(model.named_parameters(), model.named_buffers()):
+        stored = tensors.get(name)
+        if stored is not None and stored.dtype != current.dtype and stored.is_floating_point() \
+                and current.is_floating_point():
+            current.data = current.data.to(stored.dtype)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild the model saved at ``path``; returns (model in eval mode, metadata)."""
     meta = read_metadata(path)
@@ -160,16 +217,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         model = build_model(config)
     except UnknownTransformError as exc:
         raise CheckpointError(f"{path}: the model needs output transform {config.transform!r}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the stored model config cannot be built: {exc}") from exc
     try:
-        tensors = load_file(str(path), device=str(map_location))
+        tensors = load_file(str(path), device="cpu")
+        checksum = _stored_checksum(Path(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: tensors cannot be read ({exc}); the file is corrupt or truncated") from exc
+    if checksum is not None and tensors_digest(tensors) != checksum:
+        raise CheckpointError(f"{path}: the tensor data does not match the checksum stored with it; the file is "
+                              "corrupt (damaged on disk or in a copy): use another copy of the checkpoint")
     missing, unexpected = model.state_dict().keys() - tensors.keys(), tensors.keys() - model.state_dict().keys()
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: tensors do not match the stored config (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); the file was not written by save_checkpoint for this model"
         )
+    _match_stored_dtypes(model, tensors)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
