@@ -42,11 +42,22 @@ def test_numbers_match_an_independent_computation(tiny_model):
         a, b = clean[row["name"]].double(), adv[row["name"]].double()
         per_example = [float((b[i] - a[i]).norm() / a[i].norm()) for i in range(a.shape[0])]
         error = sum(per_example) / len(per_example)
+        mse = float(((b - a) ** 2).sum() / a.numel())
+        # KL of the softmax over features, one vector (token, or example for pool / logits) at a time
+        vectors_p, vectors_q = a.reshape(-1, a.shape[-1]).softmax(-1), b.reshape(-1, b.shape[-1]).softmax(-1)
+        kl = sum(float((p * (p / q).log()).sum()) for p, q in zip(vectors_p, vectors_q)) / vectors_p.shape[0]
         assert row["rel_error"] == pytest.approx(error, rel=1e-9)
-        assert row["mse"] == pytest.approx(float(((b - a) ** 2).sum() / a.numel()), rel=1e-9)
+        assert row["mse"] == pytest.approx(mse, rel=1e-9)
+        assert row["kl"] == pytest.approx(kl, rel=1e-6, abs=1e-15)
         if previous is not None:
-            assert row["change_rate"] == pytest.approx((error - previous) / previous, rel=1e-9)
-        previous = error
+            assert row["change_rate"] == pytest.approx((error - previous[0]) / previous[0], rel=1e-9)
+            assert row["mse_change_rate"] == pytest.approx((mse - previous[1]) / previous[1], rel=1e-9)
+            if previous[2] > 0:
+                assert row["kl_change_rate"] == pytest.approx((kl - previous[2]) / previous[2], rel=1e-5)
+            else:
+                assert row["kl_change_rate"] is None
+        previous = error, mse, kl
+    assert report.rows[-1]["kl"] == report.kl
     kl = 0.0
     for logits_p, logits_q in zip(clean["logits"].double(), adv["logits"].double()):
         p, q = logits_p.softmax(-1).tolist(), logits_q.softmax(-1).tolist()

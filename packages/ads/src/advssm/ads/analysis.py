@@ -2,10 +2,11 @@
 
 Runs ``model.forward_trace`` on clean and perturbed inputs and, for every recorded point
 (embedding, then per block: SSM mix, output transform (AdS), output projection, residual,
-norm; then pooling and logits), measures the relative error ``||h(x+d) - h(x)|| / ||h(x)||``
-and the change rate of that error across each component, ``(after - before) / before``
-(the paper's component analysis, arXiv 2406.05532). For linear time-invariant layers it
-also checks the measured mix error against the bound their parameters imply.
+norm; then pooling and logits), measures the relative error ``||h(x+d) - h(x)|| / ||h(x)||``,
+the hidden-state MSE and the KL divergence of the point's outputs, and the change rate of
+each across the component, ``(after - before) / before`` (the paper's component analysis,
+arXiv 2406.05532). For linear time-invariant layers it also checks the measured mix error
+against the bound their parameters imply.
 """
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ class PropagationReport:
             ``rel_error`` from the previous row, i.e. across this component; None for the
             input or when the error before is zero; 0 for an identity transform slot; in a
             pre-norm model the mix step includes the block's input LayerNorm), ``mse`` (mean
-            squared difference), and for the mix step of LTI layers ``linf_error`` (largest
+            squared difference), ``kl`` (KL(softmax(h(x)) || softmax(h(x+d))) over the feature
+            dimension, averaged over examples and positions: at ``logits`` it is the output KL
+            ``kl`` below), ``mse_change_rate`` and ``kl_change_rate`` (the same relative change
+            as ``change_rate``, for the MSE and the KL), and for the mix step of LTI layers
+            ``linf_error`` (largest
             per-channel L-inf error), ``bound`` (largest per-channel bound) and
             ``bound_ratio`` (largest per-channel measured / bound; <= 1 when the bound
             holds), else None.
@@ -67,11 +72,14 @@ class PropagationReport:
                  f"||x_adv - x||_inf = {self.perturbation_linf:.4g}"]
         if self.clean_accuracy is not None:
             lines[0] += f", accuracy clean {self.clean_accuracy:.2%} / perturbed {self.adv_accuracy:.2%}"
-        lines += ["", "| point | block | component | rel. error | change rate | MSE | measured / bound |",
-                  "|---|---|---|---:|---:|---:|---:|"]
+        lines += ["", "| point | block | component | rel. error | change rate | MSE | MSE change | KL | KL change "
+                      "| measured / bound |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in self.rows:
             cells = [r["name"], "" if r["block"] is None else str(r["block"]), r["component"],
-                     _fmt(r["rel_error"]), _fmt(r["change_rate"], "+.3g"), _fmt(r["mse"]), _fmt(r["bound_ratio"])]
+                     _fmt(r["rel_error"]), _fmt(r["change_rate"], "+.3g"), _fmt(r["mse"]),
+                     _fmt(r["mse_change_rate"], "+.3g"), _fmt(r["kl"]), _fmt(r["kl_change_rate"], "+.3g"),
+                     _fmt(r["bound_ratio"])]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -92,10 +100,14 @@ class PropagationReport:
         FigureCanvasAgg(fig)
         depth, rates = fig.subplots(1, 2, width_ratios=[3, 2])
         names = [r["name"] for r in self.rows]
-        depth.plot(range(len(names)), [max(r["rel_error"], 1e-12) for r in self.rows], marker="o")
+        depth.plot(range(len(names)), [max(r["rel_error"], 1e-12) for r in self.rows], marker="o",
+                   label="relative error ||h(x+d) - h(x)|| / ||h(x)||")
+        depth.plot(range(len(names)), [max(r["kl"], 1e-12) for r in self.rows], marker="s",
+                   label="KL(softmax h(x) || softmax h(x+d))")
         depth.set_yscale("log")
         depth.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
-        depth.set_ylabel("relative error ||h(x+d) - h(x)|| / ||h(x)||")
+        depth.set_ylabel("perturbation effect")
+        depth.legend(fontsize=7)
         depth.set_title(f"error across depth (KL = {self.kl:.3g})")
         depth.grid(alpha=0.3)
         blocks = sorted({r["block"] for r in self.rows if r["block"] is not None})
@@ -157,18 +169,20 @@ def propagation_analysis(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor 
     rows, previous = [], None
     for name in clean:
         block, component = _locate(name)
-        error = _relative_error(clean[name], adv[name])
-        rate = None if previous is None or previous == 0.0 else (error - previous) / previous
-        row = dict(name=name, block=block, component=component, rel_error=error, change_rate=rate,
-                   mse=float((adv[name].double() - clean[name].double()).pow(2).mean()),
-                   linf_error=None, bound=None, bound_ratio=None)
+        measured = dict(rel_error=_relative_error(clean[name], adv[name]),
+                        mse=float((adv[name].double() - clean[name].double()).pow(2).mean()),
+                        kl=_feature_kl(clean[name], adv[name]))
+        rates = {key: None if previous is None else _change_rate(previous[key], value)
+                 for key, value in measured.items()}
+        row = dict(name=name, block=block, component=component, rel_error=measured["rel_error"],
+                   change_rate=rates["rel_error"], mse=measured["mse"], mse_change_rate=rates["mse"],
+                   kl=measured["kl"], kl_change_rate=rates["kl"], linf_error=None, bound=None, bound_ratio=None)
         if component == "mix" and bounds.get(block) is not None:
             row.update(bounds[block])
         rows.append(row)
-        previous = error
+        previous = measured
 
-    log_p, log_q = (torch.log_softmax(t["logits"].double(), dim=-1) for t in (clean, adv))
-    kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    kl = _feature_kl(clean["logits"], adv["logits"])
     accuracies = [None, None] if y is None else [float((t["logits"].argmax(-1) == y).double().mean())
                                                  for t in (clean, adv)]
     return PropagationReport(rows=rows, kl=kl, n_examples=x.shape[0],
@@ -184,6 +198,17 @@ def _locate(name: str) -> tuple[int | None, str]:
     if parts[0] == "blocks":
         return int(parts[1]), parts[2]
     return None, name
+
+
+def _change_rate(before: float, after: float) -> float | None:
+    """(after - before) / before; None when there was nothing before to change."""
+    return None if before == 0.0 else (after - before) / before
+
+
+def _feature_kl(clean: torch.Tensor, adv: torch.Tensor) -> float:
+    """Mean over examples (and positions) of KL(softmax(clean) || softmax(adv)) along the last dimension."""
+    log_p, log_q = (torch.log_softmax(t.double(), dim=-1) for t in (clean, adv))
+    return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
 
 
 def _relative_error(clean: torch.Tensor, adv: torch.Tensor) -> float:
