@@ -20,7 +20,7 @@ _LAZY = {
     "PRESETS": "model",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "read_metadata": "checkpoint",
     "CheckpointError": "checkpoint", "FORMAT_VERSION": "checkpoint",
-    "backends": "backends",
+    "backends": "backend_status",
 }
 
 __all__ = [

@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .backends import backends as available_backends
+from .backend_status import backends as available_backends
 from .ops import diag_scan, fft_conv, fft_conv_ref, selective_scan, vandermonde_kernel
 
 # Paper sizes: d_model 128 (S6 inner dim 256), d_state 16..64, L 784 / 1024 / 4096.

@@ -1,4 +1,4 @@
-"""``advssm info``: versions, kernels backends and the device."""
+"""``advssm info``: versions, kernel backends and the device."""
 from __future__ import annotations
 
 import platform
@@ -20,15 +20,23 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _backends() -> object:
+def _backends(device) -> dict:
+    """{op: {backend: {"available", "reason"}}} from advssm-ssm-layers, for ``device``."""
     try:
-        module = import_module("advssm.ssm_layers.backends")
-    except ImportError:
-        return "unknown (advssm.ssm_layers.backends not available)"
-    for name in ("available_backends", "available", "describe"):
-        if callable(getattr(module, name, None)):
-            return getattr(module, name)()
-    return [n for n in dir(module) if not n.startswith("_")]
+        return import_module("advssm.ssm_layers").backends(device)
+    except (ImportError, AttributeError) as exc:
+        return {"error": f"this advssm-ssm-layers cannot report its backends ({exc})"}
+
+
+def _backend_lines(report: dict) -> list[str]:
+    """One line per op with the backends that run here, then each missing backend once with the reason."""
+    if "error" in report:
+        return [f"{'backends':18} {report['error']}"]
+    lines, missing = ["backends (per op):"], {}
+    for op, entries in report.items():
+        lines.append(f"  {op:18} {', '.join(name for name, entry in entries.items() if entry['available'])}")
+        missing.update({name: entry["reason"] for name, entry in entries.items() if not entry["available"]})
+    return lines + [f"  {name} not available: {reason}" for name, reason in missing.items()]
 
 
 def collect() -> dict:
@@ -36,11 +44,12 @@ def collect() -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
     return {
         "versions": {dist: _version(dist) for dist in PACKAGES},
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "backends": _backends(),
+        "backends": _backends(device),
         "device": {"cuda": cuda, "name": torch.cuda.get_device_name(0) if cuda else "cpu",
                    "cpu_threads": torch.get_num_threads()},
     }
@@ -58,6 +67,7 @@ def info(as_json: bool) -> None:
     """
     data = collect()
     lines = [f"{dist:18} {ver or 'not installed'}" for dist, ver in data["versions"].items()]
-    lines += [f"{'python':18} {data['python']} ({data['platform']})", f"{'backends':18} {data['backends']}",
-              f"{'device':18} {data['device']['name']} (torch threads: {data['device']['cpu_threads']})"]
+    lines += [f"{'python':18} {data['python']} ({data['platform']})",
+              f"{'device':18} {data['device']['name']} (torch threads: {data['device']['cpu_threads']})",
+              *_backend_lines(data["backends"])]
     emit(data, as_json, "\n".join(lines))
