@@ -1,13 +1,16 @@
 """The building blocks, each against a plain float64 reference: losses, projections, the
-random start, FAB's hyperplane-and-box projection, APGD's checkpoints and Square's schedule."""
+random start, FAB's hyperplane-and-box projection, APGD's checkpoints and step-size review,
+and Square's schedule."""
 import math
 
 import pytest
 import torch
 from advssm.adv_train.attacks import (
+    APGD,
     apgd_checkpoints,
     dlr_loss,
     dlr_targeted_loss,
+    halve_step_size,
     margin_loss,
     p_selection,
     per_example_norm,
@@ -15,6 +18,7 @@ from advssm.adv_train.attacks import (
     project_onto_hyperplane_in_box,
 )
 from advssm.adv_train.attacks.base import random_in_ball
+from torch import nn
 
 
 def logits_and_labels(seed: int, n: int = 7, classes: int = 6):
@@ -137,6 +141,41 @@ def test_apgd_checkpoints_follow_the_paper():
     # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (then 1.05 > 1)
     assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
     assert apgd_checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize(("n_rises", "halved_before", "best_now", "expected"), [
+    (15, False, 2.0, False),  # 15 >= 0.75 * 20 rises and the best loss improved: keep the step
+    (14, False, 2.0, True),   # condition 1: fewer than rho * period rises
+    (20, False, 1.0, True),   # condition 2: not halved last time and no improvement since
+    (20, True, 1.0, False),   # ... but condition 2 does not apply right after a halving
+    (0, True, 1.0, True),     # condition 1 applies whatever happened before
+])
+def test_step_size_review_follows_the_papers_two_conditions(n_rises, halved_before, best_now, expected):
+    # period 20 since the last checkpoint, rho 0.75, best loss 1.0 at the last checkpoint
+    got = halve_step_size(torch.tensor([float(n_rises)]), 20, 0.75, torch.tensor([halved_before]),
+                          torch.tensor([best_now]), torch.tensor([1.0]))
+    assert got.tolist() == [expected]
+
+
+def test_apgd_step_size_starts_at_2eps_and_halves_at_the_checkpoints():
+    """On a linear model the first sign step reaches the loss-maximising corner of the Linf ball, so the
+    loss never rises again: condition 1 halves the step size at every checkpoint."""
+    torch.manual_seed(0)
+    model = nn.Linear(10, 3).double()
+    x = 0.3 + 0.4 * torch.rand(4, 10, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    attack = APGD(model, eps=0.01, steps=100, seed=0)
+    attack(x, y)
+    eta = attack.last_step_sizes
+    assert eta.shape == (100, 4)
+    expected, size = [], 2 * 0.01
+    for k in range(100):
+        if k in apgd_checkpoints(100):
+            size /= 2
+        expected.append(size)
+    torch.testing.assert_close(eta, torch.tensor(expected, dtype=torch.float64)[:, None].expand(100, 4),
+                               rtol=0, atol=0)
 
 
 def test_square_p_schedule_follows_the_paper():

@@ -1,7 +1,8 @@
 """Invariants every attack keeps, on image-shaped and sequence-shaped inputs: the result lies in
 the eps-ball of the attack's norm and in [0, 1], is detached, has the input's shape and dtype;
-the model's per-submodule train/eval modes are restored; the weights and their .grad are not
-touched; a seed makes the result reproducible."""
+every forward pass runs in eval mode and the model's per-submodule train/eval modes are restored
+after; the weights, their .grad and the buffers (batch-norm statistics) are not touched; a seed
+makes the result reproducible."""
 import pytest
 import torch
 from advssm.adv_train.attacks import APGD, APGDT, FAB, FGSM, PGD, AutoAttack, Square, per_example_norm
@@ -25,7 +26,7 @@ class Net(nn.Module):
 
 
 ATTACKS = {
-    "fgsm": lambda m, norm: FGSM(m, EPS[norm], norm=norm),
+    "fgsm": lambda m, norm: FGSM(m, EPS[norm], norm=norm, seed=1),
     "pgd": lambda m, norm: PGD(m, EPS[norm], alpha=EPS[norm] / 4, steps=5, norm=norm, restarts=2, seed=1),
     "apgd-ce": lambda m, norm: APGD(m, norm=norm, eps=EPS[norm], steps=8, n_restarts=2, seed=1),
     "apgd-dlr": lambda m, norm: APGD(m, norm=norm, eps=EPS[norm], steps=8, loss="dlr", seed=1),
@@ -35,8 +36,11 @@ ATTACKS = {
     "square": lambda m, norm: Square(m, eps=EPS[norm], n_queries=30, seed=1),
     "autoattack": lambda m, norm: AutoAttack(m, norm=norm, eps=EPS[norm], version="custom", seed=1, attacks=[
         APGD(m, norm=norm, eps=EPS[norm], steps=5, seed=1), FAB(m, norm=norm, eps=EPS[norm], steps=3, seed=1)]),
+    # the full standard ensemble at the paper's budgets: about a second on this model
+    "autoattack-standard": lambda m, norm: AutoAttack(m, norm=norm, eps=EPS[norm], seed=1),
 }
-CASES = [(name, norm) for name in ATTACKS for norm in ("Linf", "L2") if not (name == "square" and norm == "L2")]
+LINF_ONLY = ("square", "autoattack-standard")  # no L2 Square, hence no standard L2 ensemble
+CASES = [(name, norm) for name in ATTACKS for norm in ("Linf", "L2") if not (name in LINF_ONLY and norm == "L2")]
 
 
 def setup(shape_name: str, seed: int = 0):
@@ -59,11 +63,17 @@ def test_attack_invariants(name, norm, shape_name):
     modes = [m.training for m in model.modules()]
     weights = [p.detach().clone() for p in model.parameters()]
     grads = [p.grad.clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
     x_before = x.clone()
     attack = ATTACKS[name](model, norm)
+    modes_seen = []  # the mode of every submodule at every forward pass during the attack
+    hook = model.register_forward_pre_hook(lambda module, args: modes_seen.append(
+        [m.training for m in module.modules()]))
 
     x_adv = attack(x, y)
 
+    hook.remove()
+    assert modes_seen and not any(any(seen) for seen in modes_seen), "every forward pass runs in eval mode"
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
     assert torch.equal(x, x_before)
     assert float(per_example_norm(x_adv - x, norm).max()) <= EPS[norm] * (1 + 1e-6)
@@ -71,7 +81,17 @@ def test_attack_invariants(name, norm, shape_name):
     assert [m.training for m in model.modules()] == modes
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert all(torch.equal(b, c) for b, c in zip(model.buffers(), buffers)), "batch-norm statistics untouched"
     assert torch.equal(attack(x, y), x_adv), "same seed, same inputs: same result"
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_weights_without_grad_get_none(name, norm):
+    """A model whose weights have no .grad yet still has none after an attack."""
+    model, x, y = setup("sequence")
+    model.zero_grad(set_to_none=True)
+    ATTACKS[name](model, norm)(x, y)
+    assert all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.parametrize(("name", "norm"), CASES)

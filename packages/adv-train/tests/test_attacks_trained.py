@@ -3,7 +3,7 @@ Gaussian blobs in [0, 1]^16): APGD is at least as strong as PGD-10, AutoAttack a
 strong as its parts, Square works without any gradient, and the standard budgets are the paper's."""
 import pytest
 import torch
-from advssm.adv_train.attacks import APGD, APGDT, FAB, PGD, STANDARD, AutoAttack, Square
+from advssm.adv_train.attacks import APGD, APGDT, FAB, PGD, STANDARD, AutoAttack, Square, margin_loss
 from torch import nn
 
 EPS = 0.08  # robust accuracy around 40 % for this model: room to see differences
@@ -44,6 +44,22 @@ def test_apgd_is_at_least_as_strong_as_pgd10(trained):
     apgd = accuracy(model, APGD(model, eps=EPS, steps=50, seed=0)(x, y), y)
     assert apgd <= pgd + SLACK
     assert pgd < accuracy(model, x, y) - 0.2, "the attack must actually work"
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("Linf", EPS), ("L2", 4 * EPS)])
+def test_pgd_restarts_keep_the_worst_point_per_example(trained, norm, eps):
+    """With one seed the first restart replays the single run, so per example the restarted result is
+    fooled wherever the single run is, and otherwise has at least its loss."""
+    model, x, y = trained
+    single = PGD(model, eps, alpha=eps / 4, steps=10, norm=norm, loss="margin", seed=3)(x, y)
+    several = PGD(model, eps, alpha=eps / 4, steps=10, norm=norm, loss="margin", restarts=4, seed=3)(x, y)
+    with torch.no_grad():
+        loss_single, loss_several = margin_loss(model(single), y), margin_loss(model(several), y)
+    fooled_single, fooled_several = loss_single > 0, loss_several > 0
+    assert (fooled_several | ~fooled_single).all()
+    unfooled = ~fooled_several
+    assert (loss_several[unfooled] >= loss_single[unfooled]).all()
+    assert fooled_several.sum() > fooled_single.sum(), "restarts should find more on this model"
 
 
 def small_autoattack_parts(model):

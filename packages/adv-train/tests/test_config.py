@@ -1,8 +1,10 @@
 """TrainConfig: the paper's defaults, per-dataset presets, JSON round trip and one clear error per bad field."""
+import dataclasses
 import json
 import math
 
 import pytest
+from advssm.adv_train.attacks import ATTACK_NAMES
 from advssm.adv_train.config import METHOD_NAMES, TrainConfig
 
 
@@ -75,6 +77,38 @@ def test_bad_values_get_one_clear_message(field, value, message):
 def test_bad_types(field, value):
     with pytest.raises(TypeError, match=f"TrainConfig.{field} must be"):
         TrainConfig(**{field: value})
+
+
+# One value per field that validation must reject, and the error it must raise: every field is listed
+# (a test below fails when a field is added without a case here).
+BAD_VALUE_PER_FIELD = {
+    "method": ("pgd", ValueError), "epochs": (0, ValueError), "lr": (0.0, ValueError),
+    "weight_decay": (-1e-4, ValueError), "batch_size": (-5, ValueError), "scheduler": ("linear", ValueError),
+    "eps": (2.0, ValueError), "alpha": (-0.01, ValueError), "attack_steps": (-1, ValueError),
+    "trades_beta": (float("inf"), TypeError), "mart_beta": (-6.0, ValueError), "free_replays": (0, ValueError),
+    "yopo_m": (0, ValueError), "yopo_n": (1.5, TypeError), "fast_at_alpha": (0.0, ValueError),
+    "jacobian_weight": (-0.1, ValueError), "jacobian_projections": (0, ValueError),
+    "eval_pgd_steps": (0, ValueError), "eval_n": (-3, ValueError), "aa_every": (-2, ValueError),
+    "aa_n": (0, ValueError), "aa_version": ("plus", ValueError), "aa_attacks": (["apgd-ce"], ValueError),
+    "seed": (-1, ValueError), "device": ("gpu", ValueError), "num_workers": (-1, ValueError),
+}
+
+
+def test_every_field_has_a_rejected_value():
+    assert set(BAD_VALUE_PER_FIELD) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@pytest.mark.parametrize("field", sorted(BAD_VALUE_PER_FIELD))
+def test_every_field_is_validated_with_a_message_naming_it(field):
+    value, error = BAD_VALUE_PER_FIELD[field]
+    with pytest.raises(error, match=f"TrainConfig.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_unknown_autoattack_names_fail_before_training():
+    with pytest.raises(ValueError, match="TrainConfig.aa_attacks must be a list of names from apgd-ce.*unknown: apgd"):
+        TrainConfig(aa_version="custom", aa_attacks=["apgd-ce", "apgd"])
+    assert TrainConfig(aa_version="custom", aa_attacks=list(ATTACK_NAMES)).aa_attacks == list(ATTACK_NAMES)
 
 
 def test_attack_methods_need_attack_steps():

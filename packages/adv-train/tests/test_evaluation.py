@@ -96,6 +96,14 @@ def test_prints_nothing_without_progress(capsys):
     assert capsys.readouterr() == ("", "")
 
 
+def test_progress_true_shows_each_stage_on_stderr(capsys):
+    model = fitted_model()
+    evaluate(model, data(), {"fgsm": FGSM(model, EPS)}, batch_size=25, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"evaluate: {stage} {done}/60" for done in (25, 50, 60) for stage in ("clean", "fgsm")]
+
+
 def test_nothing_left_to_attack_skips_the_attack():
     model = fitted_model()
     x, y = data()

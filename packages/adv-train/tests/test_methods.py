@@ -107,12 +107,16 @@ def test_trades_example_and_loss():
     torch.testing.assert_close(loss.detach(), expected, **TOL)
 
 
-def test_trades_restores_training_mode():
-    model = linear()
-    method, ctx = context(model, "trades")
+def test_trades_attacks_in_eval_mode_and_restores_each_submodules_mode():
+    model = nn.Sequential(linear(), nn.Dropout(0.5))
     model.train()
+    model[1].eval()  # a submodule frozen in eval mode by the user must stay so
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append([m.training for m in module.modules()]))
+    method, ctx = context(model, "trades")
     method.perturb(ctx, batch()[0])
-    assert model.training
+    assert seen and not any(any(s) for s in seen)
+    assert [m.training for m in model.modules()] == [True, True, False]
 
 
 def test_mart_loss_formula_on_three_classes():

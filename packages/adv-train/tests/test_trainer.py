@@ -82,7 +82,7 @@ def noisy_augment(x, generator):
     return (x + 0.01 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
 
 
-@pytest.mark.parametrize("method,stop", [("free-at", 1), ("pgd-at", 2)])
+@pytest.mark.parametrize("method,stop", [("free-at", 1), ("pgd-at", 2), ("yopo", 2), ("trades", 1)])
 def test_resume_gives_exactly_the_uninterrupted_run(tmp_path, method, stop):
     train, test = shortcut_task(n=200)
     cfg = config(method=method, free_replays=2, eval_n=30)

@@ -116,9 +116,15 @@ class TrainConfig:
             fail("eval_n", "None (whole test set) or an int >= 1")
         if self.aa_version not in ("standard", "custom"):
             fail("aa_version", "'standard' or 'custom'")
-        if self.aa_version == "custom" and (not isinstance(self.aa_attacks, list) or not self.aa_attacks
-                                            or not all(isinstance(a, str) for a in self.aa_attacks)):
-            fail("aa_attacks", "a non-empty list of attack names when aa_version is 'custom'")
+        if self.aa_version == "custom":
+            from .attacks.autoattack import ATTACK_NAMES  # imported here: the config itself needs no torch
+
+            if (not isinstance(self.aa_attacks, list) or not self.aa_attacks
+                    or not all(isinstance(a, str) for a in self.aa_attacks)):
+                fail("aa_attacks", "a non-empty list of attack names when aa_version is 'custom'")
+            unknown = [a for a in self.aa_attacks if a not in ATTACK_NAMES]
+            if unknown:  # caught now rather than at the first AutoAttack epoch, hours into the run
+                fail("aa_attacks", f"a list of names from {', '.join(ATTACK_NAMES)} (unknown: {', '.join(unknown)})")
         if self.aa_version == "standard" and self.aa_attacks is not None:
             fail("aa_attacks", "None when aa_version is 'standard' (set aa_version='custom' to choose attacks)")
         if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda", "auto")

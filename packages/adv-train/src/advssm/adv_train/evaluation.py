@@ -6,6 +6,7 @@ per-example worst case over them, and the gradient-masking checks of AutoAttack.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -104,6 +105,12 @@ def _normalise_attacks(attacks) -> dict[str, Attack]:
     return named
 
 
+def _print_progress(info: dict) -> None:
+    """The ``progress=True`` display: one line per stage and batch, on stderr so stdout stays clean."""
+    total = "?" if info["total"] is None else info["total"]
+    print(f"evaluate: {info['stage']} {info['done']}/{total}", file=sys.stderr, flush=True)
+
+
 def masking_warnings(model: nn.Module, x: Tensor, y: Tensor) -> list[str]:
     """AutoAttack's gradient-masking checks on one batch, model in eval mode: non-finite or zero
     input gradients, outputs that change between two identical forward passes, and outputs that
@@ -132,7 +139,7 @@ def masking_warnings(model: nn.Module, x: Tensor, y: Tensor) -> list[str]:
 
 
 def evaluate(model: nn.Module, data, attacks, n_examples: int | None = None, batch_size: int = 256,
-             device: torch.device | str | None = None, progress: Callable[[dict], None] | None = None,
+             device: torch.device | str | None = None, progress: Callable[[dict], None] | bool | None = None,
              check_masking: bool = True) -> EvalResult:
     """Clean and robust accuracy of ``model`` under each attack, and their per-example worst case.
 
@@ -144,7 +151,8 @@ def evaluate(model: nn.Module, data, attacks, n_examples: int | None = None, bat
         batch_size: for Datasets and tensors (a DataLoader keeps its own).
         device: where to run; defaults to the device of the model's first parameter (CPU if none).
         progress: called as ``progress({"stage": name, "done": k, "total": n})`` after each stage
-            of each batch; nothing is printed when None.
+            of each batch; True prints one line per stage and batch on stderr; None (or False)
+            prints nothing.
         check_masking: run the gradient-masking checks (on the first batch) and the Square check.
 
     Each attack sees only the examples that are correct on clean inputs; a batch stops early
@@ -159,7 +167,7 @@ def evaluate(model: nn.Module, data, attacks, n_examples: int | None = None, bat
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     total = _total(data, n_examples)
-    report = progress or (lambda info: None)
+    report = _print_progress if progress is True else (progress or (lambda info: None))
 
     n, clean_total, worst_total = 0, 0, 0
     robust_total = dict.fromkeys(named, 0)

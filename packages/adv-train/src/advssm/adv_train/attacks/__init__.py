@@ -7,8 +7,9 @@ Every attack puts the model in eval mode (restoring each submodule's mode after)
 gradients with respect to the input only, and returns a detached tensor inside the eps-ball
 of its norm and inside [0, 1]; a seed fixes all of its randomness.
 """
-from .apgd import APGD, APGDT, apgd_checkpoints
-from .autoattack import STANDARD, AutoAttack, build_attack
+from .apgd import APGD, apgd_checkpoints, halve_step_size
+from .apgd_targeted import APGDT
+from .autoattack import ATTACK_NAMES, STANDARD, AutoAttack, build_attack
 from .base import (
     NORMS,
     Attack,
@@ -26,7 +27,8 @@ from .pgd import PGD
 from .square import Square, p_selection
 
 __all__ = [
-    "Attack", "NORMS", "FGSM", "PGD", "APGD", "APGDT", "FAB", "Square", "AutoAttack", "STANDARD", "build_attack",
+    "Attack", "NORMS", "FGSM", "PGD", "APGD", "APGDT", "FAB", "Square", "AutoAttack", "STANDARD", "ATTACK_NAMES",
+    "build_attack",
     "cross_entropy", "margin_loss", "dlr_loss", "dlr_targeted_loss", "per_example_norm", "project", "eval_mode",
-    "apgd_checkpoints", "p_selection", "project_onto_hyperplane_in_box",
+    "apgd_checkpoints", "halve_step_size", "p_selection", "project_onto_hyperplane_in_box",
 ]

@@ -1,4 +1,4 @@
-"""APGD and APGD-T (Croce & Hein, "Reliable evaluation of adversarial robustness with an
+"""APGD (Croce & Hein, "Reliable evaluation of adversarial robustness with an
 ensemble of diverse parameter-free attacks", ICML 2020): PGD with momentum and a step size
 that halves at fixed checkpoints when progress stalls, restarting from the best point.
 
@@ -8,6 +8,7 @@ halves for an example if
   1. the loss rose in fewer than rho * (w_j - w_{j-1}) of the steps since w_{j-1}, or
   2. the step size was not halved at w_{j-1} and the best loss has not improved since.
 After a halving the iterate restarts from the best point found (with no momentum carried).
+The targeted variant APGD-T lives in ``apgd_targeted.py``.
 Update: z = P(x_k + eta * s(grad)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})),
 a = 0.75 (a = 1 on the first step), s = sign for Linf, grad / ||grad||_2 for L2.
 """
@@ -22,8 +23,6 @@ from torch import Tensor, nn
 from .base import (
     Attack,
     check_positive_int,
-    cross_entropy,
-    dlr_targeted_loss,
     get_loss,
     project,
     random_in_ball,
@@ -40,6 +39,24 @@ def apgd_checkpoints(n_iter: int) -> list[int]:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     # round() first: 0.57 * 100 is 57.000000000000007 in floating point.
     return sorted({math.ceil(round(pj * n_iter, 9)) for pj in p[1:] if pj <= 1} - {0})
+
+
+def halve_step_size(n_rises: Tensor, period: int, rho: float, halved_before: Tensor, best_now: Tensor,
+                    best_at_last_check: Tensor) -> Tensor:
+    """The paper's review at a checkpoint w_j, per example: True where the step size halves.
+
+    Args:
+        n_rises: how many of the ``period`` = w_j - w_{j-1} steps since the last checkpoint raised the loss.
+        rho: the oscillation threshold (0.75).
+        halved_before: whether the step size was halved at w_{j-1}.
+        best_now, best_at_last_check: the highest loss so far, now and at w_{j-1}.
+
+    Condition 1 (the loss oscillates): ``n_rises < rho * period``. Condition 2 (progress stalled at
+    an unchanged step size): not halved at w_{j-1} and the best loss did not improve since.
+    """
+    oscillating = n_rises < rho * period
+    stalled = ~halved_before & (best_now <= best_at_last_check)
+    return oscillating | stalled
 
 
 def _rows(mask: Tensor, like: Tensor) -> Tensor:
@@ -61,6 +78,8 @@ class APGD(Attack):
         seed: seeds the random starts.
 
     Returns, per example, the first adversarial iterate found, else the highest-loss point.
+    After a call, ``last_step_sizes`` (steps, batch) holds the step size of every iteration of the
+    last run (the examples of that run only), to check the schedule.
     """
 
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, steps: int = 100,
@@ -74,6 +93,7 @@ class APGD(Attack):
         self.loss_name = loss
         self.loss_fn = self._loss_function(loss)
         self.checkpoints = set(apgd_checkpoints(self.steps))
+        self.last_step_sizes: Tensor | None = None
 
     def _loss_function(self, loss: str) -> Callable:
         return get_loss(loss)
@@ -106,7 +126,10 @@ class APGD(Attack):
 
     def run(self, x: Tensor, y: Tensor, loss_fn: Callable[[Tensor], Tensor],
             generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """One APGD run from a random start: (adversarial or best-loss point, fooled mask)."""
+        """One APGD run from a random start: (adversarial or best-loss point, fooled mask).
+
+        Records the step size used at each iteration in ``last_step_sizes`` (steps, batch).
+        """
         def step(x_from: Tensor, direction: Tensor, size: Tensor) -> Tensor:
             return project(x_from + _rows(size, x) * direction, x, self.eps, self.norm)
 
@@ -119,7 +142,9 @@ class APGD(Attack):
         eta = torch.full_like(f_k, 2 * self.eps)
         n_rises = torch.zeros_like(f_k)
         f_best_at_check, halved_at_check, last_check = f_best.clone(), torch.zeros_like(fooled), 0
+        step_sizes = []
         for k in range(self.steps):
+            step_sizes.append(eta)
             z = step(x_k, steepest_ascent(g_k, self.norm), eta)
             a = MOMENTUM if k > 0 else 1.0
             x_next = step(x_k, a * (z - x_k) + (1 - a) * (x_k - x_prev), torch.ones_like(eta))
@@ -134,55 +159,16 @@ class APGD(Attack):
             x_prev, x_k, f_k, g_k = x_k, x_next, f_next, g_next
 
             if k + 1 in self.checkpoints:
-                oscillating = n_rises < self.rho * (k + 1 - last_check)
-                stalled = ~halved_at_check & (f_best <= f_best_at_check)
-                halve = oscillating | stalled
+                halve = halve_step_size(n_rises, k + 1 - last_check, self.rho, halved_at_check, f_best,
+                                        f_best_at_check)
                 eta = torch.where(halve, eta / 2, eta)
+                # Restart the halved examples from their best point, without momentum (the paper's
+                # x^(k+1) = x_max): the momentum term points along a trajectory that stopped paying off.
                 x_k = torch.where(_rows(halve, x), x_best, x_k)
                 x_prev = torch.where(_rows(halve, x), x_best, x_prev)
                 g_k = torch.where(_rows(halve, x), g_best, g_k)
                 f_k = torch.where(halve, f_best, f_k)
                 n_rises.zero_()
                 f_best_at_check, halved_at_check, last_check = f_best.clone(), halve, k + 1
+        self.last_step_sizes = torch.stack(step_sizes)
         return torch.where(_rows(fooled, x), x_found, x_best), fooled
-
-
-class APGDT(APGD):
-    """Targeted Auto-PGD (APGD-T): for each of the ``n_target_classes`` classes with the highest
-    clean logits after the top one, an APGD run maximising the targeted loss towards that class,
-    on the examples not yet fooled. Success means misclassification (any class), as in AutoAttack.
-
-    Args:
-        loss: "dlr-targeted" (default, needs >= 4 classes) or "ce-targeted" (minus the CE to the target).
-        n_target_classes: how many target classes to try (capped at classes - 1).
-        n_restarts: runs per target class.
-        Others as ``APGD``.
-    """
-
-    TARGETED_LOSSES = ("dlr-targeted", "ce-targeted")
-
-    def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, steps: int = 100,
-                 n_restarts: int = 1, n_target_classes: int = 9, loss: str = "dlr-targeted", rho: float = 0.75,
-                 seed: int | None = 0):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, loss=loss, rho=rho,
-                         seed=seed)
-        self.n_target_classes = check_positive_int(n_target_classes, "n_target_classes")
-
-    def _loss_function(self, loss: str) -> Callable:
-        if loss not in self.TARGETED_LOSSES:
-            raise ValueError(f"unknown targeted loss {loss!r}; choose one of {self.TARGETED_LOSSES}")
-        if loss == "ce-targeted":
-            return lambda logits, y, target: -cross_entropy(logits, target)
-        return dlr_targeted_loss
-
-    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        with torch.no_grad():
-            logits = self.logits(x)
-        ranked = logits.argsort(dim=1, descending=True)
-        x_adv, fooled = x.clone(), logits.argmax(1) != y
-        for rank in range(1, min(self.n_target_classes, logits.shape[1] - 1) + 1):
-            target = ranked[:, rank]
-            for _ in range(self.n_restarts):
-                self.attack_remaining(x, y, x_adv, fooled,
-                                      lambda z, idx, t=target: self.loss_fn(z, y[idx], t[idx]), generator)
-        return x_adv

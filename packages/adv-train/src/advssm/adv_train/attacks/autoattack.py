@@ -6,10 +6,13 @@ The standard version (Linf): APGD-CE (100 iterations, no restarts), APGD-T (100 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from .apgd import APGD, APGDT
+from .apgd import APGD
+from .apgd_targeted import APGDT
 from .base import Attack
 from .fab import FAB
 from .square import Square
@@ -17,20 +20,31 @@ from .square import Square
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
+# Each of AutoAttack's attacks by name, built with the AutoAttack paper's budgets.
+_BUILDERS: dict[str, Callable[[nn.Module, str, float, int | None], Attack]] = {
+    "apgd-ce": lambda model, norm, eps, seed: APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss="ce",
+                                                   seed=seed),
+    "apgd-dlr": lambda model, norm, eps, seed: APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss="dlr",
+                                                    seed=seed),
+    "apgd-t": lambda model, norm, eps, seed: APGDT(model, norm=norm, eps=eps, steps=100, n_restarts=1,
+                                                   n_target_classes=9, seed=seed),
+    "fab-t": lambda model, norm, eps, seed: FAB(model, norm=norm, eps=eps, steps=100, n_restarts=1, targeted=True,
+                                                n_target_classes=9, seed=seed),
+    "fab": lambda model, norm, eps, seed: FAB(model, norm=norm, eps=eps, steps=100, n_restarts=5, targeted=False,
+                                              seed=seed),
+    "square": lambda model, norm, eps, seed: Square(model, eps=eps, n_queries=5000, p_init=0.8, n_restarts=1,
+                                                    seed=seed, norm=norm),
+}
+#: The names ``AutoAttack(version="custom", attacks=[...])`` and ``build_attack`` accept.
+ATTACK_NAMES = tuple(_BUILDERS)
+
+
 def build_attack(name: str, model: nn.Module, norm: str, eps: float, seed: int | None) -> Attack:
     """One of AutoAttack's attacks by name, with the AutoAttack paper's budgets."""
-    makers = {
-        "apgd-ce": lambda: APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
-        "apgd-dlr": lambda: APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss="dlr", seed=seed),
-        "apgd-t": lambda: APGDT(model, norm=norm, eps=eps, steps=100, n_restarts=1, n_target_classes=9, seed=seed),
-        "fab-t": lambda: FAB(model, norm=norm, eps=eps, steps=100, n_restarts=1, targeted=True,
-                             n_target_classes=9, seed=seed),
-        "fab": lambda: FAB(model, norm=norm, eps=eps, steps=100, n_restarts=5, targeted=False, seed=seed),
-        "square": lambda: Square(model, eps=eps, n_queries=5000, p_init=0.8, n_restarts=1, seed=seed, norm=norm),
-    }
-    if name not in makers:
-        raise ValueError(f"unknown AutoAttack attack {name!r}; choose from {sorted(makers)} or pass Attack instances")
-    return makers[name]()
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown AutoAttack attack {name!r}; choose from {sorted(_BUILDERS)} "
+                         "or pass Attack instances")
+    return _BUILDERS[name](model, norm, eps, seed)
 
 
 class AutoAttack(Attack):

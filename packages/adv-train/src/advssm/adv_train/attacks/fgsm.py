@@ -15,12 +15,13 @@ class FGSM(Attack):
         eps: perturbation radius.
         norm: "Linf" (the classical FGSM) or "L2" (fast gradient method).
         loss: "ce", "margin" or "dlr".
+        seed: accepted so every attack takes the same arguments; FGSM draws no random numbers.
     """
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", loss: str = "ce"):
-        super().__init__(model, eps, norm=norm)
+    def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", loss: str = "ce", seed: int | None = None):
+        super().__init__(model, eps, norm=norm, seed=seed)
         self.loss_fn = get_loss(loss)
 
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        _, grad, logits = self.loss_and_grad(x, lambda z: self.loss_fn(z, y))
+        _, grad, _ = self.loss_and_grad(x, lambda z: self.loss_fn(z, y))
         return x + self.eps * steepest_ascent(grad, self.norm)

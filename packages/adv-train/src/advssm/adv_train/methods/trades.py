@@ -11,8 +11,8 @@ from .base import StepContext, TrainMethod, ce_stats, kl_to_clean, project_linf
 class TRADES(TrainMethod):
     """TRADES with a KL inner maximisation of ``attack_steps`` signed steps of size ``alpha``.
 
-    The inner maximisation starts at ``x + 0.001 N(0, 1)`` and runs with the model in eval mode (its mode
-    is restored after); the outer loss is ``CE(f(x), y) + trades_beta * KL(f(x) || f(x_adv))`` with the
+    The inner maximisation starts at ``x + 0.001 N(0, 1)`` and runs with the model in eval mode (each submodule's
+    mode is restored after); the outer loss is ``CE(f(x), y) + trades_beta * KL(f(x) || f(x_adv))`` with the
     gradient flowing through both outputs, as in the TRADES paper.
     """
 
@@ -20,10 +20,10 @@ class TRADES(TrainMethod):
 
     def perturb(self, ctx: StepContext, x: Tensor) -> Tensor:
         """The KL-maximising example inside the Linf ball around ``x``."""
+        from ..attacks import eval_mode  # restores every submodule's own mode, not just the top one
+
         cfg, model = ctx.config, ctx.model
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             with torch.no_grad():
                 clean_probs = F.softmax(model(x), dim=1)
             x_adv = x.detach() + 0.001 * ctx.randn_like(x)
@@ -31,8 +31,6 @@ class TRADES(TrainMethod):
                 x_adv.requires_grad_(True)
                 (grad,) = torch.autograd.grad(kl_to_clean(model(x_adv), clean_probs, reduction="sum"), x_adv)
                 x_adv = project_linf(x_adv.detach() + cfg.alpha * grad.sign(), x, cfg.eps)
-        finally:
-            model.train(was_training)
         return x_adv.detach()
 
     def loss(self, ctx: StepContext, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
