@@ -1,9 +1,19 @@
 """Shared fixtures: the tiny CLI settings and one tiny run reused by the read-only tests."""
 import json
+import os
+
+# One torch thread per test process, set before torch is imported here and inherited by the subprocess tests:
+# the suite runs as 2 xdist workers on 2 cores, and more threads than free cores make these tiny models up to
+# 10x slower (threads spin-waiting on each other); the subprocess tests also compare their numbers with
+# in-process runs, which needs the same thread count on both sides.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
+import torch
 from advssm.cli.main import cli
 from click.testing import CliRunner
+
+torch.set_num_threads(1)  # in case another package's tests imported torch first
 
 # a model and budget small enough that a two-cell run takes seconds on 2 CPU cores
 TINY = ["--train-size", "64", "--test-size", "32", "--epochs", "2", "--d-model", "8", "--d-state", "4",

@@ -1,11 +1,11 @@
-"""sweep, report, analyze, info and the subprocess entry point."""
+"""eval, sweep, report, analyze, info and the exit-code contract, in process through click's runner."""
+import importlib
 import json
-import os
-import subprocess
-import sys
 
-import tomllib
 from advssm.cli import runs
+
+# the package exports the command objects under the modules' names, so fetch the module itself
+info_command = importlib.import_module("advssm.cli.commands.info")
 
 
 def test_sweep_runs_cells_then_skips_finished(tmp_path, helpers):
@@ -69,22 +69,46 @@ def test_every_command_has_help_with_examples(helpers):
         assert result.exit_code == 0 and "Examples:" in result.output, command
 
 
-def test_subprocess_run_and_exit_codes(tmp_path, helpers):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def test_eval_defaults_to_the_runs_examples_and_settings(tiny_run, helpers):
+    ckpt = tiny_run / "pgd-at" / "last.safetensors"
+    result = helpers.invoke("eval", ckpt, "--attacks", "pgd,fgsm", "--steps", "2", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # progress bars go to stderr
+    summary = runs.read_summary(tiny_run / "pgd-at")
+    # the run's 32 test examples and eps: the clean accuracy is the run's own number
+    assert data["n"] == 32 and data["eps"] == 0.1 and data["clean_acc"] == summary["last"]["clean_acc"]
+    assert set(data["robust_acc"]) == {"pgd-2", "fgsm"}
+    assert data["worst_acc"] <= min(data["robust_acc"].values()) <= data["clean_acc"]
+    text = helpers.invoke("eval", ckpt, "--attacks", "pgd", "--steps", "1", "--n", "8", "--no-progress")
+    assert text.exit_code == 0 and "n 8" in text.output and "pgd-1" in text.output and "clean" in text.output
 
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "advssm.cli", *map(str, args)], capture_output=True, text=True,
-                              env=env, cwd=tmp_path, timeout=300)
 
-    out = tmp_path / "sub"
-    done = cli("run", *helpers.TINY, "--method", "standard", "--epochs", "1", "--out", out, "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["cells"]["standard"]["last"]["epoch"] == 1
-    assert tomllib.loads((out / "config.toml").read_text())["grid"]["method"] == ["standard"]
-    bad = cli("run", "--dry-run", "--set", "train.epoch=3")
-    assert bad.returncode == 2 and "did you mean 'train.epochs'" in bad.stderr and "Traceback" not in bad.stderr
-    missing = cli("run", "--dataset", "mnist", "--data-dir", tmp_path / "nothing", "--no-progress")
-    assert missing.returncode == 1 and "MNIST not found" in missing.stderr
-    assert len(missing.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in missing.stderr
-    debug = cli("--debug", "run", "--dataset", "mnist", "--data-dir", tmp_path / "nothing", "--no-progress")
-    assert debug.returncode == 1 and "Traceback" in debug.stderr
+def test_eval_errors(tiny_run, tmp_path, helpers):
+    ckpt = tiny_run / "pgd-at" / "best.safetensors"
+    result = helpers.invoke("eval", ckpt, "--attacks", "pgd,cw")
+    assert result.exit_code == 2 and "unknown attack 'cw'" in result.output
+    loose = tmp_path / "model.safetensors"
+    loose.write_bytes(ckpt.read_bytes())  # a checkpoint away from its run folder
+    result = helpers.invoke("eval", loose, "--attacks", "pgd")
+    assert result.exit_code == 2 and "pass --dataset" in result.output
+    result = helpers.invoke("eval", loose, "--attacks", "pgd", "--dataset", "digits", "--eps", "0.05", "--n", "4",
+                            "--steps", "1", "--json", "--no-progress")
+    assert result.exit_code == 0 and json.loads(result.stdout)["eps"] == 0.05
+    assert helpers.invoke("eval", tmp_path / "missing.safetensors").exit_code == 2
+
+
+def test_ctrl_c_in_any_command_exits_130(monkeypatch, helpers):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info_command, "collect", interrupted)
+    result = helpers.invoke("info")
+    assert result.exit_code == 130 and "interrupted" in result.output and "Traceback" not in result.output
+
+
+def test_info_text_lists_backends_per_op(helpers):
+    result = helpers.invoke("info")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "backends (per op):" in lines
+    assert any(line.split()[:3] == ["selective_scan", "reference,", "torch"] for line in lines)

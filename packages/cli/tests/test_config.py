@@ -49,14 +49,21 @@ def test_grid_cells_cover_every_combination():
     ({"model": {"d_modle": 3}}, {}, "did you mean 'model.d_model'?"),
     ({}, {"trian.epochs": 3}, "unknown setting 'trian.epochs'; did you mean 'train.epochs'?"),
     ({"data": {"dataset": "cifar"}}, {}, "invalid dataset 'cifar'; did you mean 'cifar10'?"),
-    ({"grid": {"method": ["standard", "pgd"]}}, {}, "TrainConfig.method must be one of"),
+    ({"grid": {"method": ["standard", "pgd"]}}, {}, "invalid setting: train.method must be one of"),
     ({"grid": {"layr": ["s4"]}}, {}, "unknown key 'grid.layr'; did you mean 'grid.layer'?"),
     ({}, {"model.layer": "s7"}, "unknown layer 's7'"),
-    ({}, {"train.eps": 2.0}, "TrainConfig.eps must be in (0, 1]"),
+    ({}, {"train.eps": 2.0}, "invalid setting: train.eps must be in (0, 1]"),
     ({}, {"data.train_size": -1}, "invalid data.train_size -1"),
     ({"model": {"n_classes": 3}}, {}, "model.n_classes is set by the data set"),
     ({"preset": "paper-mnst"}, {}, "unknown preset 'paper-mnst'; did you mean 'paper-mnist'?"),
     ({"ads": "gelu"}, {}, "invalid ads 'gelu'"),
+    ({}, {"data.augment": 1}, 'invalid data.augment 1: must be true or false (or "none")'),
+    ({}, {"data.download": "yes"}, "invalid data.download 'yes': must be true or false"),
+    ({}, {"data.train_size": "abc"}, "invalid data.train_size 'abc': must be an int (or \"none\")"),
+    ({}, {"data.tiny_classes": 0}, "invalid data.tiny_classes 0: must be an int >= 1"),
+    ({}, {"eval.aa": "maybe"}, "invalid eval.aa 'maybe': must be true or false"),
+    ({}, {"eval.train_n": -1}, "invalid eval.train_n -1: must be an int >= 0"),
+    ({}, {"train.epochs": "abc"}, "invalid setting: train.epochs must be an int"),
 ])
 def test_errors_name_the_key_and_the_fix(values, overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -81,7 +88,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, helpers):
     result = helpers.invoke("run", exp, "--dry-run")
     assert result.exit_code == 2 and "is not valid TOML" in result.output
     result = helpers.invoke("run", "--dry-run", "--eps", "3")
-    assert result.exit_code == 2 and "TrainConfig.eps" in result.output
+    assert result.exit_code == 2 and "train.eps must be in (0, 1]" in result.output
 
 
 def test_missing_data_folder_exit_1_says_where(tmp_path, helpers):
@@ -100,3 +107,29 @@ def test_dry_run_prints_resolved_toml(helpers):
     assert data["model"]["layer"] == "s6" and data["model"]["d_model"] == 64 and data["grid"]["method"] == ["trades"]
     assert data["ads"] == "relu" and data["data"]["train_size"] == 4000 and data["train"]["seed"] == 3
     assert data["data"]["dataset"] == "mnist" and data["train"]["eps"] == 0.3
+
+
+def test_flag_for_a_grid_axis_replaces_that_axis():
+    values = {"grid": {"layer": ["s4d", "s6"], "method": ["standard", "pgd-at"]}}
+    config = resolve(values, overrides={"model.layer": "s5", "data.dataset": "digits"})
+    assert config.grid == {"layer": ["s5"], "method": ["standard", "pgd-at"]}
+    assert [cell.model["layer"] for _, cell in config.cells()] == ["s5", "s5"]
+    assert resolve(values, overrides={"train.method": "trades"}).grid["method"] == ["trades"]
+
+
+def test_method_flag_takes_a_list(helpers):
+    import tomllib
+
+    result = helpers.invoke("run", "--dry-run", "--method", "standard, trades")
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads(result.output)["grid"]["method"] == ["standard", "trades"]
+
+
+def test_existing_folder_with_an_equivalent_config_is_accepted(tmp_path):
+    from advssm.cli.experiment import prepare_dir
+
+    config = resolve({}, overrides={"train.epochs": 2})
+    (tmp_path / "config.toml").write_text("# edited by hand\n" + config.to_toml())
+    prepare_dir(config, tmp_path)  # the same settings: no error
+    with pytest.raises(ConfigError, match="holds a different experiment"):
+        prepare_dir(resolve({}, overrides={"train.epochs": 3}), tmp_path)

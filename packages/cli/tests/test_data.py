@@ -155,3 +155,47 @@ def test_cropflip_matches_loop_reference():
         expected = crop.flip(-1) if flips[b] else crop
         assert torch.equal(out[b], expected)
     assert not torch.equal(aug(x, torch.Generator().manual_seed(8)), out)
+
+
+def _fake_torchvision(monkeypatch, mnist_class):
+    """Install a stand-in ``torchvision.datasets`` whose MNIST is ``mnist_class`` (no network in tests)."""
+    import sys
+    import types
+
+    datasets = types.ModuleType("torchvision.datasets")
+    datasets.MNIST, datasets.CIFAR10 = mnist_class, mnist_class
+    package = types.ModuleType("torchvision")
+    package.datasets = datasets
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+
+
+def test_download_mnist_through_torchvision(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeMNIST:  # writes the files where torchvision puts them: ROOT/MNIST/raw
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            _write_mnist(tmp_path / "MNIST" / "raw", True, np.random.default_rng(0))
+
+    _fake_torchvision(monkeypatch, FakeMNIST)
+    data = load_dataset("mnist", tmp_path, download=True)
+    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    assert data.train.tensors[0].shape == (6, 1, 28, 28)
+
+
+def test_download_errors(tmp_path, monkeypatch):
+    import sys
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise OSError("network is unreachable")
+
+    _fake_torchvision(monkeypatch, Offline)
+    with pytest.raises(DataError, match="downloading mnist into .* failed.*network is unreachable"):
+        load_dataset("mnist", tmp_path, download=True)
+    with pytest.raises(DataError, match="--download supports mnist, cifar10; fetch tinyimagenet by hand"):
+        load_dataset("tinyimagenet", tmp_path, download=True)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # not installed
+    with pytest.raises(DataError, match=r"--download needs torchvision: pip install 'advssm-cli\[download\]'"):
+        load_dataset("cifar10", tmp_path, download=True)

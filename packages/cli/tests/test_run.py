@@ -6,17 +6,21 @@ import pytest
 import tomllib
 from advssm.cli import runs
 from advssm.cli.progress import TqdmProgress
+from advssm.cli.train_eval import TrainSetEval
 
 
 def test_run_writes_the_run_folder(tiny_run):
     config = tomllib.loads((tiny_run / "config.toml").read_text())
     assert config["grid"]["method"] == ["standard", "pgd-at"] and config["train"]["epochs"] == 2
     report = (tiny_run / "report.md").read_text()
-    assert "| standard |" in report and "| pgd-at |" in report and "Best PGD-10" in report and "Diff AA" in report
+    # TINY runs 2 PGD steps: the column says so instead of the paper's PGD-10
+    assert "| standard |" in report and "| pgd-at |" in report and "Best PGD-2" in report and "Diff AA" in report
+    assert "Protocol: clean and PGD-2 (eps 0.1) on the first 32 test examples; AA: a reduced AutoAttack " \
+        "(APGD-CE, APGD-DLR, 2 steps) on the first 8." in report
     assert (tiny_run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     for cell in ("standard", "pgd-at"):
         cell_dir = tiny_run / cell
-        for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "summary.json"):
+        for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "summary.json", "train_eval.jsonl"):
             assert (cell_dir / name).is_file(), name
         assert (cell_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
         metrics = runs.read_metrics(cell_dir)
@@ -25,7 +29,11 @@ def test_run_writes_the_run_folder(tiny_run):
         for stage in ("best", "last"):
             assert 0 <= summary[stage]["clean_acc"] <= 1 and 0 <= summary[stage]["pgd_acc"] <= 1
             assert 0 <= summary[stage]["aa_acc"] <= summary[stage]["clean_acc"] * 32 / 8  # AA on the first 8
-        assert summary["final_eval"] == {"aa": "custom", "attacks": ["apgd-ce", "apgd-dlr"], "steps": 2, "n": 8}
+        assert summary["final_eval"] == {"aa": "custom", "attacks": ["apgd-ce", "apgd-dlr"], "steps": 2, "n": 8,
+                                         "eps": 0.1, "pgd_steps": 2, "test_n": 32}
+        train_set = [json.loads(line) for line in (cell_dir / "train_eval.jsonl").read_text().splitlines()]
+        assert [row["epoch"] for row in train_set] == [1, 2] and all(row["n"] == 64 for row in train_set)
+        assert all(0 <= row["pgd_acc"] <= row["clean_acc"] <= 1 for row in train_set)
         assert summary["diff"]["pgd_acc"] == pytest.approx(summary["best"]["pgd_acc"] - summary["last"]["pgd_acc"])
         # the table shows the summary's numbers as percentages
         assert f"{100 * summary['last']['clean_acc']:.2f}" in report
@@ -62,6 +70,49 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch, helpe
         assert helpers.metrics(out / cell) == helpers.metrics(tiny_run / cell)
     assert json.loads((out / "pgd-at" / "summary.json").read_text()) == \
         json.loads((tiny_run / "pgd-at" / "summary.json").read_text())
+    assert (out / "pgd-at" / "train_eval.jsonl").read_text() == (tiny_run / "pgd-at" / "train_eval.jsonl").read_text()
+
+
+class _InterruptLastTrainSetEval(TrainSetEval):
+    """Ctrl-C in the middle of the train-set evaluation after the standard cell's last epoch."""
+
+    def measure(self, trainer, epoch):
+        if epoch == trainer.config.epochs and trainer.config.method == "standard" and epoch not in self.rows:
+            raise KeyboardInterrupt
+        super().measure(trainer, epoch)
+
+
+def test_interrupt_in_train_set_eval_is_filled_on_resume(tmp_path, monkeypatch, helpers, tiny_run):
+    out = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment, "TrainSetEval", _InterruptLastTrainSetEval)
+        result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--out", out)
+    assert result.exit_code == 130, result.output
+    assert len(runs.read_metrics(out / "standard")) == 2 and not runs.is_finished(out / "standard")
+    assert len((out / "standard" / "train_eval.jsonl").read_text().splitlines()) == 1
+    result = helpers.invoke("run", "--resume", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (out / "standard" / "train_eval.jsonl").read_text() == \
+        (tiny_run / "standard" / "train_eval.jsonl").read_text()
+    assert runs.read_summary(out / "standard") == runs.read_summary(tiny_run / "standard")
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, helpers, tiny_run):
+    """Reproducibility: a second run with the run's seed gives identical metrics, summaries and weights."""
+    from safetensors.torch import load_file
+
+    again = tmp_path / "again"
+    assert helpers.invoke("run", *helpers.TINY, "--out", again).exit_code == 0
+    for cell in ("standard", "pgd-at"):
+        assert helpers.metrics(again / cell) == helpers.metrics(tiny_run / cell)
+        assert runs.read_summary(again / cell) == runs.read_summary(tiny_run / cell)
+        assert (again / cell / "train_eval.jsonl").read_text() == (tiny_run / cell / "train_eval.jsonl").read_text()
+        for name in ("best.safetensors", "last.safetensors"):
+            mine, theirs = load_file(again / cell / name), load_file(tiny_run / cell / name)
+            assert mine.keys() == theirs.keys() and all(mine[k].equal(theirs[k]) for k in mine)
+    other = tmp_path / "other"
+    assert helpers.invoke("run", *helpers.TINY, "--method", "standard", "--seed", "1", "--out", other).exit_code == 0
+    assert helpers.metrics(other / "standard") != helpers.metrics(tiny_run / "standard")
 
 
 def test_resume_refuses_other_settings(tiny_run, helpers):
@@ -72,3 +123,30 @@ def test_resume_refuses_other_settings(tiny_run, helpers):
 def test_out_folder_of_another_experiment_is_refused(tiny_run, helpers):
     result = helpers.invoke("run", *helpers.TINY, "--epochs", "3", "--out", tiny_run)
     assert result.exit_code == 2 and "holds a different experiment" in result.output
+
+
+def test_without_autoattack_aa_is_null_and_shown_as_dash(tmp_path, helpers):
+    out = tmp_path / "no-aa"
+    result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--epochs", "1", "--set", "eval.aa=false",
+                            "--set", "eval.train_n=0", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = runs.read_summary(out / "standard")
+    assert summary["best"]["aa_acc"] is None and summary["last"]["aa_acc"] is None and summary["diff"]["aa_acc"] is None
+    assert summary["final_eval"]["aa"] is None and runs.is_complete(out / "standard")
+    assert not (out / "standard" / "train_eval.jsonl").exists()  # train_n = 0 turns the train-set curves off
+    report = (out / "report.md").read_text()
+    assert "AA: not run" in report
+    row = next(line for line in report.splitlines() if line.startswith("| standard |"))
+    assert row.split(" | ")[3] == "-" and row.rstrip(" |").endswith("-")  # Best AA ... Diff AA
+
+
+def test_trainer_autoattack_is_labelled_as_the_trainers(tmp_path, helpers):
+    out = tmp_path / "trainer-aa"
+    result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--epochs", "1", "--set", "eval.aa=false",
+                            "--set", "train.aa_every=1", "--set", "train.aa_n=8", "--set", "train.aa_version=custom",
+                            "--set", "train.aa_attacks=['apgd-ce']", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = runs.read_summary(out / "standard")
+    assert summary["last"]["aa_acc"] is not None  # measured by the trainer in its last epoch
+    assert summary["final_eval"]["aa"] == "trainer" and summary["final_eval"]["n"] == 8
+    assert "AA: the trainer's AutoAttack (custom)" in (out / "report.md").read_text()

@@ -23,8 +23,11 @@ def run_config_of(checkpoint: str | Path) -> RunConfig | None:
 
 def load_for_eval(checkpoint: str | Path, dataset: str | None, data_dir: str | None, n: int | None,
                   eps: float | None, device: str = "cpu"):
-    """(model, x_test, y_test, eps): the model from ``checkpoint``, the first ``n`` test examples of its data set
-    and the eps of its run, each overridable (required where no run config is found next to the checkpoint)."""
+    """(model, x_test, y_test, eps, run): the model from ``checkpoint``, the test examples of its data set and
+    the eps of its run, each overridable (required where no run config is found next to the checkpoint).
+
+    Without ``n`` the examples are those the run evaluated (its ``test_size`` / ``eval_n``), so the numbers
+    compare with the run's; ``run`` is that run's single-cell RunConfig (or None)."""
     import torch
     from advssm.ssm_layers import load_checkpoint
 
@@ -37,6 +40,9 @@ def load_for_eval(checkpoint: str | Path, dataset: str | None, data_dir: str | N
     folder = data_dir or (settings.data_dir if settings else "data")
     data = load_dataset(name, folder, test_size=None, tiny_classes=settings.tiny_classes if settings else 50)
     x, y = data.test.tensors
+    if n is None and run is not None and (dataset is None or dataset == settings.dataset):
+        limits = [v for v in (settings.test_size, run.train.get("eval_n")) if v is not None]
+        n = min(limits) if limits else None
     if n is not None:
         x, y = x[:n], y[:n]
     if eps is None:
@@ -44,4 +50,4 @@ def load_for_eval(checkpoint: str | Path, dataset: str | None, data_dir: str | N
             raise ConfigError(f"no run config.toml next to {checkpoint}; pass --eps")
         eps = float(run.train["eps"])
     model.eval()
-    return model, x.to(torch.device(device)), y.to(torch.device(device)), eps
+    return model, x.to(torch.device(device)), y.to(torch.device(device)), eps, run

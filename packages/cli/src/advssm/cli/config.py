@@ -64,6 +64,8 @@ class EvalSettings:
         aa_version: "standard" (APGD-CE, APGD-T, FAB-T, Square at their full budgets) or "custom".
         aa_attacks: for "custom", names among apgd-ce, apgd-dlr, apgd-t, fab-t, square, run in order.
         aa_steps: for "custom", iterations of APGD / FAB (Square gets 50x as many queries).
+        train_n: after every epoch, clean and PGD accuracy of the first this many training examples
+            (un-augmented, measured as the test set is) for the train curves of the plots; 0 = off.
     """
 
     aa: bool = True
@@ -71,6 +73,7 @@ class EvalSettings:
     aa_version: str = "standard"
     aa_attacks: list[str] = field(default_factory=lambda: ["apgd-ce", "apgd-t", "fab-t", "square"])
     aa_steps: int = 100
+    train_n: int = 256
 
 
 def _train_config():
@@ -223,8 +226,12 @@ def resolve(values: dict, base: RunConfig | None = None, overrides: dict[str, An
             raise ConfigError(f"model.{sorted(set(FROM_DATA) & set(given))[0]} is set by the data set; remove it")
         _check_keys(given, known, f"{section}.")
         merged[section].update(_decode_none(section, given))
+    axis_of = {setting: axis for axis, setting in GRID_AXES.items()}
     for dotted, value in overrides.items():
         section, _, key = dotted.rpartition(".")
+        if dotted in axis_of and axis_of[dotted] in merged["grid"]:
+            # a flag such as --model s6 must win over the file's [grid] layer list, not be hidden by it
+            merged["grid"][axis_of[dotted]] = [value]
         if section in sections:
             _check_keys({key: value}, sections[section], f"{section}.")
             merged[section][key] = value
@@ -252,16 +259,19 @@ def _validate(merged: dict) -> RunConfig:
             raise ConfigError(f"grid.{axis} must be a non-empty list, got {options!r}")
         if len(set(map(str, options))) != len(options):
             raise ConfigError(f"grid.{axis} lists a value twice: {options!r}")
+    _check_types("data", merged["data"], DATA_TYPES)
+    _check_types("eval", merged["eval"], EVAL_TYPES)
     data, final = DataSettings(**merged["data"]), EvalSettings(**merged["eval"])
     if final.aa_version not in ("standard", "custom"):
         raise ConfigError(f"invalid eval.aa_version {final.aa_version!r}; choose 'standard' or 'custom'")
     bad = [a for a in final.aa_attacks if a not in AA_ATTACKS] if isinstance(final.aa_attacks, list) else [None]
     if bad or not final.aa_attacks:
         raise ConfigError(f"invalid eval.aa_attacks {final.aa_attacks!r}: a non-empty list of {', '.join(AA_ATTACKS)}")
-    for name in ("aa_n", "aa_steps"):
-        value = getattr(final, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"invalid eval.{name} {value!r}: must be a positive int")
+    for section, name, low in (("eval", "aa_n", 1), ("eval", "aa_steps", 1), ("eval", "train_n", 0),
+                               ("data", "tiny_classes", 1)):
+        value = getattr(final if section == "eval" else data, name)
+        if value < low:
+            raise ConfigError(f"invalid {section}.{name} {value!r}: must be an int >= {low}")
     for axis, choices in (("dataset", DATASETS), ("ads", ADS_CHOICES)):
         for option in grid.get(axis, []) + ([data.dataset] if axis == "dataset" else [merged["ads"]]):
             if option not in choices:
@@ -281,8 +291,31 @@ def _validate(merged: dict) -> RunConfig:
         for method in grid.get("method", [config.train.get("method")]):
             _train_config().from_dict({**config.train, "method": method})
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid setting: {exc}") from exc
+        # name the key as the TOML and --set write it (train.eps), not as the dataclass does (TrainConfig.eps)
+        text = str(exc).replace("TrainConfig.", "train.").replace("ModelConfig.", "model.")
+        raise ConfigError(f"invalid setting: {text}") from exc
     return config
+
+
+# the types of the CLI's own settings ("optional" ones may also be None); dataset and the aa_* names have
+# their own checks with the list of choices
+DATA_TYPES = {"data_dir": str, "train_size": "optional int", "test_size": "optional int", "download": bool,
+              "tiny_classes": int, "augment": "optional bool"}
+EVAL_TYPES = {"aa": bool, "aa_n": int, "aa_steps": int, "train_n": int}
+_TYPE_WORDS = {int: "an int", bool: "true or false", str: "a string"}
+
+
+def _check_types(section: str, values: dict, types: dict) -> None:
+    for key, kind in types.items():
+        value = values[key]
+        optional = isinstance(kind, str)
+        expected = {"optional int": int, "optional bool": bool}.get(kind, kind)
+        if optional and value is None:
+            continue
+        # bool is an int subclass in Python: true must not pass for a size
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            words = _TYPE_WORDS[expected] + (' (or "none")' if optional else "")
+            raise ConfigError(f"invalid {section}.{key} {value!r}: must be {words}")
 
 
 def load_toml(path: str | Path) -> dict:

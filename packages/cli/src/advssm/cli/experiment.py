@@ -6,11 +6,12 @@ from pathlib import Path
 import click
 
 from . import runs
-from .config import RunConfig
+from .config import RunConfig, load_toml, resolve
 from .data import load_dataset
 from .errors import ConfigError
 from .final_eval import finish_cell
 from .progress import TqdmProgress
+from .train_eval import TrainSetEval
 
 
 def prepare_dir(config: RunConfig, run_dir: Path) -> None:
@@ -19,7 +20,13 @@ def prepare_dir(config: RunConfig, run_dir: Path) -> None:
     path = run_dir / runs.CONFIG_FILE
     text = config.to_toml()
     if path.is_file():
-        if path.read_text() != text:
+        # compare the settings, not the text: a file written by an older version (a key added since) or
+        # edited by hand (comments, order) holds the same experiment when it resolves to the same config
+        try:
+            same = resolve(load_toml(path)).to_dict() == config.to_dict()
+        except ConfigError:
+            same = False
+        if not same:
             raise ConfigError(f"{run_dir} holds a different experiment ({path} differs); "
                               f"choose another --out, or continue it with --resume {run_dir}")
         return
@@ -43,13 +50,20 @@ def run_cell(config: RunConfig, cell_dir: Path, progress: bool = True, callbacks
 
         attach_ads(model, activation=config.ads)
     cell_dir.mkdir(parents=True, exist_ok=True)
+    resume = (cell_dir / "train_state.pt").is_file()
+    train_set_eval = TrainSetEval(cell_dir, data.train, config.eval.train_n, resume)
+    bar = TqdmProgress(label, enabled=progress, train_set_row=train_set_eval.row)
+    train_set_eval.bar = bar
+    # train_set_eval first: the bar's line for an epoch shows the train-set accuracy measured for it
     trainer = Trainer(model, data.train, data.test, train_config, out_dir=cell_dir, save_model=save_checkpoint,
-                      augment=data.augment, callbacks=[TqdmProgress(label, enabled=progress), *callbacks])
-    trainer.fit(resume=(cell_dir / "train_state.pt").is_file())
-    bar = TqdmProgress(label, enabled=progress)
-    return finish_cell(config, cell_dir, data.test,
-                       progress=lambda stage, info: bar.on_eval(None, f"final {stage}", "aa", info["done"],
-                                                                info["total"] or 0))
+                      augment=data.augment, callbacks=[train_set_eval, bar, *callbacks])
+    trainer.fit(resume=resume)
+    train_set_eval.measure(trainer, trainer.epoch)  # the last epoch's row, if an interrupt cut it
+    try:
+        return finish_cell(config, cell_dir, data.test,
+                           progress=lambda stage, info: bar.on_final_eval(stage, info["done"], info["total"] or 0))
+    finally:
+        bar.close()
 
 
 def execute(config: RunConfig, run_dir: Path, progress: bool = True, callbacks=()) -> dict[str, dict]:

@@ -23,8 +23,12 @@ class AdvssmGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1, which reads like a failure; 130 is the shell's Ctrl-C code
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(130)
         except ConfigError as exc:
             if ctx.params.get("debug"):
                 raise
@@ -43,12 +47,16 @@ def cli(debug: bool) -> None:
 
     \b
     Examples:
-      advssm run                       # ST vs PGD-AT on the bundled digits, a few minutes on a CPU
+      advssm run                       # ST vs PGD-AT on the bundled digits, about a minute on a CPU
       advssm run exp.toml --epochs 5   # a TOML experiment, flags override it
       advssm eval runs/X/pgd-at/best.safetensors --attacks pgd,aa
       advssm sweep grid.toml           # models x methods x AdS x data sets
-      advssm report runs/A runs/B
-      advssm info
+      advssm report runs/A runs/B      # one table and plot across runs
+      advssm analyze runs/X/pgd-at/best.safetensors
+      advssm bench --quick             # kernel timings
+      advssm info                      # versions, backends, device
+
+    Run `advssm COMMAND --help` for a command's options and examples.
     """
 
 

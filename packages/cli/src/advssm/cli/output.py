@@ -18,5 +18,7 @@ def _jsonable(value):
 
 
 def emit(result: dict, as_json: bool, text: str) -> None:
-    """Print ``result`` as JSON (one document on stdout) or ``text`` for people."""
-    click.echo(json.dumps(_jsonable(result), indent=2, sort_keys=True) if as_json else text)
+    """Print ``result`` as JSON (one document on stdout) or ``text`` for people.
+
+    Keys keep their order (cells in grid order, as the tables list them)."""
+    click.echo(json.dumps(_jsonable(result), indent=2) if as_json else text)

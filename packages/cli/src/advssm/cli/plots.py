@@ -8,11 +8,12 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-# metric key -> legend label; a key missing from the metrics is simply not drawn
-SERIES = {
-    "train_clean_acc": "train clean", "train_adv_acc": "train adversarial",
-    "clean_acc": "test clean", "pgd_acc": "test PGD-10", "aa_acc": "test AA",
-}
+# (metrics key, legend label, line style): colour = train / test, dashed = clean, solid = robust;
+# a key missing from the metrics is simply not drawn
+TRAIN_SET = (("clean_acc", "train clean", "C0--"), ("pgd_acc", "train PGD", "C0-"))
+DURING_TRAINING = (("train_clean_acc", "train clean (while training)", "C0:"),
+                   ("train_adv_acc", "train adversarial (while training)", "C2:"))
+TEST = (("clean_acc", "test clean", "C1--"), ("pgd_acc", "test PGD", "C1-"), ("aa_acc", "test AA", "C3o"))
 
 
 def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -20,16 +21,33 @@ def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [100 * p[1] for p in points]
 
 
-def plot_metrics(metrics: list[dict], path: str | Path, title: str = "") -> Path:
-    """Train and test clean / robust accuracy per epoch of one cell."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in SERIES.items():
-        epochs, values = _series(metrics, key)
+def _draw(ax, rows: list[dict], series) -> None:
+    for key, label, style in series:
+        epochs, values = _series(rows, key)
         if values:
-            ax.plot(epochs, values, marker="o" if key == "aa_acc" else None, label=label)
+            ax.plot(epochs, values, style, label=label)
+
+
+def plot_metrics(metrics: list[dict], path: str | Path, title: str = "", train_set: list[dict] | None = None,
+                 summary: dict | None = None) -> Path:
+    """Train and test, clean and robust accuracy per epoch of one cell.
+
+    ``train_set`` holds the ``train_eval.jsonl`` rows (train-set accuracy measured after each epoch as the test set
+    is); the accuracies the trainer saw while training are drawn dotted, for reference. ``summary`` adds the final
+    AutoAttack accuracy of the best and last checkpoints as two points.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if train_set:
+        _draw(ax, train_set, TRAIN_SET)
+    _draw(ax, metrics, DURING_TRAINING)
+    _draw(ax, metrics, TEST)
+    final = [(summary[stage]["epoch"], 100 * summary[stage]["aa_acc"]) for stage in ("best", "last")
+             if summary and (summary.get(stage) or {}).get("aa_acc") is not None]
+    if final:
+        ax.plot(*zip(*final), "C3D", label="test AA (best, last checkpoint)")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -37,14 +55,14 @@ def plot_metrics(metrics: list[dict], path: str | Path, title: str = "") -> Path
 
 
 def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> Path:
-    """Test clean (dashed) and PGD-10 (solid) accuracy per epoch of several cells on one figure."""
+    """Test clean (dashed) and PGD (solid) accuracy per epoch of several cells on one figure."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, metrics) in enumerate(runs.items()):
         color = f"C{i % 10}"
         for key, style in (("clean_acc", "--"), ("pgd_acc", "-")):
             epochs, values = _series(metrics, key)
             if values:
-                ax.plot(epochs, values, style, color=color, label=f"{name} {SERIES[key]}")
+                ax.plot(epochs, values, style, color=color, label=f"{name} {'clean' if key == 'clean_acc' else 'PGD'}")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="test accuracy per epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

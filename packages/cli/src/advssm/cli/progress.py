@@ -9,12 +9,14 @@ from tqdm import tqdm
 class TqdmProgress:
     """One bar per epoch over its batches, one per evaluation stage, and a line of metrics per epoch."""
 
-    def __init__(self, label: str = "", enabled: bool = True):
-        self.label, self.enabled = label, enabled
+    def __init__(self, label: str = "", enabled: bool = True, train_set_row=None):
+        # train_set_row(epoch) -> the TrainSetEval row of that epoch (or None), shown in the epoch's line
+        self.label, self.enabled, self.train_set_row = label, enabled, train_set_row
         self._bar: tqdm | None = None
         self._stage: tuple | None = None
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the open bar (a bar left open pushes the next cell's bars down a line)."""
         if self._bar is not None:
             self._bar.close()
         self._bar, self._stage = None, None
@@ -23,14 +25,14 @@ class TqdmProgress:
         if not self.enabled:
             return
         if self._stage != stage:
-            self._close()
+            self.close()
             self._bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
             self._stage = stage
         self._bar.n = done
         self._bar.refresh()
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
-        self._close()
+        self.close()
 
     def on_batch_end(self, trainer, epoch: int, batch_idx: int, n_batches: int, stats: dict) -> None:
         self._advance((epoch, "train"), n_batches, batch_idx + 1, f"{self.label} epoch {epoch} train")
@@ -41,8 +43,41 @@ class TqdmProgress:
     def on_eval(self, trainer, epoch: int, stage: str, done: int, total: int) -> None:
         self._advance((epoch, stage), total, done, f"{self.label} epoch {epoch} eval {stage}")
 
+    def on_stage(self, stage: str, done: int, total: int) -> None:
+        """A stage of a standalone evaluation (``advssm eval``): clean, then each attack."""
+        self._advance(("stage", stage), total, done, f"{self.label} {stage}")
+
+    def on_final_eval(self, checkpoint: str, done: int, total: int) -> None:
+        """The AutoAttack of the best / last checkpoint after training."""
+        self._advance(("final", checkpoint), total, done, f"{self.label} AutoAttack of {checkpoint}.safetensors")
+
+    def on_train_eval(self, epoch: int, done: int, total: int) -> None:
+        """The train-set accuracy after an epoch (``train_eval.TrainSetEval``)."""
+        self._advance((epoch, "train-set"), total, done, f"{self.label} epoch {epoch} eval train set")
+
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
-        self._close()
+        self.close()
         if self.enabled:
-            shown = [f"{k}={100 * v:.1f}%" for k, v in metrics.items() if k.endswith("acc") and isinstance(v, float)]
-            tqdm.write(f"{self.label} epoch {epoch}: " + " ".join(shown), file=sys.stderr)
+            total = getattr(getattr(trainer, "config", None), "epochs", "?")
+            row = self.train_set_row(epoch) if self.train_set_row else None
+            tqdm.write(f"{self.label} epoch {epoch}/{total}: {epoch_line(metrics, row)}", file=sys.stderr)
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def epoch_line(metrics: dict, train_set: dict | None = None) -> str:
+    """``loss 0.412 | train clean 91.2% | train set clean 93.0% PGD 41.0% | test clean 92.4% PGD 40.1%``."""
+    parts = [f"loss {metrics['train_loss']:.3f}"] if metrics.get("train_loss") is not None else []
+    during = [f"{name} {_pct(metrics[key])}" for key, name in (("train_clean_acc", "clean"), ("train_adv_acc", "adv"))
+              if metrics.get(key) is not None]
+    if during:
+        parts.append("while training " + " ".join(during))
+    if train_set:
+        parts.append(f"train set clean {_pct(train_set['clean_acc'])} PGD {_pct(train_set['pgd_acc'])}")
+    test = [f"{name} {_pct(metrics[key])}" for key, name in (("clean_acc", "clean"), ("pgd_acc", "PGD"),
+                                                             ("aa_acc", "AA")) if metrics.get(key) is not None]
+    if test:
+        parts.append("test " + " ".join(test))
+    return " | ".join(parts)

@@ -56,11 +56,27 @@ def read_metrics(cell_dir: str | Path) -> list[dict]:
 
 
 def find_cells(run_dir: str | Path) -> list[Path]:
-    """The finished cells of a run: the folder itself if it is a cell, else its sub-folders with a summary."""
+    """The finished cells of a run: the folder itself if it is a cell, else its sub-folders with a summary,
+    in the order of the run's grid (as its own report.md lists them), else by name."""
     run_dir = Path(run_dir)
     if is_finished(run_dir):
         return [run_dir]
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and is_finished(p))
+    found = sorted(p for p in run_dir.iterdir() if p.is_dir() and is_finished(p))
+    order = {name: i for i, name in enumerate(_grid_order(run_dir))}
+    return sorted(found, key=lambda p: (order.get(p.name, len(order)), p.name))
+
+
+def _grid_order(run_dir: Path) -> list[str]:
+    """Cell names in grid order from the run's config.toml; [] when it is missing or unreadable."""
+    from .config import load_toml, resolve
+    from .errors import ConfigError
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        return []
+    try:
+        return [name for name, _ in resolve(load_toml(run_dir / CONFIG_FILE)).cells()]
+    except ConfigError:
+        return []
 
 
 def _pct(value) -> str:
@@ -74,9 +90,17 @@ def _diff(best: dict, last: dict) -> dict:
             for key, _ in COLUMNS}
 
 
+def pgd_label(summaries) -> str:
+    """``PGD-10`` when every summary used 10 PGD steps (the paper's column), else ``PGD``."""
+    steps = {(s.get("final_eval") or {}).get("pgd_steps") for s in summaries}
+    return f"PGD-{steps.pop()}" if len(steps) == 1 and None not in steps else "PGD"
+
+
 def summary_table(rows: list[tuple[str, dict]]) -> str:
     """The paper's table: clean / PGD-10 / AA accuracy (%) of the best and last checkpoints and Diff = Best - Last."""
-    head = ["Cell"] + [f"{stage.capitalize()} {label}" for stage in STAGES for _, label in COLUMNS]
+    pgd = pgd_label(summary for _, summary in rows)
+    labels = [label if key != "pgd_acc" else pgd for key, label in COLUMNS]
+    head = ["Cell"] + [f"{stage.capitalize()} {label}" for stage in STAGES for label in labels]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, summary in rows:
         best, last = summary.get("best") or {}, summary.get("last") or {}
@@ -88,22 +112,32 @@ def summary_table(rows: list[tuple[str, dict]]) -> str:
 
 def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config_text: str | None = None) -> Path:
     """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells`` (table row name -> folder)."""
+    from .final_eval import describe
     from .plots import plot_comparison, plot_metrics
+    from .train_eval import read_rows
 
     run_dir = Path(run_dir)
     rows = [(name, read_summary(cell)) for name, cell in cells.items()]
     cells = list(cells.values())
-    parts = [f"# {title}", "", "Accuracies in %; the best checkpoint has the highest PGD-10 test accuracy; "
+    pgd = pgd_label(summary for _, summary in rows)
+    parts = [f"# {title}", "", f"Accuracies in %; the best checkpoint has the highest {pgd} test accuracy; "
              "Diff = Best - Last (robust overfitting); '-' = not evaluated.", ""]
-    protocols = {json.dumps(s.get("final_eval"), sort_keys=True) for _, s in rows if s.get("final_eval")}
-    parts += [f"AA protocol: `{p}`" for p in sorted(protocols)] + ["", summary_table(rows), ""]
+    protocols = {}
+    for name, summary in rows:
+        if summary.get("final_eval"):
+            protocols.setdefault(describe(summary["final_eval"]), []).append(name)
+    for text, names in protocols.items():
+        scope = "" if len(protocols) == 1 else f" ({', '.join(names)})"
+        parts.append(f"Protocol{scope}: {text}.")
+    parts += ["", summary_table(rows), ""]
     metrics = {name: read_metrics(cell) for (name, _), cell in zip(rows, cells)}
     if any(metrics.values()):
         plot_comparison(metrics, run_dir / "accuracy.png")
         parts += ["![test accuracy per epoch](accuracy.png)", ""]
         for name, cell in zip(metrics, cells):
             if metrics[name] and cell != run_dir:
-                plot_metrics(metrics[name], cell / "accuracy.png", title=name)
+                plot_metrics(metrics[name], cell / "accuracy.png", title=name, train_set=read_rows(cell),
+                             summary=dict(rows)[name])
     if config_text:
         parts += ["## Configuration", "", "```toml", config_text.strip(), "```", ""]
     path = run_dir / REPORT_FILE

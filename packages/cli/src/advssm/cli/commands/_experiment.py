@@ -1,6 +1,7 @@
 """What ``run`` and ``sweep`` share: resolving the config, the run folder, Ctrl-C and the printed result."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def launch(config: RunConfig, run_dir: Path | None, out: str | None, runs_root: 
     if dry_run:
         emit(config.to_dict(), as_json, config.to_toml().rstrip())
         return
+    fresh = run_dir is None and not (out and Path(out).exists())
     run_dir = run_dir or (Path(out) if out else runs.new_run_dir(runs_root, config.name))
     click.echo(f"run folder: {run_dir}", err=True)
     try:
@@ -40,9 +42,19 @@ def launch(config: RunConfig, run_dir: Path | None, out: str | None, runs_root: 
         click.echo(f"\ninterrupted; the run folder is consistent. Resume with:\n  advssm {command} --resume {run_dir}",
                    err=True)
         sys.exit(130)
+    except Exception:
+        if fresh and not _trained_anything(run_dir):
+            # e.g. a missing data set: a folder holding only config.toml would just be clutter under runs/
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     table = runs.summary_table(list(summaries.items()))
     emit({"run_dir": str(run_dir), "cells": summaries}, as_json,
          f"{table}\n\nreport: {run_dir / runs.REPORT_FILE}")
+
+
+def _trained_anything(run_dir: Path) -> bool:
+    """Whether any cell of ``run_dir`` finished an epoch (then the folder is worth keeping and resuming)."""
+    return any(path.stat().st_size > 0 for path in run_dir.glob(f"*/{runs.METRICS_FILE}"))
 
 
 def common_options(func):

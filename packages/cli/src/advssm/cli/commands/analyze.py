@@ -34,10 +34,11 @@ def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, as_js
     from advssm.ads import propagation_analysis
     from advssm.adv_train.attacks import PGD
 
-    model, x, y, eps = load_for_eval(checkpoint, dataset, data_dir, n, eps)
+    model, x, y, eps, _ = load_for_eval(checkpoint, dataset, data_dir, n, eps)
     attack = PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True, seed=seed)
     torch.manual_seed(seed)
     report = propagation_analysis(model, x, y=y, attack=attack)
     plot_path = Path(plot_path) if plot_path else Path(checkpoint).with_suffix(".propagation.png")
     report.plot(plot_path)
-    emit({**report.to_dict(), "plot": str(plot_path)}, as_json, f"{report.to_markdown()}\n\nplot: {plot_path}")
+    text = f"{report.to_markdown().strip()}\n\nplot: {plot_path}"
+    emit({**report.to_dict(), "plot": str(plot_path)}, as_json, text)
