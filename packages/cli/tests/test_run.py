@@ -150,3 +150,24 @@ def test_trainer_autoattack_is_labelled_as_the_trainers(tmp_path, helpers):
     assert summary["last"]["aa_acc"] is not None  # measured by the trainer in its last epoch
     assert summary["final_eval"]["aa"] == "trainer" and summary["final_eval"]["n"] == 8
     assert "AA: the trainer's AutoAttack (custom)" in (out / "report.md").read_text()
+
+
+def test_every_method_and_layer_trains_on_images(tmp_path, helpers):
+    """One cell per training method and per layer on the digits images: the paper's grid at toy size.
+
+    Guards the seams between packages, e.g. YOPO's first-layer protocol on image inputs (the first
+    layer must take the images themselves, not the tokens made from them).
+    """
+    from advssm.adv_train.methods import METHODS
+    from advssm.ssm_layers import LAYERS
+
+    out = tmp_path / "grid"
+    args = [*helpers.TINY, "--epochs", "1", "--method", ",".join(METHODS), "--set", "eval.aa=false", "--out", out]
+    result = helpers.invoke("run", *args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(METHODS)
+    grid = tmp_path / "layers.toml"
+    grid.write_text("[grid]\nlayer = [" + ", ".join(f'"{name}"' for name in LAYERS) + "]\n")
+    result = helpers.invoke("run", grid, *helpers.TINY, "--epochs", "1", "--method", "pgd-at", "--set", "eval.aa=false",
+                    "--out", tmp_path / "layers")
+    assert result.exit_code == 0, result.output

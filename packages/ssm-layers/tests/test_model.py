@@ -137,6 +137,20 @@ def test_first_layer_is_the_embedding():
     assert model.first_layer is model.embedding
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 4, 5), (3, 20, 1), (3, 20)])
+def test_first_layer_takes_the_model_input_and_runs_once(shape):
+    """YOPO's protocol: first_layer(x) is what model(x) computes first, from x itself (images too)."""
+    model = build_model(ModelConfig(layer="s4d", **TINY))
+    x = torch.rand(shape)
+    seen = []
+    handle = model.first_layer.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    model(x)
+    handle.remove()
+    assert len(seen) == 1 and seen[0][0] is x
+    torch.testing.assert_close(seen[0][1], model.first_layer(x))
+    assert model.first_layer(x).shape == (3, 20, model.config.d_model)
+
+
 def test_same_seed_same_model():
     torch.manual_seed(3)
     a = build_model(ModelConfig(layer="s5", **TINY))

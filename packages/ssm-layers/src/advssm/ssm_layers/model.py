@@ -138,13 +138,51 @@ class Block(nn.Module):
         return x
 
 
+class PixelEmbedding(nn.Linear):
+    """Pixels as tokens, then ``Linear(d_input, d_model)``: the model's first layer.
+
+    It takes the model's input itself (images or sequences in [0, 1]), not tokens, so that the
+    first-layer protocol holds: ``model(x)`` runs it exactly once on ``x``, and YOPO can evaluate its
+    Hamiltonian at ``first_layer(x + eta)``. A subclass of ``nn.Linear`` keeps the parameter names
+    ``embedding.weight`` / ``embedding.bias`` of checkpoint format v1.
+    """
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H*W, C); (B, L, C) unchanged; (B, L) -> (B, L, 1).
+
+        Floating inputs are cast to the model's dtype (float pixels fed to a model moved to
+        double or half just work, and gradients flow back in the input's dtype); integer ones
+        are refused, since [0, 255] pixels would silently be read as [0, 1] ones.
+        """
+        d = self.in_features
+        if not x.is_floating_point():
+            raise ValueError(f"expected floating inputs in [0, 1], got dtype {x.dtype}; convert images with "
+                             "x.float() / 255 (or torchvision's ToTensor)")
+        x = x.to(self.weight.dtype)
+        if x.dim() == 4:
+            if x.shape[1] != d:
+                raise ValueError(f"expected images with {d} channel(s) (B, {d}, H, W), got {tuple(x.shape)}")
+            return x.flatten(2).transpose(1, 2)
+        if x.dim() == 3 and x.shape[-1] == d:
+            return x
+        if x.dim() == 2 and d == 1:
+            return x.unsqueeze(-1)
+        raise ValueError(
+            f"expected images (B, {d}, H, W) or sequences (B, L, {d}), got shape {tuple(x.shape)}; "
+            f"the model was built with d_input={d}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.tokens(x))
+
+
 class SequenceClassifier(nn.Module):
     """Pixel-token sequence classifier over a stack of zoo layers."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Linear(config.d_input, config.d_model)
+        self.embedding = PixelEmbedding(config.d_input, config.d_model)
         self.embed_norm = nn.LayerNorm(config.d_model)
         self.blocks = nn.ModuleList(Block(_make_layer(config), config.d_model, config.prenorm)
                                     for _ in range(config.n_layers))
@@ -159,39 +197,17 @@ class SequenceClassifier(nn.Module):
 
     @property
     def first_layer(self) -> nn.Module:
-        """The first layer (its output is YOPO's Hamiltonian point): the token embedding."""
+        """The first layer, YOPO's Hamiltonian point: the pixel embedding, which takes the model's own input."""
         return self.embedding
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, H*W, C); (B, L, C) unchanged; (B, L) -> (B, L, 1).
-
-        Floating inputs are cast to the model's dtype (float pixels fed to a model moved to
-        double or half just work, and gradients flow back in the input's dtype); integer ones
-        are refused, since [0, 255] pixels would silently be read as [0, 1] ones.
-        """
-        d = self.config.d_input
-        if not x.is_floating_point():
-            raise ValueError(f"expected floating inputs in [0, 1], got dtype {x.dtype}; convert images with "
-                             "x.float() / 255 (or torchvision's ToTensor)")
-        x = x.to(self.embedding.weight.dtype)
-        if x.dim() == 4:
-            if x.shape[1] != d:
-                raise ValueError(f"expected images with {d} channel(s) (B, {d}, H, W), got {tuple(x.shape)}")
-            return x.flatten(2).transpose(1, 2)
-        if x.dim() == 3 and x.shape[-1] == d:
-            return x
-        if x.dim() == 2 and d == 1:
-            return x.unsqueeze(-1)
-        raise ValueError(
-            f"expected images (B, {d}, H, W) or sequences (B, L, {d}), got shape {tuple(x.shape)}; "
-            f"the model was built with d_input={d}"
-        )
+        """(B, C, H, W) -> (B, H*W, C); (B, L, C) unchanged; (B, L) -> (B, L, 1) (see ``PixelEmbedding``)."""
+        return self.embedding.tokens(x)
 
     def _run(self, x: torch.Tensor, trace: dict | None) -> torch.Tensor:
-        t = self.tokens(x)
-        h = self.embed_norm(self.embedding(t))
+        h = self.embed_norm(self.embedding(x))
         if trace is not None:
-            trace["input"], trace["embedding"] = t, h
+            trace["input"], trace["embedding"] = self.tokens(x), h
         for i, block in enumerate(self.blocks):
             h = block(h, trace, f"blocks.{i}.")
         pooled = self.final_norm(h).mean(dim=1)
