@@ -27,7 +27,7 @@ def test_toml_roundtrip_keeps_none_and_everything_else():
 
 def test_preset_then_file_then_flags():
     config = resolve({"preset": "paper-mnist", "train": {"epochs": 7, "eps": 0.2}}, overrides={"train.eps": 0.25})
-    assert config.data.dataset == "mnist" and config.model["d_state"] == 32 and config.model["n_layers"] == 2
+    assert config.data.dataset == "mnist" and config.model_values()["d_state"] == 32 and config.model["n_layers"] == 2
     assert config.train["epochs"] == 7 and config.train["eps"] == 0.25 and config.train["alpha"] == 0.04
     cifar = resolve({}, overrides={"preset": "paper-cifar10", "model.layer": "s6"})
     assert cifar.train["eps"] == pytest.approx(8 / 255) and cifar.model["n_layers"] == 4
@@ -133,3 +133,26 @@ def test_existing_folder_with_an_equivalent_config_is_accepted(tmp_path):
     prepare_dir(config, tmp_path)  # the same settings: no error
     with pytest.raises(ConfigError, match="holds a different experiment"):
         prepare_dir(resolve({}, overrides={"train.epochs": 3}), tmp_path)
+
+
+@pytest.mark.parametrize("preset,layer,given,expected", [
+    ("paper-cifar10", "s6", None, 16),  # Mamba's state is 16 on CIFAR-10 in the paper
+    ("paper-cifar10", "s4", None, 64),
+    ("paper-mnist", "s6", None, 32),
+    ("paper-mnist", "mega", None, 16),  # Mega's EMA dimension is 16 everywhere
+    ("paper-tinyimagenet", "mega", None, 16),
+    ("paper-cifar10", "s6", 32, 32),  # an explicit value wins
+])
+def test_paper_presets_pick_d_state_per_layer(preset, layer, given, expected):
+    overrides = {"preset": preset, "grid.layer": [layer, "dss"]} | ({"model.d_state": given} if given else {})
+    config = resolve({}, overrides=overrides)
+    assert config.model["d_state"] == (given or "paper")  # shown as "paper" by --dry-run
+    cells = {cell.model["layer"]: cell for _, cell in config.cells()}
+    other = given or (32 if preset == "paper-mnist" else 64)
+    assert cells[layer].model_config(3, 10).d_state == expected
+    assert cells["dss"].model_config(3, 10).d_state == other
+
+
+def test_paper_d_state_needs_a_paper_preset():
+    with pytest.raises(ConfigError, match='d_state = "paper" needs one of the paper presets'):
+        resolve({"model": {"d_state": "paper"}})

@@ -98,6 +98,7 @@ DEMO = {
     # a reduced AutoAttack (two APGD losses, 25 steps) so the demo stays within minutes; reported as such
     "eval": {"aa_n": 200, "aa_version": "custom", "aa_attacks": ["apgd-ce", "apgd-dlr"], "aa_steps": 25},
 }
+PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's value for each cell's layer
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 PRESETS = {
     "paper-mnist": {"data": {"dataset": "mnist"}, "model_preset": "mnist", "train_dataset": "mnist"},
@@ -147,7 +148,20 @@ class RunConfig:
 
     def model_config(self, d_input: int, n_classes: int):
         """The ``ModelConfig`` of a single cell, completed by the data set's channels and classes."""
-        return _model_config().from_dict({**self.model, "d_input": d_input, "n_classes": n_classes})
+        return _model_config().from_dict({**self.model_values(), "d_input": d_input, "n_classes": n_classes})
+
+    def model_values(self, layer: str | None = None) -> dict[str, Any]:
+        """The [model] settings for ``layer`` (default: the configured one), with d_state = "paper" replaced by
+        the paper's state size for that layer and data set (Mega 16 everywhere, S6 16 on CIFAR-10)."""
+        values = {**self.model, "layer": layer or self.model.get("layer")}
+        if values.get("d_state") == PAPER_D_STATE:
+            if self.preset not in PRESETS:
+                raise ConfigError(f'model.d_state = "{PAPER_D_STATE}" needs one of the paper presets '
+                                  f"({', '.join(PRESETS)}); give a number instead")
+            from advssm.ssm_layers import preset as model_preset
+
+            values["d_state"] = model_preset(PRESETS[self.preset]["model_preset"], layer=values["layer"]).d_state
+        return values
 
     def train_config(self):
         """The ``TrainConfig`` of a single cell."""
@@ -188,6 +202,7 @@ def _preset_base(name: str) -> RunConfig:
     from advssm.ssm_layers import preset as model_preset
 
     model = model_preset(spec["model_preset"]).to_dict()
+    model["d_state"] = PAPER_D_STATE  # decided per cell, once the layer is known
     for key in FROM_DATA:
         model.pop(key)
     train = _train_config().for_dataset(spec["train_dataset"]).to_dict()
@@ -284,8 +299,8 @@ def _validate(merged: dict) -> RunConfig:
     config = RunConfig(name=str(merged["name"]), preset=merged["preset"], ads=merged["ads"], grid=grid, data=data,
                        model=merged["model"], train=merged["train"], eval=final)
     # validate every cell's model and training settings now, not an hour into the run
-    checks = [{**config.model, "layer": layer} for layer in grid.get("layer", [config.model.get("layer")])]
     try:
+        checks = [config.model_values(layer) for layer in grid.get("layer", [config.model.get("layer")])]
         for model in checks:
             _model_config().from_dict({**model, "d_input": 1, "n_classes": 10})
         for method in grid.get("method", [config.train.get("method")]):
