@@ -244,3 +244,22 @@ def test_bad_arguments():
         Trainer(MLP(), train, TensorDataset(torch.zeros(0, 16), torch.zeros(0)), config())
     with pytest.raises(TypeError, match="first-layer protocol"):
         Trainer(nn.Linear(16, 2), train, test, config(method="yopo"))
+
+
+def test_optim_tags_become_parameter_groups():
+    """Per-parameter ``_optim`` settings (S4's SSM lr, Mamba's no-decay A and D) reach the optimiser and its schedule."""
+    train, test = shortcut_task(n=100)
+    model = MLP()
+    special = list(model.parameters())[:2]
+    for p in special:
+        p._optim = {"lr": 1e-4, "weight_decay": 0.0}
+    trainer = Trainer(model, train, test, config(lr=3e-3, weight_decay=1e-2, epochs=4))
+    (opt,) = trainer.optimizers.values()
+    plain, tagged = opt.param_groups
+    assert (plain["lr"], plain["weight_decay"]) == (3e-3, 1e-2)
+    assert (tagged["lr"], tagged["weight_decay"]) == (1e-4, 0.0)
+    assert [id(p) for p in tagged["params"]] == [id(p) for p in special]
+    assert len(plain["params"]) + len(tagged["params"]) == len(list(model.parameters()))
+    opt.step()  # no gradients yet: a no-op that keeps the scheduler's call order
+    trainer.schedulers["main"].step()
+    assert tagged["lr"] < 1e-4 and plain["lr"] < 3e-3  # each group follows the cosine schedule from its own lr

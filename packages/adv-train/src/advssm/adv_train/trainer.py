@@ -93,6 +93,22 @@ class _StderrProgress:
         print(f"epoch {epoch}/{trainer.config.epochs} {shown}", file=sys.stderr, flush=True)
 
 
+def optimizer_groups(params) -> list[dict[str, Any]]:
+    """Optimiser parameter groups honouring per-parameter ``_optim`` tags.
+
+    A parameter may carry ``_optim``, a dict of optimiser settings that override the run's for it
+    (the S4 convention: SSM parameters with their own learning rate and no weight decay; Mamba's
+    A and D without weight decay). Untagged parameters form the first group; each distinct tag gets
+    one group, in order of first appearance, so the layout (and a saved optimiser state) is stable.
+    """
+    groups: dict[tuple, dict[str, Any]] = {(): {"params": []}}
+    for p in params:
+        tag = dict(getattr(p, "_optim", None) or {})
+        key = tuple(sorted(tag.items()))
+        groups.setdefault(key, {"params": [], **tag})["params"].append(p)
+    return [g for g in groups.values() if g["params"]]
+
+
 class Trainer:
     """Trains ``model`` with the method ``config.method`` and evaluates it every epoch.
 
@@ -137,8 +153,8 @@ class Trainer:
         self.device = _resolve_device(config.device, self.dist)
         self.model = model.to(self.device)
         self.method = get_method(config.method, config)
-        make_opt = lambda ps: torch.optim.AdamW(ps, lr=config.lr, weight_decay=config.weight_decay)  # noqa: E731
-        self.optimizers = {k: make_opt(ps) for k, ps in self.method.param_groups(model).items() if ps}
+        self.optimizers = {k: torch.optim.AdamW(optimizer_groups(ps), lr=config.lr, weight_decay=config.weight_decay)
+                           for k, ps in self.method.param_groups(model).items() if ps}
         self.schedulers = {k: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
                            for k, opt in self.optimizers.items() if config.scheduler == "cosine"}
         self.generator = torch.Generator().manual_seed(self._seed(1))
