@@ -247,7 +247,7 @@ def test_bad_arguments():
 
 
 def test_optim_tags_become_parameter_groups():
-    """Per-parameter ``_optim`` settings (S4's SSM lr, Mamba's no-decay A and D) reach the optimiser and its schedule."""
+    """Per-parameter ``_optim`` settings (S4's SSM lr, Mamba's no-decay A and D) reach the optimiser and schedule."""
     train, test = shortcut_task(n=100)
     model = MLP()
     special = list(model.parameters())[:2]
