@@ -1,5 +1,6 @@
 """The training loop: robustness gain of PGD-AT, exact resume, non-finite losses, files and callbacks."""
 import json
+import os
 
 import pytest
 import torch
@@ -263,3 +264,14 @@ def test_optim_tags_become_parameter_groups():
     opt.step()  # no gradients yet: a no-op that keeps the scheduler's call order
     trainer.schedulers["main"].step()
     assert tagged["lr"] < 1e-4 and plain["lr"] < 3e-3  # each group follows the cosine schedule from its own lr
+
+
+def test_run_files_get_ordinary_permissions(tmp_path):
+    """metrics, state and summary are created like any new file (umask), not owner-only like mkstemp's."""
+    train, test = shortcut_task(n=100)
+    Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path, callbacks=[Quiet()]).fit()
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in tmp_path.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+    assert not list(tmp_path.glob(".*.tmp"))

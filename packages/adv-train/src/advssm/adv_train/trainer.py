@@ -11,8 +11,8 @@ import functools
 import json
 import math
 import os
+import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,11 +34,16 @@ SUMMARY_FILE = "summary.json"
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Write through a temporary file in the same folder, then rename, so readers never see half a file.
+
+    ``write`` creates the temporary file itself, so it gets the permissions any new file gets (mkstemp's
+    would be owner-only); its data is flushed to disk before the rename makes it visible.
+    """
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
