@@ -41,6 +41,19 @@ def test_report_compares_runs(tiny_run, tmp_path, helpers):
     assert data["cells"]["tiny/pgd-at"] == runs.read_summary(tiny_run / "pgd-at")
 
 
+def test_report_in_place_keeps_the_run_configuration(tiny_run, tmp_path, helpers):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    before = (run / "report.md").read_text()
+    assert "## Configuration" in before
+    result = helpers.invoke("report", run)
+    assert result.exit_code == 0, result.output
+    after = (run / "report.md").read_text()
+    assert after.split("## Configuration")[1] == before.split("## Configuration")[1]
+
+
 def test_report_of_a_folder_without_runs(tmp_path, helpers):
     result = helpers.invoke("report", tmp_path)
     assert result.exit_code == 2 and "has no finished cell" in result.output

@@ -34,8 +34,11 @@ def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, as_js
     from advssm.ads import propagation_analysis
     from advssm.adv_train.attacks import PGD
 
-    model, x, y, eps, _ = load_for_eval(checkpoint, dataset, data_dir, n, eps)
-    attack = PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True, seed=seed)
+    run_eps = eps is None
+    model, x, y, eps, run = load_for_eval(checkpoint, dataset, data_dir, n, eps)
+    # the run's PGD step where its eps is used (as `advssm eval` does), else eps / 4
+    alpha = float(run.train["alpha"]) if run is not None and run_eps else eps / 4
+    attack = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True, seed=seed)
     torch.manual_seed(seed)
     report = propagation_analysis(model, x, y=y, attack=attack)
     plot_path = Path(plot_path) if plot_path else Path(checkpoint).with_suffix(".propagation.png")

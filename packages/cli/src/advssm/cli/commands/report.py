@@ -13,7 +13,8 @@ from ..output import emit
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for report.md and accuracy.png "
-              "(default: the run folder when there is one, else the current folder).")
+              "(default: the run folder when there is one, whose report.md is regenerated with its configuration; "
+              "else the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def report(run_dirs, out, as_json):
     """Paper-style table (clean / PGD-10 / AA, best and last, Diff) and accuracy plots across runs.
@@ -41,7 +42,10 @@ def report(run_dirs, out, as_json):
         named[unique] = cell
     out_dir = Path(out) if out else (Path(run_dirs[0]) if len(run_dirs) == 1 else Path("."))
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = runs.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs))
+    # writing into a run folder regenerates its report.md: keep the configuration section `run` wrote there
+    config_file = out_dir / runs.CONFIG_FILE
+    config_text = config_file.read_text() if config_file.is_file() else None
+    path = runs.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs), config_text=config_text)
     summaries = {name: runs.read_summary(cell) for name, cell in named.items()}
     emit({"report": str(path), "cells": summaries}, as_json,
          f"{runs.summary_table(list(summaries.items()))}\n\nreport: {path}")
