@@ -171,3 +171,17 @@ def test_every_method_and_layer_trains_on_images(tmp_path, helpers):
     result = helpers.invoke("run", grid, *helpers.TINY, "--epochs", "1", "--method", "pgd-at", "--set", "eval.aa=false",
                     "--out", tmp_path / "layers")
     assert result.exit_code == 0, result.output
+
+
+def test_progress_draws_bars_only_on_a_terminal(capsys):
+    """In a log file (not a TTY) only the epoch lines appear, not carriage-return redraws of bars."""
+    metrics = {"train_loss": 0.5, "clean_acc": 0.9, "pgd_acc": 0.4}
+    trainer = type("T", (), {"config": type("C", (), {"epochs": 2})()})()
+    for bars in (False, True):
+        progress = TqdmProgress("cell", bars=bars)
+        for i in range(3):
+            progress.on_batch_end(trainer, 1, i, 3, {"loss": 1.0})
+        progress.on_epoch_end(trainer, 1, metrics)
+        err = capsys.readouterr().err
+        assert "cell epoch 1/2: loss 0.500" in err and ("\r" in err) == bars
+    assert TqdmProgress("cell", enabled=False, bars=True).bars is False

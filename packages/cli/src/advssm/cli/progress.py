@@ -7,11 +7,16 @@ from tqdm import tqdm
 
 
 class TqdmProgress:
-    """One bar per epoch over its batches, one per evaluation stage, and a line of metrics per epoch."""
+    """One bar per epoch over its batches, one per evaluation stage, and a line of metrics per epoch.
 
-    def __init__(self, label: str = "", enabled: bool = True, train_set_row=None):
+    Bars are drawn only on a terminal: redrawn into a log file (CI, a cluster job) they would fill it with
+    carriage returns. The line per epoch is written either way, unless progress is off altogether.
+    """
+
+    def __init__(self, label: str = "", enabled: bool = True, train_set_row=None, bars: bool | None = None):
         # train_set_row(epoch) -> the TrainSetEval row of that epoch (or None), shown in the epoch's line
         self.label, self.enabled, self.train_set_row = label, enabled, train_set_row
+        self.bars = enabled and (sys.stderr.isatty() if bars is None else bars)
         self._bar: tqdm | None = None
         self._stage: tuple | None = None
 
@@ -22,7 +27,7 @@ class TqdmProgress:
         self._bar, self._stage = None, None
 
     def _advance(self, stage: tuple, total: int, done: int, desc: str) -> None:
-        if not self.enabled:
+        if not self.bars:
             return
         if self._stage != stage:
             self.close()
