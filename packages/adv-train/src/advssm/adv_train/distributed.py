@@ -3,6 +3,7 @@ sharding, gradient averaging and metric reduction. Every function is a no-op in 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,9 +86,17 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's ``obj``, in rank order (a one-element list in a single process)."""
     if not info.active:
         return [obj]
-    out: list[Any] = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
+    # not dist.all_gather_object: it decodes through numpy, which torch (and so this package) does not require
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(info.world_size)]
+    dist.all_gather(sizes, torch.tensor([payload.numel()], device=device))
+    padded = torch.zeros(max(int(n) for n in sizes), dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload
+    chunks = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(chunks, padded)
+    # the payloads are this run's own ranks' states (RNG states, method state), never outside data
+    return [pickle.loads(bytes(chunk[: int(n)].cpu().tolist())) for chunk, n in zip(chunks, sizes)]
 
 
 def barrier(info: DistInfo) -> None:
