@@ -99,7 +99,6 @@ DEMO = {
     "eval": {"aa_n": 200, "aa_version": "custom", "aa_attacks": ["apgd-ce", "apgd-dlr"], "aa_steps": 25},
 }
 PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's value for each cell's layer
-AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 PRESETS = {
     "paper-mnist": {"data": {"dataset": "mnist"}, "model_preset": "mnist", "train_dataset": "mnist"},
     "paper-cifar10": {"data": {"dataset": "cifar10"}, "model_preset": "cifar10", "train_dataset": "cifar10"},
@@ -279,9 +278,12 @@ def _validate(merged: dict) -> RunConfig:
     data, final = DataSettings(**merged["data"]), EvalSettings(**merged["eval"])
     if final.aa_version not in ("standard", "custom"):
         raise ConfigError(f"invalid eval.aa_version {final.aa_version!r}; choose 'standard' or 'custom'")
-    bad = [a for a in final.aa_attacks if a not in AA_ATTACKS] if isinstance(final.aa_attacks, list) else [None]
+    from advssm.adv_train.attacks import ATTACK_NAMES
+
+    bad = [a for a in final.aa_attacks if a not in ATTACK_NAMES] if isinstance(final.aa_attacks, list) else [None]
     if bad or not final.aa_attacks:
-        raise ConfigError(f"invalid eval.aa_attacks {final.aa_attacks!r}: a non-empty list of {', '.join(AA_ATTACKS)}")
+        raise ConfigError(f"invalid eval.aa_attacks {final.aa_attacks!r}: a non-empty list of "
+                          f"{', '.join(ATTACK_NAMES)}")
     for section, name, low in (("eval", "aa_n", 1), ("eval", "aa_steps", 1), ("eval", "train_n", 0),
                                ("data", "tiny_classes", 1)):
         value = getattr(final if section == "eval" else data, name)

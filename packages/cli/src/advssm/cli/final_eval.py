@@ -16,20 +16,12 @@ from .config import EvalSettings, RunConfig
 
 def build_autoattack(model, eps: float, settings: EvalSettings, seed: int):
     """AutoAttack as ``settings`` describe: the standard ensemble, or a custom list at a custom budget."""
-    from advssm.adv_train.attacks import APGD, APGDT, FAB, AutoAttack, Square
+    from advssm.adv_train.attacks import AutoAttack, build_attack
 
     if settings.aa_version == "standard":
         return AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed)
-    steps = settings.aa_steps
-    makers = {
-        "apgd-ce": lambda: APGD(model, eps=eps, steps=steps, loss="ce", seed=seed),
-        "apgd-dlr": lambda: APGD(model, eps=eps, steps=steps, loss="dlr", seed=seed),
-        "apgd-t": lambda: APGDT(model, eps=eps, steps=steps, seed=seed),
-        "fab-t": lambda: FAB(model, eps=eps, steps=steps, targeted=True, seed=seed),
-        "square": lambda: Square(model, eps=eps, n_queries=50 * steps, seed=seed),
-    }
-    return AutoAttack(model, norm="Linf", eps=eps, version="custom",
-                      attacks=[makers[name]() for name in settings.aa_attacks], seed=seed)
+    attacks = [build_attack(name, model, "Linf", eps, seed, steps=settings.aa_steps) for name in settings.aa_attacks]
+    return AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=attacks, seed=seed)
 
 
 def protocol(settings: EvalSettings, n: int) -> dict:

@@ -20,31 +20,33 @@ from .square import Square
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-# Each of AutoAttack's attacks by name, built with the AutoAttack paper's budgets.
-_BUILDERS: dict[str, Callable[[nn.Module, str, float, int | None], Attack]] = {
-    "apgd-ce": lambda model, norm, eps, seed: APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss="ce",
-                                                   seed=seed),
-    "apgd-dlr": lambda model, norm, eps, seed: APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss="dlr",
-                                                    seed=seed),
-    "apgd-t": lambda model, norm, eps, seed: APGDT(model, norm=norm, eps=eps, steps=100, n_restarts=1,
-                                                   n_target_classes=9, seed=seed),
-    "fab-t": lambda model, norm, eps, seed: FAB(model, norm=norm, eps=eps, steps=100, n_restarts=1, targeted=True,
-                                                n_target_classes=9, seed=seed),
-    "fab": lambda model, norm, eps, seed: FAB(model, norm=norm, eps=eps, steps=100, n_restarts=5, targeted=False,
-                                              seed=seed),
-    "square": lambda model, norm, eps, seed: Square(model, eps=eps, n_queries=5000, p_init=0.8, n_restarts=1,
-                                                    seed=seed, norm=norm),
+# Each of AutoAttack's attacks by name; at steps=100 these are the AutoAttack paper's budgets.
+_BUILDERS: dict[str, Callable[[nn.Module, str, float, int | None, int], Attack]] = {
+    "apgd-ce": lambda model, norm, eps, seed, steps: APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1,
+                                                          loss="ce", seed=seed),
+    "apgd-dlr": lambda model, norm, eps, seed, steps: APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1,
+                                                           loss="dlr", seed=seed),
+    "apgd-t": lambda model, norm, eps, seed, steps: APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1,
+                                                          n_target_classes=9, seed=seed),
+    "fab-t": lambda model, norm, eps, seed, steps: FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=1,
+                                                       targeted=True, n_target_classes=9, seed=seed),
+    "fab": lambda model, norm, eps, seed, steps: FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=5,
+                                                     targeted=False, seed=seed),
+    # Square has no steps: 50 queries per step keeps the paper's ratio (5000 queries at 100 steps)
+    "square": lambda model, norm, eps, seed, steps: Square(model, eps=eps, n_queries=50 * steps, p_init=0.8,
+                                                           n_restarts=1, seed=seed, norm=norm),
 }
 #: The names ``AutoAttack(version="custom", attacks=[...])`` and ``build_attack`` accept.
 ATTACK_NAMES = tuple(_BUILDERS)
 
 
-def build_attack(name: str, model: nn.Module, norm: str, eps: float, seed: int | None) -> Attack:
-    """One of AutoAttack's attacks by name, with the AutoAttack paper's budgets."""
+def build_attack(name: str, model: nn.Module, norm: str, eps: float, seed: int | None, steps: int = 100) -> Attack:
+    """One of AutoAttack's attacks by name, with the AutoAttack paper's budgets, or a reduced budget of ``steps``
+    iterations (APGD, FAB; Square gets 50 queries per step)."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown AutoAttack attack {name!r}; choose from {sorted(_BUILDERS)} "
                          "or pass Attack instances")
-    return _BUILDERS[name](model, norm, eps, seed)
+    return _BUILDERS[name](model, norm, eps, seed, steps)
 
 
 class AutoAttack(Attack):

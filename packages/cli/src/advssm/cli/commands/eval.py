@@ -8,29 +8,20 @@ from ..errors import ConfigError
 from ..output import emit
 from ..progress import TqdmProgress
 
-
-def _attack_factories():
-    from advssm.adv_train import attacks as A
-
-    def get(name):
-        if not hasattr(A, name):
-            raise RuntimeError(f"this advssm-adv-train has no {name}; upgrade it")
-        return getattr(A, name)
-
-    return {
-        "fgsm": lambda m, eps, steps, alpha, seed: get("FGSM")(m, eps=eps),
-        "pgd": lambda m, eps, steps, alpha, seed: get("PGD")(m, eps=eps, alpha=alpha, steps=steps, random_start=True,
-                                                              seed=seed),
-        "apgd-ce": lambda m, eps, steps, alpha, seed: get("APGD")(m, eps=eps, loss="ce", seed=seed),
-        "apgd-dlr": lambda m, eps, steps, alpha, seed: get("APGD")(m, eps=eps, loss="dlr", seed=seed),
-        "apgd-t": lambda m, eps, steps, alpha, seed: get("APGDT")(m, eps=eps, seed=seed),
-        "fab-t": lambda m, eps, steps, alpha, seed: get("FAB")(m, eps=eps, seed=seed),
-        "square": lambda m, eps, steps, alpha, seed: get("Square")(m, eps=eps, seed=seed),
-        "aa": lambda m, eps, steps, alpha, seed: get("AutoAttack")(m, eps=eps, seed=seed),
-    }
-
-
+# pgd (the run's own steps and step size), fgsm, AutoAttack's parts at its budgets, and the whole of it
 ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "aa")
+
+
+def _build_attack(name: str, model, eps: float, steps: int, alpha: float, seed: int):
+    from advssm.adv_train.attacks import FGSM, PGD, AutoAttack, build_attack
+
+    if name == "fgsm":
+        return FGSM(model, eps=eps)
+    if name == "pgd":
+        return PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True, seed=seed)
+    if name == "aa":
+        return AutoAttack(model, eps=eps, seed=seed)
+    return build_attack(name, model, "Linf", eps, seed)
 
 
 def build_attacks(names: str, model, eps: float, steps: int, seed: int, alpha: float | None = None) -> dict:
@@ -41,9 +32,8 @@ def build_attacks(names: str, model, eps: float, steps: int, seed: int, alpha: f
     unknown = [n for n in chosen if n not in ATTACK_NAMES]
     if unknown or not chosen:
         raise ConfigError(f"unknown attack {unknown[0] if unknown else names!r}; choose from {', '.join(ATTACK_NAMES)}")
-    factories = _attack_factories()
     alpha = eps / 4 if alpha is None else alpha
-    return {name if name != "pgd" else f"pgd-{steps}": factories[name](model, eps, steps, alpha, seed)
+    return {name if name != "pgd" else f"pgd-{steps}": _build_attack(name, model, eps, steps, alpha, seed)
             for name in chosen}
 
 
