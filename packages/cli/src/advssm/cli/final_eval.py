@@ -8,7 +8,6 @@ protocol than ``[eval]`` asks for), recomputes Diff, and records how the numbers
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from .config import EvalSettings, RunConfig
@@ -54,9 +53,9 @@ def describe(final_eval: dict) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)  # atomic: an interrupt leaves the old or the new summary, never half of one
+    from advssm.ssm_layers.checkpoint import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2).encode())  # an interrupt leaves the old or the new summary
 
 
 def finish_cell(config: RunConfig, cell_dir: Path, test_set, progress=None) -> dict:

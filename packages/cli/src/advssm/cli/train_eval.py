@@ -13,7 +13,6 @@ runs, so a run trains the same with or without it, and a resumed run fills a row
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 FILE = "train_eval.jsonl"
@@ -68,10 +67,10 @@ class TrainSetEval:
         self._write(upto=epoch)
 
     def _write(self, upto: int) -> None:
+        from advssm.ssm_layers.checkpoint import atomic_write
+
         lines = "".join(json.dumps(self.rows[e]) + "\n" for e in sorted(self.rows) if e <= upto)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(lines)
-        os.replace(tmp, self.path)  # atomic: an interrupt leaves the old or the new file
+        atomic_write(self.path, lines.encode())  # an interrupt leaves the old or the new file
 
     # trainer hooks ------------------------------------------------------------------------------------
 
