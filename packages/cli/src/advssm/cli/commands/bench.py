@@ -87,11 +87,8 @@ def bench(quick, sizes, ops, backends, repeats, device, ref_budget, threads, see
     """
     import torch
 
-    try:
-        from advssm.ssm_layers import backends as backend_status
-        from advssm.ssm_layers.benchmark import to_markdown
-    except ImportError as exc:
-        raise RuntimeError(f"this advssm-ssm-layers has no benchmark module ({exc}); upgrade it") from exc
+    from advssm.ssm_layers import backends as backend_status
+    from advssm.ssm_layers.benchmark import to_markdown
 
     chosen_device = _device(device)
     table = select_sizes(sizes, quick, _split(ops), chosen_device)
