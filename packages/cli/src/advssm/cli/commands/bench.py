@@ -86,7 +86,6 @@ def bench(quick, sizes, ops, backends, repeats, device, ref_budget, threads, see
       advssm bench --device cuda --json > bench.json
     """
     import torch
-
     from advssm.ssm_layers import backends as backend_status
     from advssm.ssm_layers.benchmark import to_markdown
 
