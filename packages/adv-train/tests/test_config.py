@@ -85,6 +85,7 @@ BAD_VALUE_PER_FIELD = {
     "method": ("pgd", ValueError), "epochs": (0, ValueError), "lr": (0.0, ValueError),
     "weight_decay": (-1e-4, ValueError), "batch_size": (-5, ValueError), "scheduler": ("linear", ValueError),
     "eps": (2.0, ValueError), "alpha": (-0.01, ValueError), "attack_steps": (-1, ValueError),
+    "eps_warmup_epochs": (-1, ValueError),
     "trades_beta": (float("inf"), TypeError), "mart_beta": (-6.0, ValueError), "free_replays": (0, ValueError),
     "yopo_m": (0, ValueError), "yopo_n": (1.5, TypeError), "fast_at_alpha": (0.0, ValueError),
     "jacobian_weight": (-0.1, ValueError), "jacobian_projections": (0, ValueError),

@@ -32,6 +32,10 @@ class TrainConfig:
         batch_size: global batch size (split across ranks under torch.distributed).
         scheduler: ``"cosine"`` (CosineAnnealingLR over all epochs) or ``"none"``.
         eps, alpha, attack_steps: Linf budget, step size and steps of the training attack.
+        eps_warmup_epochs: k > 0 ramps the training attack's budget up linearly: epoch e (1-based) trains
+            against ``eps * min(1, e / k)`` with ``alpha`` scaled by the same factor (so epoch 1 uses eps / k,
+            epoch k and later the full eps); 0 (the paper's protocol) trains at the full eps from the start.
+            Every adversarial method obeys it; evaluation always uses the full eps.
         trades_beta, mart_beta: weight of the KL term of TRADES / MART.
         free_replays: FreeAT's m (replays of each batch).
         yopo_m, yopo_n: YOPO's outer and inner step counts.
@@ -56,6 +60,7 @@ class TrainConfig:
     eps: float = 0.3
     alpha: float = 0.04
     attack_steps: int = 10
+    eps_warmup_epochs: int = 0
     trades_beta: float = 1.0
     mart_beta: float = 6.0
     free_replays: int = 4
@@ -82,8 +87,8 @@ class TrainConfig:
         def fail(name: str, need: str) -> None:
             raise ValueError(f"TrainConfig.{name} must be {need}, got {getattr(self, name)!r}")
 
-        for name in ("epochs", "batch_size", "attack_steps", "free_replays", "yopo_m", "yopo_n",
-                     "jacobian_projections", "eval_pgd_steps", "aa_every", "aa_n", "seed", "num_workers"):
+        for name in ("epochs", "batch_size", "attack_steps", "eps_warmup_epochs", "free_replays", "yopo_m",
+                     "yopo_n", "jacobian_projections", "eval_pgd_steps", "aa_every", "aa_n", "seed", "num_workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"TrainConfig.{name} must be an int, got {type(value).__name__} {value!r}")
@@ -107,6 +112,8 @@ class TrainConfig:
                 fail(name, ">= 0")
         if not 0 < self.eps <= 1:
             fail("eps", "in (0, 1] (inputs live in [0, 1])")
+        if not 0 <= self.eps_warmup_epochs <= self.epochs:
+            fail("eps_warmup_epochs", f"in 0..epochs={self.epochs} (0 = off; the ramp reaches the full eps at epoch k)")
         if self.method in ("pgd-at", "trades", "mart") and self.attack_steps < 1:
             fail("attack_steps", f">= 1 for method {self.method!r}")
         if self.scheduler not in ("cosine", "none"):

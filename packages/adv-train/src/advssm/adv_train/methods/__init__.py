@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from ..config import TrainConfig
-from .base import NonFiniteLossError, StepContext, TrainMethod
+from .base import NonFiniteLossError, StepContext, TrainMethod, warmup_scale
 from .fast_at import FastAT
 from .free_at import FreeAT
 from .jacobian import jacobian_frobenius_sq
@@ -27,5 +27,5 @@ def get_method(name: str, config: TrainConfig) -> TrainMethod:
     return METHODS[name](config)
 
 
-__all__ = ["METHODS", "get_method", "TrainMethod", "StepContext", "NonFiniteLossError", "jacobian_frobenius_sq",
-           "mart_loss", "Standard", "PGDAT", "TRADES", "MART", "FreeAT", "YOPO", "FastAT"]
+__all__ = ["METHODS", "get_method", "TrainMethod", "StepContext", "warmup_scale", "NonFiniteLossError",
+           "jacobian_frobenius_sq", "mart_loss", "Standard", "PGDAT", "TRADES", "MART", "FreeAT", "YOPO", "FastAT"]

@@ -19,6 +19,24 @@ from ..config import TrainConfig
 from .jacobian import jacobian_frobenius_sq
 
 
+def warmup_scale(epoch: int, warmup_epochs: int) -> float:
+    """The eps warm-up's factor for training epoch ``epoch`` (1-based): ``min(1, epoch / warmup_epochs)``.
+
+    With ``warmup_epochs = k > 0`` epoch 1 trains at eps / k, epoch e at e / k of eps, epoch k and later at
+    the full eps; ``k = 0`` switches the ramp off (factor 1 in every epoch, epoch 0 included).
+
+    Example:
+        >>> [warmup_scale(e, 4) for e in (1, 2, 4, 9)], warmup_scale(0, 0)
+        ([0.25, 0.5, 1.0, 1.0], 1.0)
+    """
+    if warmup_epochs == 0:
+        return 1.0
+    if epoch < 1:
+        raise ValueError(f"the eps warm-up counts epochs from 1, got epoch {epoch}; a StepContext built outside "
+                         "the Trainer needs epoch=1, 2, ... when TrainConfig.eps_warmup_epochs > 0")
+    return min(1.0, epoch / warmup_epochs)
+
+
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite; the message names the epoch and the batch."""
 
@@ -37,8 +55,11 @@ class StepContext:
         optimizers: named optimisers; ``"main"`` always exists unless the method's own groups leave it empty.
         config: the run's ``TrainConfig``.
         generator: the run's seeded CPU generator for the method's own randomness.
-        epoch, batch_idx: where the run is (used in error messages).
+        epoch, batch_idx: where the run is, epoch 1-based (error messages, and the eps warm-up).
         sync_grads: reduces gradients across ranks (no-op in a single process).
+
+    Methods read the training attack's budget from ``eps`` and ``alpha`` here, never from the config, so
+    that ``TrainConfig.eps_warmup_epochs`` holds for every method through this one place.
     """
 
     model: nn.Module
@@ -48,6 +69,21 @@ class StepContext:
     epoch: int = 0
     batch_idx: int = 0
     sync_grads: Callable[[Sequence[Tensor]], None] = field(default=lambda params: None)
+
+    @property
+    def eps_scale(self) -> float:
+        """The fraction of ``config.eps`` trained against in this epoch (see ``warmup_scale``)."""
+        return warmup_scale(self.epoch, self.config.eps_warmup_epochs)
+
+    @property
+    def eps(self) -> float:
+        """The training attack's Linf budget in this epoch: ``config.eps * eps_scale``."""
+        return self.config.eps * self.eps_scale
+
+    @property
+    def alpha(self) -> float:
+        """The training attack's step size in this epoch: ``config.alpha * eps_scale`` (scaled with eps)."""
+        return self.config.alpha * self.eps_scale
 
     def rand_like(self, x: Tensor) -> Tensor:
         """Uniform [0, 1) noise shaped like ``x``, drawn from the seeded generator (CPU, then moved)."""

@@ -19,7 +19,7 @@ class FastAT(TrainMethod):
 
     def perturb(self, ctx: StepContext, x: Tensor, y: Tensor) -> Tensor:
         """The FGSM example from a random start, projected back into the ball and the image box."""
-        eps = ctx.config.eps
+        eps = ctx.eps
         start = project_linf(x + (2 * ctx.rand_like(x) - 1) * eps, x, eps).requires_grad_(True)
         (grad,) = torch.autograd.grad(F.cross_entropy(ctx.model(start), y), start)
         return project_linf(start.detach() + ctx.config.fast_at_alpha * eps * grad.sign(), x, eps)

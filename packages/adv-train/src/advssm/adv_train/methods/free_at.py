@@ -29,7 +29,7 @@ class FreeAT(TrainMethod):
         self.noise: Tensor | None = None
 
     def train_step(self, ctx: StepContext, x: Tensor, y: Tensor) -> dict[str, float]:
-        eps, n = ctx.config.eps, x.shape[0]
+        eps, n = ctx.eps, x.shape[0]
         if self.noise is None or self.noise.shape[1:] != x.shape[1:] or self.noise.shape[0] < n:
             self.noise = torch.zeros_like(x)
         self.noise = self.noise.to(device=x.device, dtype=x.dtype)

@@ -9,7 +9,8 @@ from .base import StepContext, TrainMethod, ce_stats
 
 
 def pgd_examples(ctx: StepContext, x: Tensor, y: Tensor) -> Tensor:
-    """Linf PGD examples with the run's eps/alpha/attack_steps and a uniform random start.
+    """Linf PGD examples with this epoch's eps/alpha (``ctx.eps``, ``ctx.alpha``), the run's attack_steps
+    and a uniform random start.
 
     The attack puts the model in eval mode and leaves no gradient on the weights; its random start is
     seeded from the run's generator, so the run's one seed fixes it.
@@ -18,7 +19,7 @@ def pgd_examples(ctx: StepContext, x: Tensor, y: Tensor) -> Tensor:
 
     cfg = ctx.config
     seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
-    attack = PGD(ctx.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.attack_steps, random_start=True, seed=seed)
+    attack = PGD(ctx.model, eps=ctx.eps, alpha=ctx.alpha, steps=cfg.attack_steps, random_start=True, seed=seed)
     return attack(x, y).detach()
 
 

@@ -30,7 +30,7 @@ class TRADES(TrainMethod):
             for _ in range(cfg.attack_steps):
                 x_adv.requires_grad_(True)
                 (grad,) = torch.autograd.grad(kl_to_clean(model(x_adv), clean_probs, reduction="sum"), x_adv)
-                x_adv = project_linf(x_adv.detach() + cfg.alpha * grad.sign(), x, cfg.eps)
+                x_adv = project_linf(x_adv.detach() + ctx.alpha * grad.sign(), x, ctx.eps)
         return x_adv.detach()
 
     def loss(self, ctx: StepContext, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:

@@ -51,7 +51,7 @@ class YOPO(TrainMethod):
         if reg.requires_grad:
             ctx.check_finite(reg)
             reg.backward()
-        eta = project_linf(x + (2 * ctx.rand_like(x) - 1) * cfg.eps, x, cfg.eps) - x
+        eta = project_linf(x + (2 * ctx.rand_like(x) - 1) * ctx.eps, x, ctx.eps) - x
         loss_sum, hits = 0.0, 0
         for _ in range(cfg.yopo_m):
             logits, f0 = self._forward_capturing(model, first, x + eta)
@@ -63,7 +63,7 @@ class YOPO(TrainMethod):
             for _ in range(cfg.yopo_n):
                 eta.requires_grad_(True)
                 (g,) = torch.autograd.grad((costate * first(x + eta)).sum(), eta)
-                eta = project_linf(x + eta.detach() + cfg.alpha * g.sign(), x, cfg.eps) - x
+                eta = project_linf(x + eta.detach() + ctx.alpha * g.sign(), x, ctx.eps) - x
             hamiltonian = (costate * first(x + eta)).sum()
             _accumulate(groups["layer_one"], torch.autograd.grad(hamiltonian, groups["layer_one"], allow_unused=True),
                         1.0 / cfg.yopo_m)
