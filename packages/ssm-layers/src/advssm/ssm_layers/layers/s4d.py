@@ -11,7 +11,8 @@ B is fixed to ones and folded into C (S4D's choice; only the product C B matters
 
 This module also holds ``LTILayer``, the part that S4D, DSS, S4 and S5 share: argument
 checks, parameter registration with an optional SSM learning rate, the convolution ``mix``
-and the GELU -> dropout -> Linear(H, 2H) -> GLU output ``project``.
+and the GELU -> dropout -> Linear(H, 2H) -> GLU output ``project`` (or GELU -> dropout -> Linear(H, H)
+with ``glu=False``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def log_timescales(n: int, dt_min: float, dt_max: float, owner: str = "layer") -
 class LTILayer(SequenceLayer):
     """Base of the linear time-invariant layers: y = K * u + D u, then GELU -> dropout -> GLU projection.
 
+    ``glu=True`` (the default, as in the S4 code the paper builds on) projects with Linear(H, 2H) and a
+    GLU; ``glu=False`` with a plain Linear(H, H), as the S4D paper writes the layer. Either way the
+    projection is ``output_linear``, so checkpoints keep their parameter names. The GLU halves the
+    layer's output at initialisation (its gate starts near sigmoid(0) = 1/2) and scales the gradient
+    reaching the SSM by the same gate; docs/reproducing.md ("Small-scale recipe") has what that costs
+    adversarial training.
+
     Subclasses create their SSM parameters and implement ``conv_kernel(L) -> (K, D)``; the
     default ``mix`` is the causal FFT convolution with that kernel, so mix and kernel agree
     by construction. ``lr`` is the SSM parameters' learning rate: None trains them like
@@ -51,7 +59,7 @@ class LTILayer(SequenceLayer):
     no_triton: str | None = None
 
     def __init__(self, d_model: int, d_state: int, dropout: float = 0.0, lr: float | None = None,
-                 backend: str = "auto", pairs: bool = True):
+                 backend: str = "auto", pairs: bool = True, glu: bool = True):
         super().__init__(d_model)
         owner = type(self).__name__
         positive_int(owner, "d_state", d_state)
@@ -62,10 +70,13 @@ class LTILayer(SequenceLayer):
             raise ValueError(f"{owner}: dropout must be a float in [0, 1), got {dropout!r}")
         if lr is not None and (not isinstance(lr, (int, float)) or lr < 0):
             raise ValueError(f"{owner}: lr must be None or a float >= 0, got {lr!r}")
+        if not isinstance(glu, bool):
+            raise ValueError(f"{owner}: glu must be True (Linear(H, 2H) -> GLU) or False (Linear(H, H)), got {glu!r}")
         self.d_state, self.lr, self.backend = d_state, lr, check_backend(owner, backend, self.no_triton)
+        self.glu = glu
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout)
-        self.output_linear = nn.Linear(d_model, 2 * d_model)
+        self.output_linear = nn.Linear(d_model, 2 * d_model if glu else d_model)
 
     def register_ssm(self, name: str, tensor: torch.Tensor) -> None:
         """Register an SSM parameter, honouring ``lr`` (see the class docstring)."""
@@ -84,8 +95,9 @@ class LTILayer(SequenceLayer):
             return fft_conv(x.transpose(1, 2), K, D, backend=conv_backend(self.backend)).transpose(1, 2)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """GELU -> dropout -> Linear(H, 2H) -> GLU, as in the S4 code."""
-        return F.glu(self.output_linear(self.dropout(self.activation(y))), dim=-1)
+        """GELU -> dropout -> Linear(H, 2H) -> GLU, as in the S4 code (``glu=False``: Linear(H, H), no GLU)."""
+        out = self.output_linear(self.dropout(self.activation(y)))
+        return F.glu(out, dim=-1) if self.glu else out
 
 
 class S4D(LTILayer):
@@ -98,11 +110,17 @@ class S4D(LTILayer):
         dt_min, dt_max: range of the log-uniform init of the step dt per channel.
         lr: learning rate of log dt and A (None: the global one; 0: frozen).
         backend: backend of the Vandermonde kernel op (and, but for "triton", of the FFT convolution).
+        glu: output projection Linear(H, 2H) -> GLU (True, the S4 code's) or Linear(H, H) (False, the S4D paper's).
+
+    Example:
+        >>> layer = S4D(d_model=8, d_state=4, glu=False)
+        >>> layer(torch.rand(2, 16, 8)).shape
+        torch.Size([2, 16, 8])
     """
 
     def __init__(self, d_model: int, d_state: int = 64, dropout: float = 0.0, dt_min: float = 1e-3,
-                 dt_max: float = 1e-1, lr: float | None = None, backend: str = "auto"):
-        super().__init__(d_model, d_state, dropout, lr, backend)
+                 dt_max: float = 1e-1, lr: float | None = None, backend: str = "auto", glu: bool = True):
+        super().__init__(d_model, d_state, dropout, lr, backend, glu=glu)
         H, N = d_model, d_state // 2
         self.D = nn.Parameter(torch.randn(H))
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N, dtype=torch.cfloat)))
