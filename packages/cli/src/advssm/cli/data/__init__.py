@@ -14,11 +14,11 @@ from torch.utils.data import TensorDataset
 from ..errors import ConfigError, DataError
 from .augment import CropFlip
 from .cifar10 import load_cifar10
-from .embedded import load_digits, load_mnist1d
+from .embedded import load_digits, load_digits28, load_mnist1d
 from .mnist import load_mnist
 from .tinyimagenet import load_tinyimagenet
 
-DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "tinyimagenet")
+DATASETS = ("digits", "digits28", "mnist1d", "mnist", "cifar10", "tinyimagenet")
 # the paper augments the colour data sets only
 AUGMENTED = {"cifar10", "tinyimagenet"}
 
@@ -72,7 +72,7 @@ def load_dataset(
 
     Args:
         name: one of ``DATASETS``.
-        data_dir: folder with the data set's standard files (not used by digits / mnist1d).
+        data_dir: folder with the data set's standard files (not used by digits / digits28 / mnist1d).
         train_size, test_size: keep the first this many examples of each split (a fixed subset).
         download: fetch MNIST / CIFAR-10 with torchvision first.
         tiny_classes: Tiny-ImageNet classes to keep (the first ones in ``wnids.txt``).
@@ -86,6 +86,8 @@ def load_dataset(
         _download(name, root)
     if name == "digits":
         parts = load_digits()
+    elif name == "digits28":
+        parts = load_digits28()
     elif name == "mnist1d":
         parts = load_mnist1d(seed)
     elif name == "mnist":
@@ -105,5 +107,5 @@ def load_dataset(
                 CropFlip(4) if use_augment else None)
 
 
-__all__ = ["Data", "DATASETS", "load_dataset", "CropFlip", "load_digits", "load_mnist1d", "load_mnist",
+__all__ = ["Data", "DATASETS", "load_dataset", "CropFlip", "load_digits", "load_digits28", "load_mnist1d", "load_mnist",
            "load_cifar10", "load_tinyimagenet"]
