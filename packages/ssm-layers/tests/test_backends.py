@@ -2,6 +2,7 @@
 instead of silent fallbacks, ``backends()``, and the package working without triton installed."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -47,10 +48,16 @@ def test_environment_variable_overrides_auto_only(monkeypatch, env):
     assert resolve_backend("torch", x) == "torch"  # an explicit choice wins over the environment
 
 
+def _count_reference_calls(monkeypatch, module, record):
+    """Make the op's table entry (``module.<record>``) count the calls of its reference."""
+    calls, op = [], getattr(module, record)
+    counted = dataclasses.replace(op, reference=lambda *a: calls.append(1) or op.reference(*a))
+    monkeypatch.setattr(module, record, counted)
+    return calls
+
+
 def test_environment_variable_routes_the_ops(monkeypatch):
-    calls = []
-    real = ss_mod.selective_scan_ref
-    monkeypatch.setattr(ss_mod, "selective_scan_ref", lambda *a: calls.append(1) or real(*a))
+    calls = _count_reference_calls(monkeypatch, ss_mod, "SELECTIVE_SCAN")
     monkeypatch.setenv("ADVSSM_BACKEND", "reference")
     selective_scan(*_scan_inputs())
     assert calls == [1]
@@ -129,9 +136,7 @@ def test_layers_asked_for_triton_on_the_cpu_fail_at_forward(make):
 
 
 def test_layer_reference_backend_runs_the_references(monkeypatch):
-    calls = []
-    real = fftconv_mod.fft_conv_ref
-    monkeypatch.setattr(fftconv_mod, "fft_conv_ref", lambda *a: calls.append(1) or real(*a))
+    calls = _count_reference_calls(monkeypatch, fftconv_mod, "FFT_CONV")
     torch.manual_seed(0)
     fast, slow = S4D(4, d_state=4).double(), S4D(4, d_state=4, backend="reference").double()
     slow.load_state_dict(fast.state_dict())

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from .ops._dispatch import triton_status
+from .ops import OPS as _OP_TABLE
+from .ops import triton_status
 
-OPS = ("selective_scan", "diag_scan", "vandermonde_kernel", "fft_conv")
-# fft_conv has one implementation (torch.fft, any device) besides its reference
-_TRITON_OPS = ("selective_scan", "diag_scan", "vandermonde_kernel")
+OPS = tuple(_OP_TABLE)
 
 
 def backends(device: torch.device | str | None = None) -> dict[str, dict[str, dict[str, object]]]:
@@ -29,7 +28,7 @@ def backends(device: torch.device | str | None = None) -> dict[str, dict[str, di
             "reference": {"available": True, "reason": "sequential loop, any device"},
             "torch": {"available": True, "reason": f"PyTorch path on {device.type}"},
         }
-        if op in _TRITON_OPS:
+        if _OP_TABLE[op].kernel is not None:  # fft_conv has none (torch.fft, any device)
             entry["triton"] = {"available": triton_ok, "reason": triton_why}
         report[op] = entry
     return report

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import resolve_backend
+from ._dispatch import Op, dispatch
 
 
-def _check(a, b, h0):
+def _check(a, b, h0=None):
     if b.dim() < 1:
         raise ValueError("diag_scan: b must have a time dimension (last)")
     try:
@@ -151,6 +151,34 @@ def diag_scan_torch(a, b, h0=None):
     return _DiagScan.apply(a, b, h0)
 
 
+def _shape_class(a, b, h0):
+    """What the kernel specialises on: real or complex, a time-invariant ``a`` (one value per row), h0."""
+    return (a.is_complex() or b.is_complex(), a.shape[-1:] == (1,) and b.shape[-1] > 1, h0 is not None)
+
+
+def _example(args, gen):
+    """A small input of the class of ``args`` (same dtypes, device) for the first-use check: 2 x 3 rows
+    of up to 37 steps, |a| < 1."""
+    a, b, h0 = args
+    L = min(b.shape[-1], 37)
+    a_shape = (3, 1) if a.shape[-1:] == (1,) and b.shape[-1] > 1 else (2, 3, L)
+
+    def draw(like, *shape):
+        x = torch.randn(*shape, generator=gen)
+        if like.is_complex():
+            x = torch.complex(x, torch.randn(*shape, generator=gen))
+        return x.to(device=like.device, dtype=like.dtype)
+
+    decay = torch.rand(*a_shape, generator=gen) * 0.9 + 0.05
+    if a.is_complex():
+        decay = decay * torch.exp(1j * torch.randn(*a_shape, generator=gen))
+    return decay.to(device=a.device, dtype=a.dtype), draw(b, 2, 3, L), None if h0 is None else draw(h0, 3)
+
+
+DIAG_SCAN = Op("diag_scan", _check, diag_scan_ref, diag_scan_torch, kernel="diag_scan:diag_scan_fn",
+               shape_class=_shape_class, example=_example)
+
+
 def diag_scan(a, b, h0=None, backend="auto"):
     """All states of h_t = a_t h_{t-1} + b_t over the last dimension (see the module docstring).
 
@@ -159,13 +187,7 @@ def diag_scan(a, b, h0=None, backend="auto"):
         b: input, (..., L), real or complex.
         h0: initial state, broadcastable to ``b[..., 0]``; zeros when None.
         backend: "auto", "torch", "triton" or "reference".
-    """
-    _check(a, b, h0)
-    backend = resolve_backend(backend, b)
-    if backend == "reference":
-        return diag_scan_ref(a, b, h0)
-    if backend == "triton":
-        from .triton import diag_scan_triton
 
-        return diag_scan_triton(a, b, h0)
-    return diag_scan_torch(a, b, h0)
+        h = diag_scan(torch.full((4, 1), 0.9), torch.randn(2, 4, 100))   # (2, 4, 100)
+    """
+    return dispatch(DIAG_SCAN, backend, a, b, h0)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import resolve_backend
+from ._dispatch import Op, dispatch
 
 
-def _check(u, K, D):
+def _check(u, K, D=None):
     if u.dim() != 3:
         raise ValueError(f"fft_conv: u must be (batch, H, L), got {tuple(u.shape)}")
     if K.dim() != 2 or K.shape[0] != u.shape[1]:
@@ -43,14 +43,16 @@ def fft_conv_torch(u, K, D=None):
     return y if D is None else y + (D[None, :, None] * u).to(u.dtype)
 
 
+FFT_CONV = Op("fft_conv", _check, fft_conv_ref, fft_conv_torch)
+
+
 def fft_conv(u, K, D=None, backend="auto"):
     """Causal convolution of u (B, H, L) with K (H, L') plus D u, in u's dtype.
 
     ``backend``: "auto" or "torch" (``torch.fft``, on every device), or "reference" (the direct
     sum over lags). There is no Triton kernel: ``backend="triton"`` raises ``BackendError``, and
     ``ADVSSM_BACKEND=triton`` leaves this op on its PyTorch path.
+
+        y = fft_conv(torch.randn(2, 4, 100), torch.randn(4, 100), torch.ones(4))   # (2, 4, 100)
     """
-    _check(u, K, D)
-    if resolve_backend(backend, u, op="fft_conv", has_triton=False) == "reference":
-        return fft_conv_ref(u, K, D)
-    return fft_conv_torch(u, K, D)
+    return dispatch(FFT_CONV, backend, u, K, D)

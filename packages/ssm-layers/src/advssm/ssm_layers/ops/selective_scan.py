@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import resolve_backend
+from ._dispatch import Op, dispatch
 from .diag_scan import linear_scan
 
 
-def _check(u, delta, A, B, C, D, z, delta_bias):
+def _check(u, delta, A, B, C, D=None, z=None, delta_bias=None, *flags):
+    """Raise ValueError for inputs the op does not take (``flags``: delta_softplus, return_last_state)."""
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
     batch, dim, L = u.shape
@@ -226,6 +227,36 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return (y, last) if return_last_state else y
 
 
+def _shape_class(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """What the kernel specialises on: which inputs are given, input-dependent B / C, the flags, and N
+    rounded up to a power of two (the state tile)."""
+    return (B.dim() == 3, C.dim() == 3, D is not None, z is not None, delta_bias is not None,
+            bool(delta_softplus), bool(return_last_state), 1 << max(0, A.shape[1] - 1).bit_length())
+
+
+def _example(args, gen):
+    """A small input of the class of ``args`` (same N, flags, dtypes and device) for the first-use check:
+    up to 2 x 40 channels x 37 steps, so several channel blocks and time chunks of the kernel run."""
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state = args
+    batch, dim, L = u.shape
+    b, d, n, l = min(batch, 2), min(dim, 40), A.shape[1], min(L, 37)
+
+    def draw(like, *shape, scale=1.0, shift=0.0, uniform=False):
+        if like is None:
+            return None
+        x = torch.rand(*shape, generator=gen) if uniform else torch.randn(*shape, generator=gen)
+        return (x * scale + shift).to(device=like.device, dtype=like.dtype)
+
+    return (draw(u, b, d, l), draw(delta, b, d, l, scale=0.6, shift=0.05, uniform=True),
+            draw(A, d, n, scale=-1.0, shift=-0.3, uniform=True),  # decaying, as S6's A = -exp(A_log)
+            draw(B, *((b, n, l) if B.dim() == 3 else (d, n))), draw(C, *((b, n, l) if C.dim() == 3 else (d, n))),
+            draw(D, d), draw(z, b, d, l), draw(delta_bias, d, scale=0.3), delta_softplus, return_last_state)
+
+
+SELECTIVE_SCAN = Op("selective_scan", _check, selective_scan_ref, selective_scan_torch,
+                    kernel="selective_scan:selective_scan_fn", shape_class=_shape_class, example=_example)
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto"):
     """Selective scan with ``mamba_ssm.selective_scan_fn``'s arguments (see the module docstring).
@@ -233,13 +264,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns y (batch, dim, L) in u's dtype, and with ``return_last_state`` also the final state
     (batch, dim, N) in the compute dtype (fp32, or fp64 for fp64 inputs).
     ``backend``: "auto", "torch", "triton" or "reference" (see ``advssm.ssm_layers.ops``).
+
+        y = selective_scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
     """
-    _check(u, delta, A, B, C, D, z, delta_bias)
-    backend = resolve_backend(backend, u)
-    if backend == "reference":
-        fn = selective_scan_ref
-    elif backend == "triton":
-        from .triton import selective_scan_triton as fn
-    else:
-        fn = selective_scan_torch
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return dispatch(SELECTIVE_SCAN, backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                    return_last_state)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ._dispatch import resolve_backend
+from ._dispatch import Op, dispatch
 
 
 def _check(C, dtA, L):
@@ -58,6 +58,20 @@ def vandermonde_kernel_torch(C, dtA, L):
     return torch.cat(cols, dim=-1)
 
 
+def _example(args, gen):
+    """A small input for the first-use check (same dtypes, device): up to 4 x 40 modes, 130 columns
+    (several blocks of l and of n), S4D-like decays and frequencies."""
+    C, dtA, L = args
+    H, N, L = min(C.shape[0], 4), min(C.shape[1], 40), min(int(L), 130)
+    c = torch.complex(torch.randn(H, N, generator=gen), torch.randn(H, N, generator=gen))
+    a = torch.complex(-torch.rand(H, N, generator=gen) * 0.1, torch.randn(H, N, generator=gen) * 0.5)
+    return c.to(device=C.device, dtype=C.dtype), a.to(device=dtA.device, dtype=dtA.dtype), L
+
+
+VANDERMONDE_KERNEL = Op("vandermonde_kernel", _check, vandermonde_kernel_ref, vandermonde_kernel_torch,
+                        kernel="vandermonde:vandermonde_fn", shape_class=lambda C, dtA, L: (), example=_example)
+
+
 def vandermonde_kernel(C, dtA, L, backend="auto"):
     """K[h, l] = 2 Re(sum_n C[h, n] exp(dtA[h, n] l)) for l < L: (H, L) real.
 
@@ -66,13 +80,7 @@ def vandermonde_kernel(C, dtA, L, backend="auto"):
         dtA: (H, N) complex, the discretised state matrix's diagonal.
         L: kernel length (>= 1).
         backend: "auto", "torch", "triton" or "reference".
-    """
-    _check(C, dtA, L)
-    backend = resolve_backend(backend, C)
-    if backend == "reference":
-        return vandermonde_kernel_ref(C, dtA, L)
-    if backend == "triton":
-        from .triton import vandermonde_triton
 
-        return vandermonde_triton(C, dtA, L)
-    return vandermonde_kernel_torch(C, dtA, L)
+        K = vandermonde_kernel(C, dtA, 1024)   # (H, 1024) real
+    """
+    return dispatch(VANDERMONDE_KERNEL, backend, C, dtA, L)
