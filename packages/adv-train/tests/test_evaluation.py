@@ -186,4 +186,5 @@ def test_bad_arguments(kwargs, error, match):
 
 
 def test_result_is_a_dataclass_with_the_documented_fields():
-    assert set(EvalResult.__dataclass_fields__) == {"n", "clean_acc", "robust_acc", "worst_acc", "warnings", "seconds"}
+    assert set(EvalResult.__dataclass_fields__) == {"n", "clean_acc", "robust_acc", "worst_acc", "warnings", "seconds",
+                                                    "forward_passes", "backward_passes", "attacks"}

@@ -102,6 +102,9 @@ class APGD(Attack):
         return (f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
                 f"n_restarts={self.n_restarts}, loss={self.loss_name!r})")
 
+    def budget(self) -> dict:
+        return {"steps": self.steps, "restarts": self.n_restarts, "loss": self.loss_name}
+
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
             logits = self.logits(x)

@@ -43,6 +43,9 @@ class APGDT(APGD):
             return lambda logits, y, target: -cross_entropy(logits, target)
         return dlr_targeted_loss
 
+    def budget(self) -> dict:
+        return {**super().budget(), "target_classes": self.n_target_classes}
+
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
             logits = self.logits(x)

@@ -62,7 +62,9 @@ class AutoAttack(Attack):
         seed: seeds every attack built by name.
 
     After a call, ``last_broken`` maps each attack's name to how many examples it broke
-    (examples the attacks before it had not broken) and ``last_n_correct`` counts the clean-correct ones.
+    (examples the attacks before it had not broken), ``last_broken_by`` (batch,) holds per example
+    the position in ``attacks`` of the attack that broke it (-1: none, or misclassified clean), and
+    ``last_n_correct`` counts the clean-correct ones.
     """
 
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, version: str = "standard",
@@ -94,7 +96,15 @@ class AutoAttack(Attack):
                 name += "'"
             self.attacks[name] = attack
         self.last_broken: dict[str, int] = {}
+        self.last_broken_by: Tensor | None = None
         self.last_n_correct = 0
+
+    def sub_attacks(self) -> tuple[Attack, ...]:
+        return tuple(self.attacks.values())
+
+    def budget(self) -> dict:
+        return {"version": self.version,
+                "components": [{"name": name, **attack.describe()} for name, attack in self.attacks.items()]}
 
     def __repr__(self) -> str:
         return (f"AutoAttack(norm={self.norm!r}, eps={self.eps:g}, version={self.version!r}, "
@@ -107,7 +117,8 @@ class AutoAttack(Attack):
         self.last_n_correct = int(robust.sum())
         self.last_broken = dict.fromkeys(self.attacks, 0)
         x_adv = x.clone()
-        for name, attack in self.attacks.items():
+        broken_by = torch.full_like(y, -1)
+        for position, (name, attack) in enumerate(self.attacks.items()):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -116,5 +127,7 @@ class AutoAttack(Attack):
                 broken = self.logits(candidate).argmax(1) != y[idx]
             x_adv[idx[broken]] = candidate[broken]
             robust[idx[broken]] = False
+            broken_by[idx[broken]] = position
             self.last_broken[name] = int(broken.sum())
+        self.last_broken_by = broken_by
         return x_adv

@@ -160,8 +160,16 @@ class Attack:
             call, so a call is a pure function of its inputs). ``None`` draws a fresh seed from
             torch's global RNG at each call, so a globally seeded program stays reproducible.
 
-    Subclasses implement ``perturb(x, y, generator)``; ``__call__`` wraps it with the checks,
-    eval mode, ``torch.enable_grad()`` and the final projection.
+    Subclasses implement ``perturb(x, y, generator)`` and ``budget()``; ``__call__`` wraps
+    ``perturb`` with the checks, eval mode, ``torch.enable_grad()`` and the final projection.
+
+    The checks cost one host sync and no model evaluation: the input range and the label range
+    are read in one transfer, and the labels are checked against the number of classes on the
+    first forward pass the attack makes anyway.
+
+    ``forward_passes`` and ``backward_passes`` count, over the attack's lifetime, the examples
+    sent through the model and the input gradients taken (a batch of 16 is 16 passes), including
+    those of the attacks it runs (``sub_attacks``); ``passes()`` reads both.
     """
 
     def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", seed: int | None = None):
@@ -169,29 +177,53 @@ class Attack:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.model = model
         self.eps = check_eps(eps)
         self.norm = norm
-        self.seed = seed
+        self.seed = check_seed(seed)
+        self.forward_passes = 0
+        self.backward_passes = 0
+        self._label_range: tuple[int, int] | None = None  # labels still to check against the classes
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """Returns adversarial examples for ``x`` (labels ``y``), detached, same shape and dtype."""
         y = self._check_inputs(x, y)
         x = x.detach()
         generator = self.make_generator(x.device)
-        with eval_mode(self.model):
-            if x.shape[0]:
-                with torch.no_grad():  # one example tells the number of classes
-                    self.check_labels(self.logits(x[:1]), y)
-            with torch.enable_grad():
-                x_adv = self.perturb(x, y, generator)
+        try:
+            with eval_mode(self.model):
+                with torch.enable_grad():
+                    x_adv = self.perturb(x, y, generator)
+                if self._label_range is not None and x.shape[0]:  # perturb never queried the model
+                    with torch.no_grad():
+                        self.logits(x[:1])
+        finally:
+            self._label_range = None
         return project(x_adv.detach(), x, self.eps, self.norm)
 
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         """The attack itself; runs in eval mode with gradients enabled."""
         raise NotImplementedError
+
+    def budget(self) -> dict:
+        """The attack's budget (steps, queries, restarts, ...), for ``describe``."""
+        return {}
+
+    def describe(self) -> dict:
+        """What this attack is, JSON-ready: name, norm, eps and its budget (steps or queries, restarts, ...)."""
+        return {"attack": type(self).__name__, "norm": self.norm, "eps": self.eps, **self.budget()}
+
+    def sub_attacks(self) -> tuple[Attack, ...]:
+        """Attacks this one runs (AutoAttack's components); their passes and seeds belong to it."""
+        return ()
+
+    def passes(self) -> tuple[int, int]:
+        """(forward, backward) passes so far, per example, this attack's and its sub-attacks'."""
+        forward, backward = self.forward_passes, self.backward_passes
+        for sub in self.sub_attacks():
+            f, b = sub.passes()
+            forward, backward = forward + f, backward + b
+        return forward, backward
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r})"
@@ -203,11 +235,19 @@ class Attack:
         return torch.Generator(device=device).manual_seed(seed)
 
     def logits(self, x: Tensor) -> Tensor:
-        """The model's logits, checked once for the (batch, classes) shape."""
+        """The model's logits, checked for the (batch, classes) shape and counted as forward passes."""
         out = self.model(x)
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the model must return logits of shape (batch, classes); got {shape}")
+        self.forward_passes += x.shape[0]
+        if self._label_range is not None:
+            low, high = self._label_range
+            self._label_range = None
+            n_classes = out.shape[1]
+            if low < 0 or high >= n_classes:
+                raise ValueError(f"labels must lie in [0, {n_classes}) for a model with {n_classes} classes; "
+                                 f"got values in [{low}, {high}]")
         return out
 
     def loss_and_grad(self, x_adv: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -220,14 +260,8 @@ class Attack:
         logits = self.logits(x_adv)
         loss = loss_fn(logits)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        self.backward_passes += x_adv.shape[0]
         return loss.detach(), grad.detach(), logits.detach()
-
-    def check_labels(self, logits: Tensor, y: Tensor) -> None:
-        """Labels must index the model's classes."""
-        n_classes = logits.shape[1]
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-            raise ValueError(f"labels must lie in [0, {n_classes}) for a model with {n_classes} classes; "
-                             f"got values in [{int(y.min())}, {int(y.max())}]")
 
     def _check_inputs(self, x: Tensor, y: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -240,7 +274,22 @@ class Attack:
             raise ValueError(f"labels y must have shape (batch,), got {tuple(y.shape)}")
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y disagree on the batch size: {x.shape[0]} inputs, {y.shape[0]} labels")
-        if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-            raise ValueError(f"inputs must lie in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}]; "
+        y = y.to(device=x.device, dtype=torch.long)
+        if x.shape[0] == 0:
+            return y
+        # one host sync for both ranges (float64 holds any label and any input value exactly enough)
+        x_low, x_high = torch.aminmax(x.detach())
+        low, high, y_low, y_high = torch.stack([x_low.double(), x_high.double(), y.min().double(),
+                                                y.max().double()]).tolist()
+        if not (low >= 0 and high <= 1):  # also catches NaN
+            raise ValueError(f"inputs must lie in [0, 1], got values in [{low:g}, {high:g}]; "
                              "move any normalisation inside the model")
-        return y.to(device=x.device, dtype=torch.long)
+        self._label_range = (int(y_low), int(y_high))
+        return y
+
+
+def check_seed(seed: int | None) -> int | None:
+    """Validates a seed: an int or None."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return None if seed is None else int(seed)

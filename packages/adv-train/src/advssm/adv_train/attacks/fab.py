@@ -98,6 +98,10 @@ class FAB(Attack):
         return (f"FAB(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, n_restarts={self.n_restarts}, "
                 f"targeted={self.targeted}, n_target_classes={self.n_target_classes})")
 
+    def budget(self) -> dict:
+        return {"steps": self.steps, "restarts": self.n_restarts, "targeted": self.targeted,
+                **({"target_classes": self.n_target_classes} if self.targeted else {})}
+
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
             logits = self.logits(x)
@@ -131,6 +135,7 @@ class FAB(Attack):
         for j in range(logits.shape[1]):
             f = logits.gather(1, y[:, None]).squeeze(1) - logits[:, j]
             (g,) = torch.autograd.grad(f.sum(), x, retain_graph=j + 1 < logits.shape[1])
+            self.backward_passes += x.shape[0]
             g_norm = g.flatten(1).abs().sum(1) if dual == "L1" else g.flatten(1).norm(dim=1)
             dist = torch.where(y == j, torch.full_like(f, float("inf")), f.detach().abs() / (g_norm + 1e-12))
             if best_dist is None:

@@ -20,7 +20,11 @@ class FGSM(Attack):
 
     def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", loss: str = "ce", seed: int | None = None):
         super().__init__(model, eps, norm=norm, seed=seed)
+        self.loss_name = loss
         self.loss_fn = get_loss(loss)
+
+    def budget(self) -> dict:
+        return {"steps": 1, "loss": self.loss_name}
 
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         _, grad, _ = self.loss_and_grad(x, lambda z: self.loss_fn(z, y))

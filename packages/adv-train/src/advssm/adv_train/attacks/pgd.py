@@ -45,6 +45,10 @@ class PGD(Attack):
         return (f"PGD(eps={self.eps:g}, alpha={self.alpha:g}, steps={self.steps}, norm={self.norm!r}, "
                 f"restarts={self.restarts}, loss={self.loss_name!r})")
 
+    def budget(self) -> dict:
+        return {"steps": self.steps, "alpha": self.alpha, "restarts": self.restarts, "random_start": self.random_start,
+                "loss": self.loss_name}
+
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         def loss(logits: Tensor) -> Tensor:
             return self.loss_fn(logits, y)

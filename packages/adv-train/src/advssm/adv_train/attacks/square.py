@@ -78,6 +78,9 @@ class Square(Attack):
     def __repr__(self) -> str:
         return f"Square(eps={self.eps:g}, n_queries={self.n_queries}, p_init={self.p_init:g})"
 
+    def budget(self) -> dict:
+        return {"queries": self.n_queries, "p_init": self.p_init, "restarts": self.n_restarts}
+
     @torch.no_grad()
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         to_channels_first(x)  # rejects unsupported shapes even when nothing is left to attack
