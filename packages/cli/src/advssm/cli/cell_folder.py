@@ -1,0 +1,165 @@
+"""The cell folder: the one place that knows its file names, what "complete" means, and how Best / Last /
+Diff are read from it.
+
+Writers (each file has exactly one):
+
+    cell.json            the cell's CellSpec (cell_runner, before training)
+    metrics.jsonl        one line per finished epoch (Trainer)
+    train_state.pt       weights, optimisers, RNG states, history: what a resume needs (Trainer)
+    best.safetensors     the selected checkpoint, last.safetensors the latest one (Trainer; the metadata
+    last.safetensors     carries the cell spec, so a copied checkpoint still knows its protocol)
+    summary.json         the Trainer's Best / Last / Diff, how Best was selected, its warnings (Trainer)
+    environment.json     threads, torch version, device of each start, and settings changed on resume (Trainer)
+    train_eval.jsonl     train-set clean / PGD accuracy per epoch, for the plots (cell_runner's TrainSetEval)
+    final_eval.json      the final evaluation of best and last: clean, PGD and AutoAttack on the same examples,
+                         its protocol and warnings (cell_runner, after training); its presence = complete
+    final_eval_best.jsonl, final_eval_last.jsonl
+                         the per-example records of that evaluation
+    accuracy.png         the cell's curves (report)
+
+``read_summary`` merges the Trainer's summary with the final evaluation into the table's view; the CLI
+never rewrites a file the Trainer wrote.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from advssm.adv_train.trainer import diff  # Best - Last: the trainer's and the table's are one function
+
+CELL_FILE = "cell.json"
+METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "train_state.pt"
+SUMMARY_FILE = "summary.json"
+ENVIRONMENT_FILE = "environment.json"
+TRAIN_EVAL_FILE = "train_eval.jsonl"
+FINAL_EVAL_FILE = "final_eval.json"
+CHECKPOINTS = ("best", "last")
+KEYS = ("clean_acc", "pgd_acc", "aa_acc")
+
+
+def checkpoint(cell_dir: str | Path, stage: str) -> Path:
+    """``best`` or ``last`` checkpoint of the cell."""
+    return Path(cell_dir) / f"{stage}.safetensors"
+
+
+def records_file(cell_dir: str | Path, stage: str) -> Path:
+    """The per-example records of the final evaluation of ``stage``."""
+    return Path(cell_dir) / f"final_eval_{stage}.jsonl"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def is_finished(cell_dir: str | Path) -> bool:
+    """Trained: the Trainer wrote summary.json (the last thing it writes)."""
+    return (Path(cell_dir) / SUMMARY_FILE).is_file()
+
+
+def is_complete(cell_dir: str | Path) -> bool:
+    """Trained and finally evaluated (final_eval.json; folders of earlier versions kept it in summary.json)."""
+    cell_dir = Path(cell_dir)
+    if not is_finished(cell_dir):
+        return False
+    return (cell_dir / FINAL_EVAL_FILE).is_file() or "final_eval" in _read_json(cell_dir / SUMMARY_FILE)
+
+
+def read_cell(cell_dir: str | Path):
+    """The cell's CellSpec (None for a folder written before cell.json existed)."""
+    from .spec import CellSpec
+
+    path = Path(cell_dir) / CELL_FILE
+    return CellSpec.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def write_cell(cell_dir: str | Path, cell) -> None:
+    from advssm.ssm_layers.checkpoint import atomic_write
+
+    atomic_write(Path(cell_dir) / CELL_FILE, cell.model_dump_json(indent=2).encode())
+
+
+def read_metrics(cell_dir: str | Path) -> list[dict]:
+    """The per-epoch metric lines; a half-written last line (an interrupted write) is ignored."""
+    path = Path(cell_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def read_train_eval(cell_dir: str | Path) -> list[dict]:
+    """The rows of train_eval.jsonl ([] when there is none)."""
+    path = Path(cell_dir) / TRAIN_EVAL_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_final_eval(cell_dir: str | Path) -> dict | None:
+    path = Path(cell_dir) / FINAL_EVAL_FILE
+    return _read_json(path) if path.is_file() else None
+
+
+def write_final_eval(cell_dir: str | Path, final: dict) -> None:
+    from advssm.ssm_layers.checkpoint import atomic_write
+
+    atomic_write(Path(cell_dir) / FINAL_EVAL_FILE, json.dumps(final, indent=2).encode())
+
+
+def read_summary(cell_dir: str | Path) -> dict:
+    """The cell's row of the table: Best / Last / Diff, where Best came from, and what the numbers are.
+
+    ``best`` / ``last`` hold the final evaluation's clean, PGD and AA accuracy (all on the same examples)
+    where it ran, else the Trainer's per-epoch numbers; ``final_eval`` describes the protocol; ``selection``
+    says where and by what Best was chosen (with the test accuracies of a Best chosen on the validation
+    slice); ``warnings`` collects the Trainer's and the final evaluation's.
+    """
+    cell_dir = Path(cell_dir)
+    summary = _read_json(cell_dir / SUMMARY_FILE)
+    final = read_final_eval(cell_dir)
+    return summary if final is None else merge(summary, final)  # None: not evaluated yet, or an older folder
+
+
+def merge(summary: dict, final: dict) -> dict:
+    """The table row of the trainer's ``summary`` and the final evaluation ``final`` (see ``read_summary``)."""
+    stages = final["stages"]
+    row = {stage: {"epoch": summary[stage]["epoch"],
+                   **{k: (stages[stage] if stage in stages else summary[stage]).get(k) for k in KEYS}}
+           for stage in CHECKPOINTS}
+    out = {**row, "diff": diff(row["best"], row["last"]), "final_eval": final["protocol"]}
+    if "selection" in summary:
+        out["selection"] = summary["selection"]
+        if summary["selection"].get("on") == "val":  # the val accuracies Best was chosen by
+            out["selection"]["val"] = {k: summary["best"].get(k) for k in ("val_clean_acc", "val_pgd_acc")}
+    for key in ("changes", "init_from"):
+        if key in summary or key in final:
+            out[key] = summary.get(key, final.get(key))
+    out["warnings"] = list(summary.get("warnings", [])) + [
+        f"final evaluation of {stage}: {w}" for stage in CHECKPOINTS for w in stages.get(stage, {}).get("warnings", [])]
+    return out
+
+
+def read_progress(cell_dir: str | Path) -> dict:
+    """How far a cell is: ``{"epochs_done", "epochs_total", "best_pgd_acc", "complete"}`` (None where unknown)."""
+    cell_dir = Path(cell_dir)
+    metrics = read_metrics(cell_dir)
+    try:
+        cell = read_cell(cell_dir)
+    except (OSError, ValueError):
+        cell = None
+    pgd = [m["pgd_acc"] for m in metrics if isinstance(m.get("pgd_acc"), float) and math.isfinite(m["pgd_acc"])]
+    return {"epochs_done": len(metrics), "epochs_total": cell.train.epochs if cell is not None else None,
+            "best_pgd_acc": max(pgd) if pgd else None, "complete": is_complete(cell_dir)}
+
+
+__all__ = ["CELL_FILE", "METRICS_FILE", "STATE_FILE", "SUMMARY_FILE", "ENVIRONMENT_FILE", "TRAIN_EVAL_FILE",
+           "FINAL_EVAL_FILE", "checkpoint", "records_file", "is_finished", "is_complete", "read_cell", "write_cell",
+           "read_metrics", "read_train_eval", "read_final_eval", "write_final_eval", "diff", "merge", "read_summary",
+           "read_progress"]

@@ -1,0 +1,108 @@
+"""``run_cell(cell, cell_dir)``: train one cell into its folder (resuming when it can), then evaluate it.
+
+This is the whole way from a ``CellSpec`` to a finished cell folder, and the function an executor (a
+submitit job, a torchrun process) calls: it is importable and picklable at module level and takes only
+the cell spec and the folder. Under torchrun every rank calls it; rank 0 alone writes the folder.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from . import cell_folder
+from .data import load_dataset
+from .errors import ConfigError
+from .final_eval import finish_cell
+from .progress import TqdmProgress
+from .train_eval import TrainSetEval
+
+
+def save_with_cell(path, model, metadata: dict | None, cell_json: str) -> None:
+    """``save_checkpoint`` with the cell's whole spec in the metadata (``"cell"``): a checkpoint copied
+    anywhere still says how it was trained and how its run evaluated it."""
+    import json
+
+    from advssm.ssm_layers import save_checkpoint
+
+    save_checkpoint(path, model, {**(metadata or {}), "cell": json.loads(cell_json)})
+
+
+def build_cell_model(cell, channels: int, n_classes: int):
+    """The cell's freshly initialised model (seeded by the run's seed), AdS attached, weights of
+    ``train.init_from`` loaded when given."""
+    import torch
+    from advssm.ssm_layers import build_model
+
+    torch.manual_seed(cell.train.seed)  # the model's initial weights follow the run's one seed
+    model = build_model(cell.model_settings(channels, n_classes))
+    if cell.ads != "none":
+        from advssm.ads import attach_ads
+
+        attach_ads(model, activation=cell.ads)
+    if cell.train.init_from:
+        load_init_weights(model, cell.train.init_from)
+    return model
+
+
+def load_init_weights(model, path: str) -> None:
+    """Copy the weights of the checkpoint ``path`` into ``model``; a different architecture is refused."""
+    from advssm.ssm_layers import load_checkpoint
+
+    if not Path(path).is_file():
+        raise ConfigError(f"train.init_from: no checkpoint at {path}")
+    source, _ = load_checkpoint(path)
+    mine, theirs = model.config.to_dict(), source.config.to_dict()
+    differ = [f"{k} {theirs.get(k)!r} (this cell: {mine.get(k)!r})" for k in mine if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ConfigError(f"train.init_from {path}: another architecture: {'; '.join(differ)}. Start from a "
+                          "checkpoint of the same model, data set and AdS setting")
+    model.load_state_dict(source.state_dict())
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: str | None = None,
+             allow_changes=()) -> dict:
+    """Train ``cell`` into ``cell_dir`` (continuing from its train_state.pt when there is one), run its final
+    evaluation, and return its table row (``cell_folder.read_summary``). A complete cell returns at once.
+
+    ``allow_changes`` (``lr``, ``batch_size``) may differ from the saved training state on a resume; the
+    trainer records the change.
+    """
+    from advssm.adv_train.trainer import Trainer
+
+    cell_dir = Path(cell_dir)
+    if cell_folder.is_complete(cell_dir):
+        return cell_folder.read_summary(cell_dir)
+    label = cell.name if label is None else label
+    main = _is_main()
+    if main:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        cell_folder.write_cell(cell_dir, cell)
+    data_spec = cell.data
+    train_config = cell.train_config()
+    data = load_dataset(data_spec.dataset, data_spec.data_dir, data_spec.train_size, data_spec.test_size,
+                        data_spec.download, data_spec.tiny_classes, data_spec.augment, seed=train_config.seed)
+    resume = (cell_dir / cell_folder.STATE_FILE).is_file()
+    # a resumed cell takes its weights from the training state; init_from only starts a fresh one
+    model = build_cell_model(cell if not resume else cell.model_copy(update={"train": cell.train.model_copy(
+        update={"init_from": None})}), data.channels, data.n_classes)
+    train_set_eval = TrainSetEval(cell_dir, data.train, cell.eval.train_n, resume, is_main=main)
+    bar = TqdmProgress(label, enabled=progress, train_set_row=train_set_eval.row)
+    train_set_eval.bar = bar
+    save = functools.partial(save_with_cell, cell_json=cell.model_dump_json())
+    save.suffix = ".safetensors"
+    # train_set_eval first: the bar's line for an epoch shows the train-set accuracy measured for it
+    trainer = Trainer(model, data.train, data.test, train_config, out_dir=cell_dir, save_model=save,
+                      augment=data.augment, callbacks=[train_set_eval, bar, *callbacks])
+    try:
+        trainer.fit(resume=resume, allow_changes=allow_changes)
+        train_set_eval.measure(trainer, trainer.epoch)  # the last epoch's row, if an interrupt cut it
+        return finish_cell(cell, cell_dir, data.test, trainer.device, trainer.summary(), is_main=main,
+                           progress=lambda stage, info: bar.on_final_eval(stage, info["done"], info["total"] or 0))
+    finally:
+        bar.close()

@@ -1,0 +1,560 @@
+"""The experiment spec: one typed, frozen description of a run, resolved once into self-contained cells.
+
+    spec = resolve_experiment(load_toml("exp.toml"), overrides={"train.epochs": 5})
+    for cell in spec.cells():          # every cell validated already, before anything trains
+        run_cell(cell, run_dir / cell.name)
+
+Layers, lowest first: the built-in defaults (a small S4D on the bundled digits) or a preset
+(``paper-mnist``, ``paper-cifar10``, ``paper-tinyimagenet``), then the TOML file, then dotted
+overrides (flags, ``--set``). The TOML has top-level ``name``, ``preset``, ``ads`` and the tables
+``[grid]`` (lists of values; each combination is one cell), ``[data]``, ``[model]`` (``ModelConfig``
+fields), ``[train]`` (``TrainConfig`` fields and ``init_from``) and ``[eval]``. TOML has no null, so
+optional settings are written as ``"none"``.
+
+A ``CellSpec`` holds everything one cell needs (preset values and ``d_state = "paper"`` already
+replaced), so it can be written to JSON, handed to another process or machine and read back equal.
+Types, unknown keys and value ranges are checked by pydantic; the domain rules of a layer, an output
+transform or a training method by building what the cell will build (``ModelConfig``, the model
+itself on the CPU, ``TrainConfig``) when the experiment is resolved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import re
+import sys
+import typing
+from functools import cache
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, published for older Pythons
+    import tomli as tomllib
+
+from .data import DATASETS
+from .errors import ConfigError
+
+ADS_CHOICES = ("none", "relu", "sigmoid", "tanh")
+# grid axis -> (section, key) of the setting it varies, in the order cell names list them
+GRID_AXES = {"dataset": ("data", "dataset"), "layer": ("model", "layer"), "method": ("train", "method"),
+             "ads": ("", "ads")}
+FROM_DATA = ("d_input", "n_classes")  # ModelConfig fields the data set decides
+CLI_TRAIN_KEYS = ("init_from",)  # [train] keys the CLI handles itself (not TrainConfig fields)
+PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's value for each cell's layer
+SECTIONS = ("data", "model", "train", "eval")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# Defaults of the no-argument run: tuned so both cells finish in about a minute on 2 CPU cores (see README).
+DEMO = {
+    "model": {"layer": "s4d", "d_model": 32, "d_state": 16, "n_layers": 2},
+    # 15 epochs of batch 32 at lr 1e-2: an S4D on 64 pixel tokens sits at chance for ~5 epochs of batch 64 at
+    # 3e-3 before it learns; these settings get past that plateau (ST ~95 % clean) in about a minute on 2 cores
+    "train": {"epochs": 15, "batch_size": 32, "lr": 1e-2, "eps": 0.1, "alpha": 0.025, "attack_steps": 5,
+              "eval_pgd_steps": 10, "aa_every": 0, "aa_n": 200, "seed": 0},
+    # a reduced AutoAttack so the demo stays within minutes, reported as such: the two APGD losses at 25 steps
+    # and the black-box Square at 50 x 25 = 1250 queries (gradient attacks alone overstate a PGD-AT model's AA)
+    "eval": {"aa_n": 200, "aa_version": "custom", "aa_attacks": ["apgd-ce", "apgd-dlr", "square"], "aa_steps": 25},
+}
+PRESETS = {
+    "paper-mnist": {"data": {"dataset": "mnist"}, "model_preset": "mnist", "train_dataset": "mnist"},
+    "paper-cifar10": {"data": {"dataset": "cifar10"}, "model_preset": "cifar10", "train_dataset": "cifar10"},
+    "paper-tinyimagenet": {"data": {"dataset": "tinyimagenet", "tiny_classes": 50}, "model_preset": "tinyimagenet",
+                           "train_dataset": "tinyimagenet"},
+}
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _Frozen(BaseModel):
+    model_config = _FROZEN
+
+
+class DataSpec(_Frozen):
+    """Which data set and how much of it.
+
+    Attributes:
+        dataset: one of ``advssm.cli.data.DATASETS``.
+        data_dir: folder with the data set's standard files.
+        train_size, test_size: keep the first this many examples (None = all).
+        download: fetch MNIST / CIFAR-10 with torchvision first.
+        tiny_classes: Tiny-ImageNet classes kept (the paper: 50).
+        augment: crop + flip during training; None = as the paper (CIFAR-10 and Tiny-ImageNet only).
+    """
+
+    dataset: str = "digits"
+    data_dir: str = "data"
+    train_size: int | None = Field(default=None, ge=1)
+    test_size: int | None = Field(default=None, ge=1)
+    download: bool = False
+    tiny_classes: int = Field(default=50, ge=1)
+    augment: bool | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        _choose("dataset", value, DATASETS)
+        return value
+
+
+class EvalSpec(_Frozen):
+    """The final evaluation of the best and last checkpoints: clean, PGD and AutoAttack on the same examples.
+
+    Attributes:
+        aa: run AutoAttack (the paper reports AA for both checkpoints; the trainer runs AA only every k epochs).
+        aa_n: evaluate the first this many test examples (the paper: 2000).
+        aa_version: "standard" (APGD-CE, APGD-T, FAB-T, Square at their full budgets) or "custom".
+        aa_attacks: for "custom", names among apgd-ce, apgd-dlr, apgd-t, fab-t, square, run in order.
+        aa_steps: for "custom", iterations of APGD / FAB (Square gets 50x as many queries).
+        train_n: after every epoch, clean and PGD accuracy of the first this many training examples
+            (un-augmented, measured as the test set is) for the train curves of the plots; 0 = off.
+    """
+
+    aa: bool = True
+    aa_n: int = Field(default=2000, ge=1)
+    aa_version: Literal["standard", "custom"] = "standard"
+    aa_attacks: list[str] = Field(default_factory=lambda: ["apgd-ce", "apgd-t", "fab-t", "square"], min_length=1)
+    aa_steps: int = Field(default=100, ge=1)
+    train_n: int = Field(default=256, ge=0)
+
+    @field_validator("aa_attacks")
+    @classmethod
+    def _known_attacks(cls, value: list[str]) -> list[str]:
+        from advssm.adv_train.attacks import ATTACK_NAMES
+
+        for name in value:
+            _choose("eval.aa_attacks entry", name, ATTACK_NAMES)
+        return value
+
+
+class GridSpec(_Frozen):
+    """The axes of a sweep: each combination of the listed values is one cell (None = not varied)."""
+
+    dataset: list[str] | None = Field(default=None, min_length=1)
+    layer: list[str] | None = Field(default=None, min_length=1)
+    method: list[str] | None = Field(default=None, min_length=1)
+    ads: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("*")
+    @classmethod
+    def _no_repeats(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"lists a value twice: {value!r}")
+        return value
+
+    def axes(self) -> dict[str, list[str]]:
+        """The varied axes in cell-name order."""
+        return {axis: getattr(self, axis) for axis in GRID_AXES if getattr(self, axis) is not None}
+
+
+def _section_model(name: str, cls, drop=(), extra: dict | None = None, replace: dict | None = None):
+    """A frozen pydantic model with the fields (names, types, defaults) of the dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in drop:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else Field(default_factory=f.default_factory)
+        fields[f.name] = ((replace or {}).get(f.name, hints[f.name]), default)
+    fields.update(extra or {})
+    model = create_model(name, __config__=_FROZEN, **fields)
+    model.__module__, model.__qualname__ = __name__, name  # module-level classes below: picklable by reference
+    model.__doc__ = f"The [{name[:-4].lower()}] settings: the fields of {cls.__name__}, checked by type."
+    return model
+
+
+@cache
+def _sections() -> dict[str, type[BaseModel]]:
+    """The section models whose fields come from ModelConfig / TrainConfig (built on first use)."""
+    from advssm.adv_train.config import TrainConfig
+    from advssm.ssm_layers import ModelConfig
+
+    train_extra = {"init_from": (str | None, None)}
+    return {
+        "model": _section_model("ModelSpec", ModelConfig, drop=FROM_DATA,
+                                replace={"d_state": int | Literal["paper"]}),
+        "cell_model": _section_model("CellModelSpec", ModelConfig, drop=FROM_DATA),
+        "train": _section_model("TrainSpec", TrainConfig, extra=train_extra),
+    }
+
+
+def _choose(what: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"invalid {what} {value!r}{_suggest(str(value), choices)} "
+                         f"(choose one of {', '.join(choices)})")
+
+
+def _suggest(key: str, known, prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, [str(k) for k in known], n=1)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+class _SpecBase(_Frozen):
+    name: str = "run"
+    preset: str = "none"
+    ads: str = "none"
+    data: DataSpec = DataSpec()
+    eval: EvalSpec = EvalSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        # the name becomes a folder name under the runs root: nothing that climbs out of it or hides
+        if not _NAME.match(value) or ".." in value:
+            raise ValueError(f"invalid name {value!r}: use letters, digits, '.', '_' and '-' (no '/', no '..'); "
+                             "it names the run folder")
+        return value
+
+    @field_validator("ads")
+    @classmethod
+    def _known_ads(cls, value: str) -> str:
+        _choose("ads", value, ADS_CHOICES)
+        return value
+
+
+def _make_specs():
+    sections = _sections()
+    experiment = create_model("ExperimentSpec", __base__=ExperimentSpecBase, grid=(GridSpec, GridSpec()),
+                              model=(sections["model"], ...), train=(sections["train"], ...))
+    cell = create_model("CellSpec", __base__=CellSpecBase, model=(sections["cell_model"], ...),
+                        train=(sections["train"], ...))
+    experiment.__doc__, cell.__doc__ = ExperimentSpecBase.__doc__, CellSpecBase.__doc__
+    for model, name in ((experiment, "ExperimentSpec"), (cell, "CellSpec")):
+        model.__module__, model.__qualname__ = __name__, name  # pickled by reference, as a module-level class
+    return experiment, cell
+
+
+class CellSpecBase(_SpecBase):
+    """One cell: everything it trains and evaluates, presets applied (see ``CellSpec``).
+
+    Round trip: ``CellSpec.model_validate_json(cell.model_dump_json()) == cell``.
+    """
+
+    def train_config(self):
+        """The cell's ``TrainConfig``."""
+        from advssm.adv_train.config import TrainConfig
+
+        values = self.train.model_dump()
+        for key in CLI_TRAIN_KEYS:
+            values.pop(key)
+        return TrainConfig(**values)
+
+    def model_settings(self, d_input: int, n_classes: int):
+        """The cell's ``ModelConfig``, completed by the data set's channels and classes (before AdS)."""
+        from advssm.ssm_layers import ModelConfig
+
+        return ModelConfig(**self.model.model_dump(), d_input=d_input, n_classes=n_classes)
+
+
+class ExperimentSpecBase(_SpecBase):
+    """A resolved experiment: the base settings and the grid of cells that vary them (see ``ExperimentSpec``)."""
+
+    _cells: list | None = PrivateAttr(default=None)
+
+    def cells(self) -> list:
+        """Every combination of the grid as a validated ``CellSpec``, in a fixed order (cached)."""
+        if self._cells is None:
+            self._cells = [_make_cell(self, values) for values in self._combinations()]
+            names = [c.name for c in self._cells]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"two cells share a name: {names}")
+        return list(self._cells)
+
+    def _combinations(self) -> list[dict[str, str]]:
+        axes = self.grid.axes()
+        return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+    def to_toml(self) -> str:
+        """TOML text that ``resolve_experiment`` reads back to an equal spec (None written as ``"none"``).
+
+        A setting a grid axis varies is written only in ``[grid]``."""
+        data = self.model_dump()
+        data["grid"] = {k: v for k, v in data["grid"].items() if v is not None}
+        for axis in data["grid"]:
+            section, key = GRID_AXES[axis]
+            (data[section] if section else data).pop(key)
+        for section in SECTIONS:
+            data[section] = {k: ("none" if v is None else v) for k, v in data[section].items()}
+        return tomli_w.dumps(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as TOML writes it (for ``--dry-run --json``)."""
+        return tomllib.loads(self.to_toml())
+
+
+def _make_cell(spec, values: dict[str, str]):
+    """The cell of ``spec`` at the grid point ``values``, with d_state = "paper" and select_by = "auto" decided."""
+    data = spec.data.model_dump()
+    model = spec.model.model_dump()
+    train = spec.train.model_dump()
+    ads = spec.ads
+    for axis, value in values.items():
+        section, key = GRID_AXES[axis]
+        if axis == "ads":
+            ads = value
+        else:
+            {"data": data, "model": model, "train": train}[section][key] = value
+    name = "-".join(values.values()) or "cell"
+    where = f" (cell {name})" if values else ""
+    if model["d_state"] == PAPER_D_STATE:
+        if spec.preset not in PRESETS:
+            raise ConfigError(f'model.d_state = "{PAPER_D_STATE}" needs one of the paper presets '
+                              f"({', '.join(PRESETS)}); give a number instead")
+        from advssm.ssm_layers import preset as model_preset
+
+        model["d_state"] = model_preset(PRESETS[spec.preset]["model_preset"], layer=model["layer"]).d_state
+    if train.get("select_by") == "auto":
+        train["select_by"] = "clean" if train["method"] == "standard" else "pgd"
+    raw = {"name": name, "preset": spec.preset, "ads": ads, "data": data, "model": model, "train": train,
+           "eval": spec.eval.model_dump()}
+    cell = _validated(CellSpec, raw, where)
+    _check_cell(cell, where)
+    return cell
+
+
+def _check_cell(cell, where: str) -> None:
+    """What pydantic cannot see: the domain rules of the model and the training method, and the device."""
+    import torch
+
+    try:
+        train = cell.train_config()
+        config = cell.model_settings(3, 10)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid setting: {_rename(str(exc))}{where}") from exc
+    _check_buildable(config.to_json(), cell.ads)
+    if train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {train.device!r}{where} but CUDA is not available here; "
+                          "use --device cpu (or auto)")
+
+
+@cache
+def _check_buildable(config_json: str, ads: str) -> None:
+    """Build the model once on the CPU (layer options, transform options, head counts ...), RNG untouched."""
+    import torch
+    from advssm.ssm_layers import ModelConfig, build_model
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(ModelConfig.from_json(config_json))
+            if ads != "none":
+                from advssm.ads import attach_ads
+
+                attach_ads(model, activation=ads)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise ConfigError(f"invalid model settings: {_rename(str(exc))}") from exc
+
+
+def _rename(text: str) -> str:
+    """Name a key as the TOML and --set write it (train.eps), not as the dataclass does (TrainConfig.eps)."""
+    return " ".join(text.replace("TrainConfig.", "train.").replace("ModelConfig.", "model.").split())
+
+
+_WORDS = {"bool": "true or false", "int": "an int", "float": "a number", "str": "a string", "list": "a list",
+          "dict": "a table", "literal": "one of"}
+
+
+def _validated(cls, raw: dict, where: str = ""):
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(exc, cls, where) from None
+
+
+def _known_keys(section: str, cls) -> list[str]:
+    field = cls.model_fields.get(section)
+    if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        return list(cls.model_fields)
+    return list(field.annotation.model_fields)
+
+
+def _config_error(exc: ValidationError, cls, where: str) -> ConfigError:
+    """pydantic's first error as one line that names the key as the TOML writes it, and the fix."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"] if not isinstance(part, int)]
+    # a union reports each member ("int", "literal['paper']"): name the setting, not the member
+    loc = [part for part in loc if not (part in _WORDS or part.startswith(("literal[", "list[", "function-")))]
+    key = ".".join(loc)
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        section = loc[0] if len(loc) > 1 else ""
+        known = _known_keys(section, cls) if section else list(cls.model_fields)
+        hint = _suggest(loc[-1], known, f"{section}." if section else "")
+        if not hint:
+            hint = _elsewhere(loc[-1], section, cls) or f"; known keys: {', '.join(sorted(known))}"
+        return ConfigError(f"unknown key {key!r}{where}{hint}")
+    if kind == "value_error":
+        text = _rename(str(err["ctx"]["error"]))
+        return ConfigError(text if text.startswith("invalid ") else f"invalid {key}{where}: {text}")
+    optional = _is_optional(cls, loc)
+    if kind in ("greater_than_equal", "greater_than"):
+        bound = err["ctx"].get("ge", err["ctx"].get("gt"))
+        need = f"an int >= {bound}" if kind == "greater_than_equal" else f"> {bound}"
+    elif kind == "too_short":
+        need = "a non-empty list"
+    elif kind == "literal_error":
+        need = f"one of {err['ctx']['expected']}"
+    else:
+        need = next((words for name, words in _WORDS.items() if kind.startswith(name)), err["msg"])
+    if optional and kind.endswith(("_type", "_parsing")):
+        need += ' (or "none")'
+    prefix = "invalid setting: " if loc and loc[0] in ("train", "model") else "invalid "
+    if prefix == "invalid setting: ":
+        return ConfigError(f"{prefix}{key}{where} must be {need}, got {value!r}")
+    return ConfigError(f"{prefix}{key} {value!r}{where}: must be {need}")
+
+
+def _is_optional(cls, loc: list[str]) -> bool:
+    model = cls
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return False
+        model = field.annotation
+    field = model.model_fields.get(loc[-1]) if loc else None
+    return field is not None and type(None) in typing.get_args(field.annotation)
+
+
+def _elsewhere(key: str, section: str, cls) -> str:
+    """``[model] epochs`` -> "; it belongs in [train] (train.epochs)"."""
+    for other in SECTIONS:
+        if other != section and key in _known_keys(other, cls):
+            return f"; it belongs in [{other}] ({other}.{key})"
+    return ""
+
+
+# -- resolving ---------------------------------------------------------------------------------------
+
+def _optional_fields(section: str) -> set[str]:
+    """Fields that may be None: the ones written as "none" in TOML (which has no null)."""
+    model = {"data": DataSpec, "eval": EvalSpec}.get(section) or _sections()[section]
+    return {name for name, f in model.model_fields.items() if type(None) in typing.get_args(f.annotation)}
+
+
+def _preset_base(name: str) -> dict[str, Any]:
+    """The plain dict the TOML layers onto: the demo's settings, or a paper preset's."""
+    from advssm.adv_train.config import TrainConfig
+    from advssm.ssm_layers import ModelConfig
+    from advssm.ssm_layers import preset as model_preset
+
+    if name == "none":
+        model = ModelConfig(**DEMO["model"]).to_dict()
+        train = TrainConfig(**DEMO["train"]).to_dict()
+        base = {"name": "run", "data": {}, "eval": dict(DEMO["eval"])}
+    elif name in PRESETS:
+        spec = PRESETS[name]
+        model = model_preset(spec["model_preset"]).to_dict()
+        model["d_state"] = PAPER_D_STATE  # decided per cell, once the layer is known
+        train = TrainConfig.for_dataset(spec["train_dataset"]).to_dict()
+        base = {"name": name, "data": dict(spec["data"]), "eval": {}}
+    else:
+        raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)} (choose one of {', '.join(PRESETS)})")
+    for key in FROM_DATA:
+        model.pop(key)
+    return {**base, "preset": name, "ads": "none", "grid": {"method": ["standard", "pgd-at"]},
+            "model": model, "train": {**train, "init_from": None}}
+
+
+def resolve_experiment(raw: dict, overrides: dict[str, Any] | None = None):
+    """The validated ``ExperimentSpec`` of the TOML-shaped ``raw`` over its preset, then dotted ``overrides``
+    such as ``{"train.epochs": 5}``. Every cell is built and checked here, before anything trains.
+
+    Raises:
+        ConfigError: naming the first unknown key (with a close match) or invalid value, in one line.
+    """
+    raw, overrides = dict(raw), dict(overrides or {})
+    preset = overrides.pop("preset", None) or raw.get("preset") or "none"
+    merged = _preset_base(preset)
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key!r} must be a table ([{key}]), got {value!r}")
+            if key == "model" and set(FROM_DATA) & set(value):
+                raise ConfigError(f"model.{sorted(set(FROM_DATA) & set(value))[0]} is set by the data set; remove it")
+            merged[key].update(_decode_none(key, value))
+        elif key == "grid":
+            if not isinstance(value, dict):
+                raise ConfigError(f"'grid' must be a table ([grid]), got {value!r}")
+            merged["grid"] = dict(value)
+        else:
+            merged[key] = value  # unknown top-level keys are reported by the spec's validation
+    _settings_under_axes(raw, merged)
+    for dotted, value in overrides.items():
+        _apply(merged, dotted, value)
+    spec = _validated(ExperimentSpec, merged)
+    spec.cells()  # builds and validates every cell now, not an hour into the sweep
+    return spec
+
+
+def _settings_under_axes(raw: dict, merged: dict) -> None:
+    """A setting that a grid axis also varies: from the file's [grid] it is an error (it would be ignored);
+    against the preset's default grid, the setting replaces that axis."""
+    for axis, (section, key) in GRID_AXES.items():
+        given = (raw.get(section) or {}) if section else raw
+        if not isinstance(given, dict) or key not in given:
+            continue
+        where = f"{section}.{key}" if section else key
+        if axis in (raw.get("grid") or {}):
+            raise ConfigError(f"{where} = {given[key]!r} would be ignored: [grid] {axis} = {raw['grid'][axis]!r} "
+                              f"sets it for each cell; list the value there and remove {where}")
+        if axis in merged["grid"]:
+            merged["grid"][axis] = [given[key]]
+
+
+def _decode_none(section: str, values: dict) -> dict:
+    optional = _optional_fields(section)
+    return {k: (None if v == "none" and k in optional else v) for k, v in values.items()}
+
+
+def _apply(merged: dict, dotted: str, value) -> None:
+    section, _, key = dotted.rpartition(".")
+    axis_of = {setting: axis for axis, setting in GRID_AXES.items()}
+    if (section, key) in axis_of and axis_of[(section, key)] in merged["grid"]:
+        # a flag such as --model s6 must win over the file's [grid] layer list, not be hidden by it
+        merged["grid"][axis_of[(section, key)]] = [value]
+    if section in SECTIONS:
+        if section == "model" and key in FROM_DATA:
+            raise ConfigError(f"model.{key} is set by the data set; remove it")
+        merged[section][key] = None if value == "none" and key in _optional_fields(section) else value
+    elif section == "grid":
+        merged["grid"][key] = value
+    elif section == "" and key in ("name", "ads"):
+        merged[key] = value
+    else:
+        known = ["name", "ads"] + [f"{s}.{k}" for s in SECTIONS for k in merged[s]] + [f"grid.{a}" for a in GRID_AXES]
+        raise ConfigError(f"unknown setting {dotted!r}{_suggest(dotted, known)}")
+
+
+def load_toml(path) -> dict:
+    """Read a TOML file into a dict; a syntax error becomes a ConfigError naming the file and line."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``--set train.aa_n=8`` -> ("train.aa_n", 8): the value is read as TOML (strings may be bare)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+ModelSpec, CellModelSpec, TrainSpec = (_sections()[k] for k in ("model", "cell_model", "train"))
+ExperimentSpec, CellSpec = _make_specs()
+
+__all__ = ["ExperimentSpec", "CellSpec", "DataSpec", "EvalSpec", "GridSpec", "resolve_experiment", "load_toml",
+           "parse_assignment", "DEMO", "PRESETS", "ADS_CHOICES", "GRID_AXES"]
