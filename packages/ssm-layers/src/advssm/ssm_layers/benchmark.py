@@ -5,11 +5,11 @@ Ratios are the reference's time over the backend's, both measured in the same ru
 selective scan a plain sequential loop (``unbind`` over time, autograd backward) is timed as
 well (backend "loop"), since the mamba-style reference is far slower than a careful loop and
 a ratio against it alone flatters the fast path. A reference whose single forward+backward
-is estimated above ``ref_budget_s`` is skipped and the row says so; no number is invented.
+is estimated above ``ref_budget_s`` (see ``estimate_ref_seconds``: an upper bound) is skipped
+and the row says so; no number is invented.
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
@@ -65,7 +65,7 @@ def sequential_loop_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias
     return y if z is None else y * F.silu(z)
 
 
-def _inputs(op, size, device, gen):
+def op_inputs(op, size, device, gen):
     """(args, kwargs) of one op call at ``size``, float32, seeded by ``gen``."""
     def rand(*shape, dtype=torch.float32):
         return torch.randn(*shape, generator=gen, dtype=dtype).to(device)
@@ -104,9 +104,10 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device, repeats):
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
+def median_seconds(fn, device, repeats, warmup=True):
+    """Median seconds of ``repeats`` calls, after one warm-up call unless ``warmup`` is False."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -117,7 +118,7 @@ def _time(fn, device, repeats):
     return statistics.median(times)
 
 
-def _runners(op, backend, args, kwargs):
+def runners(op, backend, args, kwargs):
     """(forward, forward+backward) closures for one call."""
     fn = _callable(op, backend)
     grad_args = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
@@ -137,27 +138,44 @@ def _runners(op, backend, args, kwargs):
     return forward, forward_backward
 
 
-def _tensor_bytes(args, out):
+def tensor_bytes(args, out):
     return sum(t.numel() * t.element_size() for t in (*args, out) if isinstance(t, torch.Tensor))
+
+
+def copy_seconds(nbytes, device, repeats=5):
+    """Median seconds of one device-to-device copy of ``nbytes`` bytes (read once, written once)."""
+    src = torch.empty(max(1, nbytes // 4), dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    return median_seconds(lambda: dst.copy_(src), device, repeats)
 
 
 def copy_bandwidth(device, nbytes=1 << 28):
     """Measured device-to-device copy bandwidth (bytes/s: read + write) of ``device``."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / _time(lambda: dst.copy_(src), device, 5)
+    return 2 * nbytes / copy_seconds(nbytes, device)
 
 
-def _estimate_ref_seconds(op, size, device, gen):
-    """Forward+backward seconds of the reference, extrapolated from two short runs."""
-    if op not in ("selective_scan", "diag_scan") or size["L"] <= 128:
-        return 0.0
-    probes = []
-    for L in (64, 128):
-        args, kwargs = _inputs(op, {**size, "L": L}, device, gen)
-        probes.append(_time(_runners(op, "reference", args, kwargs)[1], device, 1))
-    power = min(2.0, max(1.0, math.log2(max(probes[1], 1e-9) / max(probes[0], 1e-9))))
-    return probes[1] * (size["L"] / 128) ** power
+def estimate_ref_seconds(op, size, device, gen, budget_s):
+    """Forward+backward seconds of the reference at ``size``: measured, or bounded from above.
+
+    The references are loops over time whose autograd backward is quadratic in L (each step's
+    slice of a saved tensor is differentiated into a full-size gradient), but at short lengths
+    the linear part dominates, so a power law fitted to short probes underestimates them badly
+    (41 s at L 1024 was once estimated at a few seconds, and ``advssm bench --quick`` took 27
+    minutes). So: after a warm-up call, time forward+backward at L = 64, 128, 256, ... while
+    the probes stay within a quarter of ``budget_s`` (the next one is assumed to cost 4x the
+    last), and extrapolate the last probe quadratically; at the full length the probe is the
+    measurement. This never underestimates a cost growing at most quadratically in L, and
+    overestimates a linear one by at most L / (last probe's L).
+    """
+    L = size["L"]
+    probe_L, spent = min(L, 64), 0.0
+    while True:
+        args, kwargs = op_inputs(op, {**size, "L": probe_L}, device, gen)
+        seconds = median_seconds(runners(op, "reference", args, kwargs)[1], device, 1, warmup=spent == 0)
+        spent += seconds
+        if probe_L >= L or spent + 4 * seconds > budget_s / 4:
+            return seconds * (L / probe_L) ** 2
+        probe_L = min(L, 2 * probe_L)
 
 
 def run_benchmarks(ops=None, sizes="cpu", repeats=5, backends=None, device=None, ref_budget_s=60.0, seed=0):
@@ -193,29 +211,31 @@ def run_benchmarks(ops=None, sizes="cpu", repeats=5, backends=None, device=None,
         if backends is not None:
             names = [n for n in names if n in backends or n == "reference"]
         for size in table[op]:
-            args, kwargs = _inputs(op, size, device, gen)
+            args, kwargs = op_inputs(op, size, device, gen)
             ref = None
             for name in ["reference"] + [n for n in names if n != "reference"]:
                 row = dict(op=op, backend=name, size=dict(size), device=str(device))
-                n_rep = repeats
+                n_rep, warmup = repeats, True
                 if name == "reference":
-                    estimate = _estimate_ref_seconds(op, size, device, gen)
+                    estimate = estimate_ref_seconds(op, size, device, gen, ref_budget_s)
                     if estimate > ref_budget_s:
-                        row["skipped"] = (f"reference estimated at {estimate:.0f} s per forward+backward "
-                                          f"(> {ref_budget_s:.0f} s budget)")
+                        row["skipped"] = (f"reference estimated at up to {estimate:.3g} s per forward+backward "
+                                          f"(> {ref_budget_s:g} s budget)")
                         rows.append(row)
                         continue
-                    n_rep = max(1, min(repeats, int(2 * ref_budget_s / max(estimate, 1e-9))))
-                fwd, fwd_bwd = _runners(op, name, args, kwargs)
-                row.update(fwd_ms=1e3 * _time(fwd, device, n_rep), fwd_bwd_ms=1e3 * _time(fwd_bwd, device, n_rep),
-                           repeats=n_rep)
+                    # the whole reference measurement (forward and forward+backward) stays within ~2 budgets
+                    n_rep = max(1, min(repeats, int(ref_budget_s / max(estimate, 1e-9)) - 1))
+                    warmup = estimate < ref_budget_s / 10  # a loop taking seconds needs no warm-up
+                fwd, fwd_bwd = runners(op, name, args, kwargs)
+                row.update(fwd_ms=1e3 * median_seconds(fwd, device, n_rep, warmup),
+                           fwd_bwd_ms=1e3 * median_seconds(fwd_bwd, device, n_rep, warmup), repeats=n_rep)
                 if name == "reference":
                     ref = row
                 if ref is not None:
                     row["ratio_fwd"] = ref["fwd_ms"] / row["fwd_ms"]
                     row["ratio_fwd_bwd"] = ref["fwd_bwd_ms"] / row["fwd_bwd_ms"]
                 if copy_bw is not None:
-                    row["bandwidth_frac"] = _tensor_bytes(args, fwd()) / (row["fwd_ms"] / 1e3) / copy_bw
+                    row["bandwidth_frac"] = tensor_bytes(args, fwd()) / (row["fwd_ms"] / 1e3) / copy_bw
                 rows.append(row)
     return rows
 

@@ -10,6 +10,10 @@ from ..output import emit
 
 # "loop" is the benchmark's sequential-loop baseline of the selective scan, not a dispatch backend
 EXTRA_BACKENDS = ("loop",)
+DEFAULT_REPEATS, DEFAULT_REF_BUDGET_S = 5, 60.0
+# --quick: under 2 minutes on 2 CPU cores. The sequential references of the two scans at L 1024
+# (tens of seconds per forward+backward) are then skipped, and their rows say so.
+QUICK_REPEATS, QUICK_REF_BUDGET_S = 3, 5.0
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -57,17 +61,20 @@ def select_sizes(sizes: str | None, quick: bool, ops: list[str] | None, device) 
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Only the first size of each op.")
+@click.option("--quick", is_flag=True, help="Only the first size of each op, 3 repeats, a 5 s reference budget "
+              "(under 2 minutes on 2 CPU cores).")
 @click.option("--sizes", metavar="NAME", help="Size set: cpu, gpu or tiny (default: gpu on CUDA, cpu otherwise).")
 @click.option("--ops", metavar="A,B", help="Comma-separated ops (default: all): selective_scan, diag_scan, "
               "vandermonde_kernel, fft_conv.")
 @click.option("--backends", metavar="A,B", help="Comma-separated backends to time besides the reference "
               "(default: every available one): torch, triton, loop.")
-@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Timed calls per measurement (the median is reported), after one warm-up call.")
+@click.option("--repeats", type=click.IntRange(min=1), default=None,
+              help="Timed calls per measurement (the median is reported), after one warm-up call "
+              "[default: 5; 3 with --quick].")
 @click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
-@click.option("--ref-budget", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="Skip a reference estimated above this many seconds per forward+backward.")
+@click.option("--ref-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Skip a reference estimated above this many seconds per forward+backward "
+              "[default: 60; 5 with --quick].")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -80,7 +87,7 @@ def bench(quick, sizes, ops, backends, repeats, device, ref_budget, threads, see
 
     \b
     Examples:
-      advssm bench --quick                          # the first CPU size of each op
+      advssm bench --quick                          # the first CPU size of each op, < 2 min
       advssm bench --sizes tiny --repeats 1         # a smoke test, a few seconds
       advssm bench --ops selective_scan --backends torch,loop --threads 2
       advssm bench --device cuda --json > bench.json
@@ -90,6 +97,8 @@ def bench(quick, sizes, ops, backends, repeats, device, ref_budget, threads, see
     from advssm.ssm_layers.benchmark import to_markdown
 
     chosen_device = _device(device)
+    repeats = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
+    ref_budget = ref_budget or (QUICK_REF_BUDGET_S if quick else DEFAULT_REF_BUDGET_S)
     table = select_sizes(sizes, quick, _split(ops), chosen_device)
     status = backend_status(chosen_device)
     wanted = _split(backends)
