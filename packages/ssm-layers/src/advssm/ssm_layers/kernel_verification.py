@@ -53,9 +53,9 @@ CASES = {
         "vandermonde_kernel": [(128, 32, 784), (128, 64, 1024), (128, 64, 4096)],
     },
     "tiny": {  # the "paper" structure at sizes the Triton interpreter runs in seconds
-        "selective_scan": [(2, 40, 16, 40, *[True] * 6, True)],
-        "diag_scan": [((8, 1), (2, 8, 40), None, True), ((4, 3, 1), (2, 4, 3, 40), None, False)],
-        "vandermonde_kernel": [(4, 40, 130)],
+        "selective_scan": [(1, 6, 16, 20, *[True] * 6, True)],
+        "diag_scan": [((8, 1), (1, 8, 20), None, True), ((4, 3, 1), (1, 4, 3, 20), None, False)],
+        "vandermonde_kernel": [(4, 40, 70)],
     },
 }
 
