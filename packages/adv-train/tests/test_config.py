@@ -92,6 +92,7 @@ BAD_VALUE_PER_FIELD = {
     "eval_pgd_steps": (0, ValueError), "eval_n": (-3, ValueError), "aa_every": (-2, ValueError),
     "aa_n": (0, ValueError), "aa_version": ("plus", ValueError), "aa_attacks": (["apgd-ce"], ValueError),
     "seed": (-1, ValueError), "device": ("gpu", ValueError), "num_workers": (-1, ValueError),
+    "select_on": ("train", ValueError), "select_by": ("aa", ValueError), "val_n": (0, ValueError),
 }
 
 

@@ -88,8 +88,9 @@ def test_eval_defaults_to_the_runs_examples_and_settings(tiny_run, helpers):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # progress bars go to stderr
     summary = runs.read_summary(tiny_run / "pgd-at")
-    # the run's 32 test examples and eps: the clean accuracy is the run's own number
-    assert data["n"] == 32 and data["eps"] == 0.1 and data["clean_acc"] == summary["last"]["clean_acc"]
+    # the examples of the run's table row (the final evaluation's first 8, where clean, PGD and AA are all measured
+    # since issue 11; before, the row mixed 32 and 8) and its eps: the clean accuracy is the run's own number
+    assert data["n"] == 8 and data["eps"] == 0.1 and data["clean_acc"] == summary["last"]["clean_acc"]
     assert set(data["robust_acc"]) == {"pgd-2", "fgsm"}
     assert data["worst_acc"] <= min(data["robust_acc"].values()) <= data["clean_acc"]
     text = helpers.invoke("eval", ckpt, "--attacks", "pgd", "--steps", "1", "--n", "8", "--no-progress")
@@ -100,8 +101,15 @@ def test_eval_errors(tiny_run, tmp_path, helpers):
     ckpt = tiny_run / "pgd-at" / "best.safetensors"
     result = helpers.invoke("eval", ckpt, "--attacks", "pgd,cw")
     assert result.exit_code == 2 and "unknown attack 'cw'" in result.output
+    copied = tmp_path / "copied.safetensors"
+    copied.write_bytes(ckpt.read_bytes())  # a checkpoint away from its run folder keeps its protocol (issue 11)
+    result = helpers.invoke("eval", copied, "--attacks", "pgd", "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n"] == 8 and json.loads(result.stdout)["eps"] == 0.1
+    from advssm.ssm_layers import load_checkpoint, save_checkpoint
+
     loose = tmp_path / "model.safetensors"
-    loose.write_bytes(ckpt.read_bytes())  # a checkpoint away from its run folder
+    save_checkpoint(loose, load_checkpoint(ckpt)[0])  # a checkpoint that records no run
     result = helpers.invoke("eval", loose, "--attacks", "pgd")
     assert result.exit_code == 2 and "pass --dataset" in result.output
     result = helpers.invoke("eval", loose, "--attacks", "pgd", "--dataset", "digits", "--eps", "0.05", "--n", "4",

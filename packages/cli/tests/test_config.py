@@ -1,46 +1,56 @@
-"""RunConfig: layering (defaults < preset < TOML < flags), TOML round trip, and one-line errors."""
+"""The experiment spec: layering (defaults < preset < TOML < flags), TOML round trip, and one-line errors.
+
+Ported from the RunConfig API that issue 11 replaced (a dict-holding config resolved again in cells(),
+prepare_dir, run_config_of and _grid_order) to ExperimentSpec / CellSpec; every assertion on behaviour
+and on the messages is kept.
+"""
 import pytest
-from advssm.cli.config import RunConfig, parse_assignment, resolve
 from advssm.cli.errors import ConfigError
+from advssm.cli.spec import parse_assignment
+from advssm.cli.spec import resolve_experiment as resolve
 
 
-def _roundtrip(config: RunConfig) -> RunConfig:
+def _roundtrip(config):
     import tomllib
 
     return resolve(tomllib.loads(config.to_toml()))
 
 
+def _names(config):
+    return [cell.name for cell in config.cells()]
+
+
 def test_defaults_are_the_digits_demo():
     config = resolve({})
-    assert config.data.dataset == "digits" and config.grid == {"method": ["standard", "pgd-at"]}
-    assert config.model["layer"] == "s4d" and config.train["eps"] == 0.1
-    assert [name for name, _ in config.cells()] == ["standard", "pgd-at"]
-    assert [cell.train["method"] for _, cell in config.cells()] == ["standard", "pgd-at"]
+    assert config.data.dataset == "digits" and config.grid.axes() == {"method": ["standard", "pgd-at"]}
+    assert config.model.layer == "s4d" and config.train.eps == 0.1
+    assert _names(config) == ["standard", "pgd-at"]
+    assert [cell.train.method for cell in config.cells()] == ["standard", "pgd-at"]
 
 
 def test_toml_roundtrip_keeps_none_and_everything_else():
     config = resolve({"data": {"train_size": 100}}, overrides={"train.eval_n": None, "model.transform_layers": [0]})
     again = _roundtrip(config)
-    assert again.to_dict() == config.to_dict()
-    assert again.data.test_size is None and again.data.train_size == 100 and again.model["transform_layers"] == [0]
+    assert again.to_dict() == config.to_dict() and again == config
+    assert again.data.test_size is None and again.data.train_size == 100 and again.model.transform_layers == [0]
 
 
 def test_preset_then_file_then_flags():
     config = resolve({"preset": "paper-mnist", "train": {"epochs": 7, "eps": 0.2}}, overrides={"train.eps": 0.25})
-    assert config.data.dataset == "mnist" and config.model_values()["d_state"] == 32 and config.model["n_layers"] == 2
-    assert config.train["epochs"] == 7 and config.train["eps"] == 0.25 and config.train["alpha"] == 0.04
+    assert config.data.dataset == "mnist" and config.cells()[0].model.d_state == 32 and config.model.n_layers == 2
+    assert config.train.epochs == 7 and config.train.eps == 0.25 and config.train.alpha == 0.04
     cifar = resolve({}, overrides={"preset": "paper-cifar10", "model.layer": "s6"})
-    assert cifar.train["eps"] == pytest.approx(8 / 255) and cifar.model["n_layers"] == 4
+    assert cifar.train.eps == pytest.approx(8 / 255) and cifar.model.n_layers == 4
     tiny = resolve({"preset": "paper-tinyimagenet"})
-    assert tiny.data.tiny_classes == 50 and tiny.train["epochs"] == 180
+    assert tiny.data.tiny_classes == 50 and tiny.train.epochs == 180
 
 
 def test_grid_cells_cover_every_combination():
     config = resolve({"grid": {"layer": ["s4d", "s6"], "method": ["standard"], "ads": ["none", "relu"]}})
-    names = [name for name, _ in config.cells()]
+    names = _names(config)
     assert names == ["s4d-standard-none", "s4d-standard-relu", "s6-standard-none", "s6-standard-relu"]
-    cell = dict(config.cells())["s6-standard-relu"]
-    assert cell.model["layer"] == "s6" and cell.ads == "relu" and cell.grid == {}
+    cell = {cell.name: cell for cell in config.cells()}["s6-standard-relu"]
+    assert cell.model.layer == "s6" and cell.ads == "relu" and not hasattr(cell, "grid")
 
 
 @pytest.mark.parametrize("values,overrides,message", [
@@ -112,9 +122,9 @@ def test_dry_run_prints_resolved_toml(helpers):
 def test_flag_for_a_grid_axis_replaces_that_axis():
     values = {"grid": {"layer": ["s4d", "s6"], "method": ["standard", "pgd-at"]}}
     config = resolve(values, overrides={"model.layer": "s5", "data.dataset": "digits"})
-    assert config.grid == {"layer": ["s5"], "method": ["standard", "pgd-at"]}
-    assert [cell.model["layer"] for _, cell in config.cells()] == ["s5", "s5"]
-    assert resolve(values, overrides={"train.method": "trades"}).grid["method"] == ["trades"]
+    assert config.grid.axes() == {"layer": ["s5"], "method": ["standard", "pgd-at"]}
+    assert [cell.model.layer for cell in config.cells()] == ["s5", "s5"]
+    assert resolve(values, overrides={"train.method": "trades"}).grid.method == ["trades"]
 
 
 def test_method_flag_takes_a_list(helpers):
@@ -146,11 +156,11 @@ def test_existing_folder_with_an_equivalent_config_is_accepted(tmp_path):
 def test_paper_presets_pick_d_state_per_layer(preset, layer, given, expected):
     overrides = {"preset": preset, "grid.layer": [layer, "dss"]} | ({"model.d_state": given} if given else {})
     config = resolve({}, overrides=overrides)
-    assert config.model["d_state"] == (given or "paper")  # shown as "paper" by --dry-run
-    cells = {cell.model["layer"]: cell for _, cell in config.cells()}
+    assert config.model.d_state == (given or "paper")  # shown as "paper" by --dry-run
+    cells = {cell.model.layer: cell for cell in config.cells()}
     other = given or (32 if preset == "paper-mnist" else 64)
-    assert cells[layer].model_config(3, 10).d_state == expected
-    assert cells["dss"].model_config(3, 10).d_state == other
+    assert cells[layer].model_settings(3, 10).d_state == expected
+    assert cells["dss"].model_settings(3, 10).d_state == other
 
 
 def test_paper_d_state_needs_a_paper_preset():

@@ -8,7 +8,7 @@ are ST 95.6 % clean / 10.2 % PGD-10 and PGD-AT 85.3 % clean / 59.6 % PGD-10 / 52
 import json
 
 from advssm.cli import runs
-from advssm.cli.config import DEMO
+from advssm.cli.spec import DEMO
 
 
 def test_default_run_learns_and_pgd_at_is_robust(tmp_path, helpers):

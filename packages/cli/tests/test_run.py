@@ -1,7 +1,7 @@
 """`advssm run` end to end on tiny settings: the run folder, interruption + resume, and determinism."""
 import json
 
-import advssm.cli.experiment as experiment
+import advssm.cli.cell_runner as cell_runner
 import pytest
 import tomllib
 from advssm.cli import runs
@@ -15,12 +15,17 @@ def test_run_writes_the_run_folder(tiny_run):
     report = (tiny_run / "report.md").read_text()
     # TINY runs 2 PGD steps: the column says so instead of the paper's PGD-10
     assert "| standard |" in report and "| pgd-at |" in report and "Best PGD-2" in report and "Diff AA" in report
-    assert "Protocol: clean and PGD-2 (eps 0.1) on the first 32 test examples; AA: a reduced AutoAttack " \
-        "(APGD-CE, APGD-DLR, 2 steps) on the first 8." in report
+    # one row, one set of examples (issue 11: the row's clean and PGD came from 32 examples, its AA from 8), and the
+    # demo's reduced AutoAttack includes the black-box Square at a labelled query budget (issue 15)
+    assert "Protocol: clean and PGD-2 (eps 0.1), and AA, on the same first 8 test examples; AA: a reduced " \
+        "AutoAttack (APGD-CE 2 steps, APGD-DLR 2 steps, SQUARE 100 queries)." in report
+    assert "Best (standard): the epoch with the highest clean accuracy on the test set" in report
+    assert "Best (pgd-at): the epoch with the highest PGD-2 accuracy on the test set" in report
     assert (tiny_run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     for cell in ("standard", "pgd-at"):
         cell_dir = tiny_run / cell
-        for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "summary.json", "train_eval.jsonl"):
+        for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "summary.json", "train_eval.jsonl",
+                     "cell.json", "final_eval.json", "final_eval_best.jsonl", "environment.json"):
             assert (cell_dir / name).is_file(), name
         assert (cell_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
         metrics = runs.read_metrics(cell_dir)
@@ -28,9 +33,12 @@ def test_run_writes_the_run_folder(tiny_run):
         summary = runs.read_summary(cell_dir)
         for stage in ("best", "last"):
             assert 0 <= summary[stage]["clean_acc"] <= 1 and 0 <= summary[stage]["pgd_acc"] <= 1
-            assert 0 <= summary[stage]["aa_acc"] <= summary[stage]["clean_acc"] * 32 / 8  # AA on the first 8
-        assert summary["final_eval"] == {"aa": "custom", "attacks": ["apgd-ce", "apgd-dlr"], "steps": 2, "n": 8,
-                                         "eps": 0.1, "pgd_steps": 2, "test_n": 32}
+            assert 0 <= summary[stage]["aa_acc"] <= summary[stage]["clean_acc"]  # on the same 8 examples
+        parts = [{"name": "apgd-ce", "steps": 2, "restarts": 1}, {"name": "apgd-dlr", "steps": 2, "restarts": 1},
+                 {"name": "square", "queries": 100, "restarts": 1}]
+        assert summary["final_eval"] == {"aa": "custom", "attacks": ["apgd-ce", "apgd-dlr", "square"], "steps": 2,
+                                         "n": 8, "components": parts, "eps": 0.1, "pgd_steps": 2, "test_n": 32}
+        assert summary["selection"]["by"] == ("clean" if cell == "standard" else "pgd")
         train_set = [json.loads(line) for line in (cell_dir / "train_eval.jsonl").read_text().splitlines()]
         assert [row["epoch"] for row in train_set] == [1, 2] and all(row["n"] == 64 for row in train_set)
         assert all(0 <= row["pgd_acc"] <= row["clean_acc"] <= 1 for row in train_set)
@@ -56,7 +64,7 @@ class _InterruptAfterFirstEpoch(TqdmProgress):
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch, helpers, tiny_run):
     out = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
-        patch.setattr(experiment, "TqdmProgress", _InterruptAfterFirstEpoch)
+        patch.setattr(cell_runner, "TqdmProgress", _InterruptAfterFirstEpoch)
         result = helpers.invoke("run", *helpers.TINY, "--out", out)
     assert result.exit_code == 130, result.output
     assert f"advssm run --resume {out}" in result.output
@@ -85,7 +93,7 @@ class _InterruptLastTrainSetEval(TrainSetEval):
 def test_interrupt_in_train_set_eval_is_filled_on_resume(tmp_path, monkeypatch, helpers, tiny_run):
     out = tmp_path / "cut"
     with monkeypatch.context() as patch:
-        patch.setattr(experiment, "TrainSetEval", _InterruptLastTrainSetEval)
+        patch.setattr(cell_runner, "TrainSetEval", _InterruptLastTrainSetEval)
         result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--out", out)
     assert result.exit_code == 130, result.output
     assert len(runs.read_metrics(out / "standard")) == 2 and not runs.is_finished(out / "standard")

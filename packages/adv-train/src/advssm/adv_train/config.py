@@ -46,6 +46,11 @@ class TrainConfig:
         aa_every, aa_n: AutoAttack every k epochs (0 = never; also at the last epoch) on the first aa_n examples.
         aa_version, aa_attacks: ``"standard"`` (the four-attack ensemble), or ``"custom"`` with ``aa_attacks``
             a list of attack names (e.g. ``["apgd-ce", "apgd-t"]``) for a cheaper run.
+        select_on: where Best is chosen: ``"test"`` (the paper's choice; it flatters Best, as the test set
+            then also picks the epoch) or ``"val"``, the last ``val_n`` training examples held out from training.
+        select_by: by what: ``"pgd"`` or ``"clean"`` accuracy; ``"auto"`` = clean for standard training, PGD
+            for the adversarial methods.
+        val_n: size of the held-out slice when ``select_on = "val"``.
         seed: the one seed that fixes the run.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         num_workers: DataLoader worker processes.
@@ -75,6 +80,9 @@ class TrainConfig:
     aa_n: int = 2000
     aa_version: str = "standard"
     aa_attacks: list[str] | None = None
+    select_on: str = "test"
+    select_by: str = "auto"
+    val_n: int = 1000
     seed: int = 5
     device: str = "cpu"
     num_workers: int = 0
@@ -116,6 +124,12 @@ class TrainConfig:
             fail("eps_warmup_epochs", f"in 0..epochs={self.epochs} (0 = off; the ramp reaches the full eps at epoch k)")
         if self.method in ("pgd-at", "trades", "mart") and self.attack_steps < 1:
             fail("attack_steps", f">= 1 for method {self.method!r}")
+        if self.select_on not in ("test", "val"):
+            fail("select_on", "'test' or 'val'")
+        if self.select_by not in ("auto", "pgd", "clean"):
+            fail("select_by", "'auto', 'pgd' or 'clean'")
+        if isinstance(self.val_n, bool) or not isinstance(self.val_n, int) or self.val_n < 1:
+            fail("val_n", "an int >= 1")
         if self.scheduler not in ("cosine", "none"):
             fail("scheduler", "'cosine' or 'none'")
         if self.eval_n is not None and (isinstance(self.eval_n, bool) or not isinstance(self.eval_n, int)

@@ -3,10 +3,17 @@
 Every random choice comes from the run's seed: the data order of epoch e from a generator seeded by
 (seed, e), augmentation likewise, the methods' noise from a persistent generator saved with the training
 state, dropout and attacks from torch's global RNG (also saved). So a run resumed after any epoch ends
-exactly where the uninterrupted run ends (on the CPU).
+exactly where the uninterrupted run ends, on the same torch version, device and number of CPU threads
+(floating-point reductions are split by thread count: 1 and 2 threads give different losses from the first
+epoch). ``environment.json`` records them for each start, and a resume that differs warns, naming both.
+
+Evaluation goes through ``evaluate()`` (one rule for "robust": clean-correct and correct under the
+attack), with the attacks re-seeded per batch from ``eval_seed(seed, epoch)``, so re-evaluating a saved
+checkpoint with that seed on the same examples gives the epoch's numbers again.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -14,23 +21,55 @@ import os
 import secrets
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed as D
 from .config import TrainConfig
 from .methods import NonFiniteLossError, StepContext, get_method
 
-__all__ = ["Trainer", "NonFiniteLossError", "save_state_dict", "robust_overfitting_summary"]
+__all__ = ["Trainer", "NonFiniteLossError", "save_state_dict", "robust_overfitting_summary", "eval_seed",
+           "ResumeWarning", "remove_stale_temps"]
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+ENVIRONMENT_FILE = "environment.json"
+SELECT_KEYS = {"pgd": "pgd_acc", "clean": "clean_acc"}
+# resuming with these changed continues from the last good epoch under the new value (after a NaN stop)
+RESUMABLE_CHANGES = ("lr", "batch_size")
+NEAR_CHANCE = 1.5  # a selected epoch's clean accuracy below this many times chance is flagged
+
+
+class ResumeWarning(UserWarning):
+    """A resume that will not be bitwise equal to an uninterrupted run (other threads, torch, device, lr)."""
+
+
+def eval_seed(seed: int, epoch: int) -> int:
+    """The seed of the evaluation after ``epoch`` of a run seeded ``seed`` (the same on every rank)."""
+    return (seed * 1_000_003 + 3 * 10_007 + epoch) * 101
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temporary files a killed writer of ``path`` left (``.<name>.<pid>.<hex>.tmp`` of a dead pid)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2:].split(".")[0])
+            os.kill(pid, 0)  # raises if no such process: the writer is gone
+            alive = pid != os.getpid()  # our own pid: a write of ours that was cut (we write one at a time)
+        except (ValueError, ProcessLookupError):
+            alive = False
+        except PermissionError:  # someone else's live process
+            alive = True
+        if not alive:
+            tmp.unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -39,15 +78,19 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     ``write`` creates the temporary file itself, so it gets the permissions any new file gets (mkstemp's
     would be owner-only); its data is flushed to disk before the rename makes it visible.
     """
+    remove_stale_temps(path)
     tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(exc.errno, f"no space left on the device holding {path}: free some space, then resume "
+                                     "(the files of the last finished epoch are intact)") from exc
         raise
 
 
@@ -67,16 +110,37 @@ def save_state_dict(path: str | os.PathLike, model: nn.Module, metadata: dict | 
 save_state_dict.suffix = ".pt"
 
 
-def robust_overfitting_summary(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Best (highest test PGD accuracy, earliest on ties), last, and Diff = best - last, as in the paper."""
+def diff(best: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """Diff = Best - Last for each test accuracy (None where either is missing): the paper's robust overfitting."""
+    keys = ("clean_acc", "pgd_acc", "aa_acc")
+    return {k: None if best.get(k) is None or last.get(k) is None else best[k] - last[k] for k in keys}
+
+
+def robust_overfitting_summary(history: Sequence[dict[str, Any]], select_by: str = "pgd", select_on: str = "test",
+                               chance: float | None = None) -> dict[str, Any]:
+    """Best, Last and Diff = Best - Last, as in the paper's tables.
+
+    Best is the epoch with the highest ``select_by`` accuracy ("pgd" or "clean") on ``select_on`` ("test",
+    the paper's choice, or "val", the held-out slice of the training set; then Best also lists the val
+    accuracies beside the test ones), earliest on ties. With ``chance`` (1 / classes), a Best whose clean
+    test accuracy is below 1.5x chance is flagged under ``warnings``.
+    """
     if not history:
         raise ValueError("robust_overfitting_summary needs at least one epoch of metrics")
-    keys = ("clean_acc", "pgd_acc", "aa_acc")
-    best = max(history, key=lambda m: (m["pgd_acc"], -m["epoch"]))
+    if select_by not in SELECT_KEYS or select_on not in ("test", "val"):
+        raise ValueError(f"select_by must be one of {', '.join(SELECT_KEYS)} and select_on 'test' or 'val', "
+                         f"got {select_by!r}, {select_on!r}")
+    metric = ("val_" if select_on == "val" else "") + SELECT_KEYS[select_by]
+    best = max(history, key=lambda m: (m[metric], -m["epoch"]))
+    keys = ("clean_acc", "pgd_acc", "aa_acc") + (("val_clean_acc", "val_pgd_acc") if select_on == "val" else ())
     pick = lambda m: {"epoch": m["epoch"], **{k: m.get(k) for k in keys}}  # noqa: E731
-    diff = {k: None if best.get(k) is None or history[-1].get(k) is None else best[k] - history[-1][k]
-            for k in keys}
-    return {"best": pick(best), "last": pick(history[-1]), "diff": diff}
+    summary = {"best": pick(best), "last": pick(history[-1]), "diff": diff(best, history[-1]),
+               "selection": {"on": select_on, "by": select_by, "metric": metric, "epoch": best["epoch"]}}
+    if chance is not None and best["clean_acc"] < NEAR_CHANCE * chance:
+        summary["warnings"] = [f"the selected epoch {best['epoch']} (highest {metric}) has clean accuracy "
+                               f"{100 * best['clean_acc']:.1f}%, near chance ({100 * chance:.1f}%): the model had "
+                               "not learnt yet; select_by = \"clean\" or more epochs"]
+    return summary
 
 
 def _resolve_device(name: str, info: D.DistInfo) -> torch.device:
@@ -131,8 +195,15 @@ class Trainer:
             ``on_eval(trainer, epoch, stage, done, total)``, ``on_epoch_end(trainer, epoch, metrics)``.
             With none, one line per epoch goes to stderr.
 
+    With ``config.select_on = "val"`` the last ``config.val_n`` training examples are held out: the model
+    never trains on them, and Best is the epoch that does best on them (the test numbers of that epoch are
+    reported beside). ``config.select_by`` ("pgd", "clean"; "auto" = clean for standard training, PGD for
+    the adversarial methods) says by which accuracy.
+
     Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes its share of every global batch, gradients
-    are averaged weighted by shard size, counts are summed across ranks and rank 0 alone writes files.
+    are averaged weighted by shard size, evaluations are sharded by ``evaluate()``, and rank 0 alone writes
+    files. Callbacks run on rank 0 only, except those with ``all_ranks = True`` (a callback that evaluates
+    must run on every rank, as the evaluation is collective).
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, test_set: Dataset, config: TrainConfig,
@@ -148,6 +219,15 @@ class Trainer:
             if not hasattr(data, "__getitem__") or not hasattr(data, "__len__") or len(data) == 0:
                 raise ValueError(f"Trainer.{name} must be a non-empty map-style Dataset (with __len__ and __getitem__)")
         config.validate()
+        self.val_set = None
+        if config.select_on == "val":
+            if config.val_n >= len(train_set):
+                raise ValueError(f"TrainConfig.val_n={config.val_n} holds out the whole training set "
+                                 f"({len(train_set)} examples); lower it")
+            cut = len(train_set) - config.val_n
+            train_set, self.val_set = Subset(train_set, range(cut)), Subset(train_set, range(cut, len(train_set)))
+        self.select_by = config.select_by if config.select_by != "auto" else (
+            "clean" if config.method == "standard" else "pgd")
         self.config, self.train_set, self.test_set, self.augment = config, train_set, test_set, augment
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.save_model = save_model or save_state_dict
@@ -164,6 +244,8 @@ class Trainer:
                            for k, opt in self.optimizers.items() if config.scheduler == "cosine"}
         self.generator = torch.Generator().manual_seed(self._seed(1))
         self.history: list[dict[str, Any]] = []
+        self.changes: list[dict[str, Any]] = []  # settings changed on a resume, with the epoch they took effect
+        self.n_classes: int | None = None  # the logits' width, seen at the first evaluation
         self.epoch = 0  # epochs completed
         if self.out_dir is not None and self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,32 +255,37 @@ class Trainer:
         return (self.config.seed * 1_000_003 + stream * 10_007 + epoch) * 101 + self.dist.rank
 
     def _emit(self, hook: str, *args: Any) -> None:
-        if self.dist.is_main:
-            for cb in self.callbacks:
-                fn = getattr(cb, hook, None)
-                if fn is not None:
-                    fn(self, *args)
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None and (self.dist.is_main or getattr(cb, "all_ranks", False)):
+                fn(self, *args)
 
     def _path(self, name: str) -> Path:
         return self.out_dir / name
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, allow_changes: Iterable[str] = ()) -> dict[str, Any]:
         """Train for ``config.epochs`` epochs (continuing from ``train_state.pt`` when ``resume``).
 
+        Args:
+            resume: continue the run saved in ``out_dir``; its TrainConfig must equal this one, except for
+                the fields in ``allow_changes`` (among ``lr``, ``batch_size``), which take effect from the next
+                epoch and are recorded (the run is then no longer bitwise equal to an uninterrupted one).
+
         Returns:
-            the robust-overfitting summary ``{"best", "last", "diff"}`` (also written to summary.json).
+            the robust-overfitting summary ``{"best", "last", "diff", "selection"}`` (also in summary.json).
 
         Raises:
             NonFiniteLossError: a loss became NaN/inf; the files of the last good epoch stay as they were.
         """
         cfg = self.config
         if resume:
-            self._load_state()
+            self._load_state(set(allow_changes))
         else:
             torch.manual_seed(self._seed(0))
             D.broadcast_module(self.model, self.dist)
+        self._record_environment(resume)
         if self.out_dir is not None and self.dist.is_main:
             lines = "".join(json.dumps(m) + "\n" for m in self.history)
             _atomic_write(self._path(METRICS_FILE), lambda tmp: Path(tmp).write_text(lines))
@@ -217,11 +304,48 @@ class Trainer:
             self.history.append(metrics)
             self._save_epoch(metrics)
             self._emit("on_epoch_end", epoch, metrics)
-        summary = robust_overfitting_summary(self.history)
+        summary = self.summary()
         if self.out_dir is not None and self.dist.is_main:
             text = json.dumps(summary, indent=2)
             _atomic_write(self._path(SUMMARY_FILE), lambda tmp: Path(tmp).write_text(text))
         return summary
+
+    def summary(self) -> dict[str, Any]:
+        """Best / Last / Diff of the epochs so far, with how Best was selected and any settings changed."""
+        chance = 1 / self.n_classes if self.n_classes else None
+        summary = robust_overfitting_summary(self.history, self.select_by, self.config.select_on, chance)
+        if self.changes:
+            summary["changes"] = list(self.changes)
+        return summary
+
+    def environment(self) -> dict[str, Any]:
+        """What bitwise reproducibility depends on: CPU threads, torch version, device, processes."""
+        return {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(self.device),
+                "world_size": self.dist.world_size}
+
+    def _record_environment(self, resume: bool) -> None:
+        """Append this start to environment.json; a resume in another environment warns, naming both values."""
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        path = self._path(ENVIRONMENT_FILE)
+        record = {"starts": [], "changes": []}
+        if resume and path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                pass  # rewritten below; the training state itself is intact
+        now = self.environment()
+        if record["starts"]:
+            before = record["starts"][-1]
+            differ = [f"{k} {before.get(k)} -> {now[k]}" for k in now if k in before and before[k] != now[k]]
+            if differ:
+                warnings.warn(f"resuming {self.out_dir} in another environment ({', '.join(differ)}): the run "
+                              "continues, but is not bitwise equal to an uninterrupted run", ResumeWarning,
+                              stacklevel=3)
+        record["starts"].append({**now, "from_epoch": self.epoch, "time": datetime.now(timezone.utc).isoformat()})
+        record["changes"] = list(self.changes)
+        text = json.dumps(record, indent=2)
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     def _batches(self, epoch: int) -> tuple[list[list[int]], list[int]]:
         """This rank's share of each global batch of epoch ``epoch`` (order fixed by (seed, epoch)), and
@@ -266,7 +390,7 @@ class Trainer:
     def _attacks(self, epoch: int, run_aa: bool) -> dict[str, Any]:
         from .attacks import PGD  # imported on use: the loop itself needs no attack
 
-        cfg, seed = self.config, self._seed(3, epoch)
+        cfg, seed = self.config, eval_seed(self.config.seed, epoch)
         attacks = {"pgd": PGD(self.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.eval_pgd_steps,
                               random_start=True, seed=seed)}
         if run_aa:
@@ -277,32 +401,46 @@ class Trainer:
         return attacks
 
     def _evaluate(self, epoch: int, run_aa: bool) -> dict[str, Any]:
-        """Clean and PGD accuracy on the (first eval_n) test examples, AutoAttack on the first aa_n."""
+        """Clean and PGD accuracy on the (first eval_n) test examples and on the held-out val slice,
+        AutoAttack on the first aa_n test examples; all through ``evaluate()`` seeded by ``eval_seed``."""
         cfg = self.config
-        n_eval = len(self.test_set) if cfg.eval_n is None else min(cfg.eval_n, len(self.test_set))
+        if self.n_classes is None:
+            self.n_classes = self._logit_width()
         attacks = self._attacks(epoch, run_aa)
-        self.model.eval()
-        acc = self._accuracies(epoch, "pgd", n_eval, {"clean": None, "pgd": attacks["pgd"]})
+        acc = self._accuracies(epoch, "pgd", self.test_set, cfg.eval_n, {"pgd": attacks["pgd"]})
+        out = {"clean_acc": acc.clean_acc, "pgd_acc": acc.robust_acc["pgd"], "aa_acc": None}
+        if self.val_set is not None:
+            val = self._accuracies(epoch, "val", self.val_set, None, {"pgd": attacks["pgd"]})
+            out |= {"val_clean_acc": val.clean_acc, "val_pgd_acc": val.robust_acc["pgd"]}
         if run_aa:
-            acc |= self._accuracies(epoch, "aa", min(cfg.aa_n, len(self.test_set)), {"aa": attacks["aa"]})
+            aa = self._accuracies(epoch, "aa", self.test_set, cfg.aa_n, {"aa": attacks["aa"]})
+            out["aa_acc"] = aa.robust_acc["aa"]
         self.model.train()
-        return {"clean_acc": acc["clean"], "pgd_acc": acc["pgd"], "aa_acc": acc.get("aa")}
+        return out
 
-    def _accuracies(self, epoch: int, stage: str, n: int, attacks: dict[str, Any]) -> dict[str, float]:
-        """Accuracy under each attack (None = clean) on the first ``n`` test examples, sharded over ranks."""
-        indices = D.shard(torch.arange(n), self.dist).tolist()
-        loader = DataLoader(self.test_set, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
-                            sampler=indices)
-        counts, done = dict.fromkeys(attacks, 0.0), 0
-        for x, y in loader:
-            x, y = x.to(self.device, torch.float32), y.to(self.device, torch.long)
-            for name, attack in attacks.items():
-                x_in = x if attack is None else attack(x, y)
-                with torch.no_grad():
-                    counts[name] += float((self.model(x_in).argmax(dim=1) == y).sum())
-            done += len(y)
-            self._emit("on_eval", epoch, stage, done, len(indices))
-        return {k: v / n for k, v in D.all_reduce_sums(counts, self.dist, self.device).items()}
+    def _accuracies(self, epoch: int, stage: str, data: Dataset, n: int | None, attacks: dict[str, Any]):
+        """``evaluate()`` of the first ``n`` examples of ``data`` (sharded over ranks by evaluate itself)."""
+        from .evaluation import evaluate
+
+        def progress(info: dict) -> None:
+            if info["stage"] != "clean" or stage != "pgd":  # one bar per stage: the attack's, with pgd's clean
+                self._emit("on_eval", epoch, stage if stage != "pgd" else info["stage"], info["done"], info["total"])
+
+        n = min(n, len(data)) if n is not None else None
+        return evaluate(self.model, data, attacks, n_examples=n, batch_size=self.config.batch_size, device=self.device,
+                        progress=progress, check_masking=False, seed=eval_seed(self.config.seed, epoch))
+
+    def _logit_width(self) -> int | None:
+        """The number of classes the model predicts (for the near-chance check), from one test example."""
+        x = self.test_set[0][0]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model(torch.as_tensor(x)[None].to(self.device, torch.float32))
+        finally:
+            self.model.train(was_training)
+        return int(out.shape[-1]) if out.dim() == 2 else None
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
@@ -319,32 +457,51 @@ class Trainer:
             return
         meta = {"epoch": metrics["epoch"], "metrics": metrics, "train_config": self.config.to_dict()}
         self.save_model(self._path("last" + self.suffix), self.model, meta)
-        if robust_overfitting_summary(self.history)["best"]["epoch"] == metrics["epoch"]:
+        if self.summary()["best"]["epoch"] == metrics["epoch"]:
             self.save_model(self._path("best" + self.suffix), self.model, meta)
         state = {"epoch": self.epoch, "history": self.history, "config": self.config.to_dict(),
+                 "changes": self.changes, "n_classes": self.n_classes,
                  "world_size": self.dist.world_size, "ranks": ranks,
                  "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                  "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
                  "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
         _atomic_write(self._path(STATE_FILE), lambda tmp: torch.save(state, tmp))
-        with open(self._path(METRICS_FILE), "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-            f.flush()
+        try:
+            with open(self._path(METRICS_FILE), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+                f.flush()
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OSError(exc.errno, f"no space left on the device holding {self.out_dir}: free some space, "
+                                         "then resume (the training state of this epoch is saved)") from exc
+            raise
 
-    def _load_state(self) -> None:
+    def _load_state(self, allow_changes: set[str] = frozenset()) -> None:
         if self.out_dir is None:
             raise ValueError("fit(resume=True) needs the out_dir of the run to resume")
         path = self._path(STATE_FILE)
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: {path} does not exist; run fit() without resume first")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state["epoch"], state["config"], state["model"]  # noqa: B018 (a foreign file lacks them)
+        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... by damage
+            raise RuntimeError(f"cannot resume: the training state {path} is corrupt or truncated "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); its checkpoints and "
+                               f"metrics are intact, but training cannot continue from it: delete {path} to "
+                               "train this cell again from the start") from exc
         if state["world_size"] != self.dist.world_size:
             raise ValueError(f"cannot resume: {path} was written by {state['world_size']} processes, this run "
                              f"has {self.dist.world_size}; resume with the same number of processes")
+        defaults = TrainConfig().to_dict()  # a key added since the state was written holds its default there
+        saved = {**defaults, **state["config"]}
         changed = sorted(k for k, v in self.config.to_dict().items()
-                         if state["config"].get(k) != v and k not in ("device", "num_workers"))
-        if changed:
-            raise ValueError(f"cannot resume: TrainConfig differs from the saved run in {', '.join(changed)}")
+                         if saved.get(k) != v and k not in ("device", "num_workers"))
+        refused = [k for k in changed if k not in allow_changes or k not in RESUMABLE_CHANGES]
+        if refused:
+            raise ValueError(f"cannot resume: TrainConfig differs from the saved run in {', '.join(refused)}"
+                             + (f" (only {', '.join(RESUMABLE_CHANGES)} may change on a resume)"
+                                if set(refused) - set(RESUMABLE_CHANGES) else ""))
         self.model.load_state_dict(state["model"])
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
@@ -357,3 +514,24 @@ class Trainer:
         self.generator.set_state(mine["generator"])
         self.method.load_state_dict(mine["method"])
         self.epoch, self.history = state["epoch"], list(state["history"])
+        self.changes, self.n_classes = list(state.get("changes", [])), state.get("n_classes")
+        if changed:
+            self._apply_changes(saved, changed)
+
+    def _apply_changes(self, saved: dict[str, Any], changed: list[str]) -> None:
+        """Continue at the new ``lr`` (every group and its schedule scaled by new / old) or batch size."""
+        if "lr" in changed:
+            scale = self.config.lr / saved["lr"]
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] *= scale
+                    if "initial_lr" in group:
+                        group["initial_lr"] *= scale
+            for sched in self.schedulers.values():
+                sched.base_lrs = [lr * scale for lr in sched.base_lrs]
+        change = {"from_epoch": self.epoch + 1, **{k: {"was": saved[k], "now": getattr(self.config, k)}
+                                                   for k in changed}}
+        self.changes.append(change)
+        warnings.warn(f"resuming with {', '.join(f'{k} {saved[k]} -> {getattr(self.config, k)}' for k in changed)} "
+                      f"from epoch {self.epoch + 1}: recorded in the run folder; the run is no longer bitwise equal "
+                      "to one without the change", ResumeWarning, stacklevel=4)

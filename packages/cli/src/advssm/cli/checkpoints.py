@@ -1,53 +1,84 @@
-"""What ``eval`` and ``analyze`` need around a checkpoint: the model, and the settings of the run that made it."""
+"""What ``eval`` and ``analyze`` need around a checkpoint: the model, and the cell spec of the run that made it.
+
+A checkpoint written by ``advssm run`` carries its whole cell spec in its metadata, so it keeps its
+protocol (data set, eps, PGD steps, examples) wherever it is copied. Checkpoints of earlier versions
+fall back to the cell folder's cell.json, or the run folder's config.toml.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import runs
-from .config import RunConfig, load_toml, resolve
+from . import cell_folder, runs
 from .data import load_dataset
 from .errors import ConfigError
 
 
-def run_config_of(checkpoint: str | Path) -> RunConfig | None:
-    """The config.toml of the run a checkpoint belongs to (its cell's parent folder), if any."""
+def cell_of(checkpoint: str | Path):
+    """The CellSpec a checkpoint was trained under, or None when nothing records it."""
+    from advssm.ssm_layers import read_metadata
+
+    from .spec import CellSpec, load_toml, resolve_experiment
+
+    stored = read_metadata(checkpoint)["user"].get("cell")
+    if stored is not None:
+        return CellSpec.model_validate(stored)
     cell_dir = Path(checkpoint).resolve().parent
+    if (cell_dir / cell_folder.CELL_FILE).is_file():
+        return cell_folder.read_cell(cell_dir)
     for folder in (cell_dir, cell_dir.parent):
         path = folder / runs.CONFIG_FILE
         if path.is_file():
-            config = resolve(load_toml(path))
-            cells = dict(config.cells())
-            return cells.get(cell_dir.name, config)
+            cells = {cell.name: cell for cell in resolve_experiment(load_toml(path)).cells()}
+            return cells.get(cell_dir.name) or (next(iter(cells.values())) if len(cells) == 1 else None)
     return None
 
 
-def load_for_eval(checkpoint: str | Path, dataset: str | None, data_dir: str | None, n: int | None,
-                  eps: float | None, device: str = "cpu"):
-    """(model, x_test, y_test, eps, run): the model from ``checkpoint``, the test examples of its data set and
-    the eps of its run, each overridable (required where no run config is found next to the checkpoint).
+def final_examples(cell, test_len: int) -> int:
+    """How many test examples the cell's table row was measured on (its final evaluation's)."""
+    test_n = test_len if cell.train.eval_n is None else min(cell.train.eval_n, test_len)
+    if cell.data.test_size is not None:
+        test_n = min(test_n, cell.data.test_size)
+    return min(cell.eval.aa_n, test_n) if cell.eval.aa else test_n
 
-    Without ``n`` the examples are those the run evaluated (its ``test_size`` / ``eval_n``), so the numbers
-    compare with the run's; ``run`` is that run's single-cell RunConfig (or None)."""
+
+def default_device(cell) -> str:
+    """The device the cell trained on, where it exists here; else the CPU."""
+    import torch
+
+    wanted = cell.train.device if cell is not None else "cpu"
+    if wanted == "auto" or wanted.startswith("cuda"):
+        return wanted.replace("auto", "cuda") if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def load_for_eval(checkpoint: str | Path, dataset: str | None, data_dir: str | None, n: int | None,
+                  eps: float | None, device: str | None = None):
+    """(model, x_test, y_test, eps, cell, device): the model from ``checkpoint`` on ``device`` (default: the
+    run's), the test examples of its data set and the eps of its run, each overridable (required where
+    nothing records the run).
+
+    Without ``n`` the examples are those of the run's table row, so the numbers compare with the run's."""
     import torch
     from advssm.ssm_layers import load_checkpoint
 
+    cell = cell_of(checkpoint)
+    if dataset is None and cell is None:
+        raise ConfigError(f"{checkpoint} records no run (no cell spec in it, no run config.toml next to it); "
+                          "pass --dataset (and --eps)")
+    device = device or default_device(cell)
     model, _ = load_checkpoint(checkpoint, map_location=device)
-    run = run_config_of(checkpoint)
-    if dataset is None and run is None:
-        raise ConfigError(f"no run config.toml next to {checkpoint}; pass --dataset (and --eps)")
-    settings = run.data if run is not None else None
+    settings = cell.data if cell is not None else None
     name = dataset or settings.dataset
     folder = data_dir or (settings.data_dir if settings else "data")
     data = load_dataset(name, folder, test_size=None, tiny_classes=settings.tiny_classes if settings else 50)
     x, y = data.test.tensors
-    if n is None and run is not None and (dataset is None or dataset == settings.dataset):
-        limits = [v for v in (settings.test_size, run.train.get("eval_n")) if v is not None]
-        n = min(limits) if limits else None
+    if n is None and cell is not None and (dataset is None or dataset == settings.dataset):
+        n = final_examples(cell, len(x))
     if n is not None:
         x, y = x[:n], y[:n]
     if eps is None:
-        if run is None:
-            raise ConfigError(f"no run config.toml next to {checkpoint}; pass --eps")
-        eps = float(run.train["eps"])
+        if cell is None:
+            raise ConfigError(f"{checkpoint} records no run; pass --eps")
+        eps = float(cell.train.eps)
     model.eval()
-    return model, x.to(torch.device(device)), y.to(torch.device(device)), eps, run
+    return model, x.to(torch.device(device)), y.to(torch.device(device)), eps, cell, device

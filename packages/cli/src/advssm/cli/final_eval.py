@@ -1,20 +1,23 @@
-"""The final AutoAttack of a cell's best and last checkpoints (the paper's table reports AA for both).
+"""The final evaluation of a cell's best and last checkpoints: the numbers of its table row.
 
-The trainer runs AA only every ``aa_every`` epochs, so the best epoch often has none. This fills
-the AA accuracies that are still null in summary.json (and replaces the trainer's where it ran another
-protocol than ``[eval]`` asks for), recomputes Diff, and records how the numbers were measured under
-``summary["final_eval"]``: a cell is complete once that key is there.
+For each checkpoint, clean, PGD (the run's eval attack) and AutoAttack run together through
+``evaluate()`` on the same first ``eval.aa_n`` test examples, with the gradient-masking checks on and
+the attacks seeded from ``eval_seed(run seed, epoch)``, on the device the cell trained on. The result goes
+to ``final_eval.json`` beside the trainer's files (never into them), the per-example records to
+``final_eval_<stage>.jsonl``; an interrupted evaluation continues from its last finished batch.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .config import EvalSettings, RunConfig
+from . import cell_folder
+
+_BUDGET_KEYS = ("steps", "queries", "restarts", "n_restarts")
 
 
-def build_autoattack(model, eps: float, settings: EvalSettings, seed: int):
-    """AutoAttack as ``settings`` describe: the standard ensemble, or a custom list at a custom budget."""
+def build_autoattack(model, eps: float, settings, seed: int):
+    """AutoAttack as ``settings`` (an ``EvalSpec``) describe: the standard ensemble, or a custom list at a custom
+    budget."""
     from advssm.adv_train.attacks import AutoAttack, build_attack
 
     if settings.aa_version == "standard":
@@ -23,27 +26,51 @@ def build_autoattack(model, eps: float, settings: EvalSettings, seed: int):
     return AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=attacks, seed=seed)
 
 
-def protocol(settings: EvalSettings, n: int) -> dict:
-    """What the AA column means, stored with the numbers."""
+def components(attack, names=None) -> list[dict]:
+    """Each AutoAttack component's name (``names``: as the config lists them) and budget (steps or queries),
+    for the label beside the number."""
+    described = attack.describe().get("components", [])
+    names = list(names) if names is not None else [c["name"] for c in described]
+    return [{"name": name, **{k: c[k] for k in _BUDGET_KEYS if c.get(k) is not None}}
+            for name, c in zip(names, described)]
+
+
+def protocol(cell, n: int, test_n: int, parts: list[dict] | None) -> dict:
+    """What the row's numbers are: the attacks and budgets, the examples, eps and PGD steps."""
+    settings, train = cell.eval, cell.train
+    common = {"eps": train.eps, "pgd_steps": train.eval_pgd_steps, "test_n": test_n}
     if not settings.aa:
-        return {"aa": None}
+        if train.aa_every > 0:  # the AA numbers are the trainer's: say so instead of "not run"
+            return {"aa": "trainer", "version": train.aa_version, "n": min(train.aa_n, test_n), **common}
+        return {"aa": None, **common}
     if settings.aa_version == "standard":
-        return {"aa": "standard", "n": n}
-    return {"aa": "custom", "attacks": list(settings.aa_attacks), "steps": settings.aa_steps, "n": n}
+        return {"aa": "standard", "n": n, "components": parts, **common}
+    return {"aa": "custom", "attacks": list(settings.aa_attacks), "steps": settings.aa_steps, "n": n,
+            "components": parts, **common}
+
+
+def _budget(part: dict) -> str:
+    if "queries" in part:
+        return f"{part['queries']} queries"
+    return f"{part['steps']} steps" if "steps" in part else "default budget"
 
 
 def describe(final_eval: dict) -> str:
-    """``protocol`` (plus the PGD settings ``finish_cell`` adds) in words, for report.md."""
+    """``protocol`` in words, for report.md."""
     parts = []
+    same = final_eval.get("aa") in ("standard", "custom")
+    n = final_eval.get("n") if same else final_eval.get("test_n")
     if final_eval.get("pgd_steps") is not None:
-        parts.append(f"clean and PGD-{final_eval['pgd_steps']} (eps {final_eval['eps']:.4g}) on the first "
-                     f"{final_eval['test_n']} test examples")
-    if final_eval.get("aa") == "standard":
-        parts.append(f"AA: standard AutoAttack on the first {final_eval['n']}")
-    elif final_eval.get("aa") == "custom":
-        attacks = ", ".join(a.upper() for a in final_eval["attacks"])
-        parts.append(f"AA: a reduced AutoAttack ({attacks}, {final_eval['steps']} steps) on the first "
-                     f"{final_eval['n']}")
+        where = "the same first" if same else "the first"
+        parts.append(f"clean and PGD-{final_eval['pgd_steps']} (eps {final_eval['eps']:.4g})"
+                     + (", and AA, " if same else " ") + f"on {where} {n} test examples")
+    if same:
+        listed = ", ".join(f"{c['name'].upper()} {_budget(c)}" for c in final_eval.get("components") or [])
+        if final_eval["aa"] == "standard":
+            parts.append(f"AA: standard AutoAttack ({listed})" if listed else "AA: standard AutoAttack")
+        else:
+            listed = listed or ", ".join(a.upper() for a in final_eval["attacks"]) + f", {final_eval['steps']} steps"
+            parts.append(f"AA: a reduced AutoAttack ({listed})")
     elif final_eval.get("aa") == "trainer":
         parts.append(f"AA: the trainer's AutoAttack ({final_eval['version']}) every train.aa_every epochs, on the "
                      f"first {final_eval['n']}")
@@ -52,43 +79,43 @@ def describe(final_eval: dict) -> str:
     return "; ".join(parts)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from advssm.ssm_layers.checkpoint import atomic_write
+def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=None, is_main: bool = True) -> dict:
+    """Run the final evaluation of ``cell_dir``'s checkpoints (continuing a cut one) and write final_eval.json.
 
-    atomic_write(path, json.dumps(data, indent=2).encode())  # an interrupt leaves the old or the new summary
-
-
-def finish_cell(config: RunConfig, cell_dir: Path, test_set, progress=None) -> dict:
-    """Run the final AA where the summary lacks it (or holds the trainer's under another protocol) and mark the
-    cell complete; returns the summary."""
+    ``summary`` is the trainer's (it names the best and last epochs). Under torchrun every rank calls this
+    (the evaluation is collective) and rank 0 alone writes. Returns the cell's table row."""
+    import torch
+    from advssm.adv_train.attacks import PGD
     from advssm.adv_train.evaluation import evaluate
+    from advssm.adv_train.trainer import eval_seed
     from advssm.ssm_layers import load_checkpoint
 
-    path = cell_dir / "summary.json"
-    summary = json.loads(path.read_text())
-    settings, train = config.eval, config.train_config()
-    n = min(settings.aa_n, len(test_set))
-    # the trainer's periodic AA (every train.aa_every epochs) may already have measured a checkpoint; its number
-    # stands only where it followed the protocol the table reports, else the final AA measures it again
-    same_protocol = settings.aa_version == train.aa_version == "standard" and min(train.aa_n, len(test_set)) == n
-    trainer_aa = any(summary[stage].get("aa_acc") is not None for stage in ("best", "last"))
-    if settings.aa:
-        for stage in ("best", "last"):
-            if summary[stage].get("aa_acc") is not None and same_protocol:
-                continue
-            model, _ = load_checkpoint(cell_dir / f"{stage}.safetensors")
-            attack = build_autoattack(model, train.eps, settings, train.seed)
-            hook = (lambda info, s=stage: progress(s, info)) if progress else None
-            result = evaluate(model, test_set, {"aa": attack}, n_examples=n, batch_size=train.batch_size,
-                              progress=hook, check_masking=False)
-            summary[stage]["aa_acc"] = result.robust_acc["aa"]
-        best, last = summary["best"], summary["last"]
-        summary["diff"] = {k: (None if best.get(k) is None or last.get(k) is None else best[k] - last[k])
-                           for k in ("clean_acc", "pgd_acc", "aa_acc")}
+    train, settings = cell.train, cell.eval
     test_n = len(test_set) if train.eval_n is None else min(train.eval_n, len(test_set))
-    measured = protocol(settings, n)
-    if not settings.aa and trainer_aa:  # the AA numbers are the trainer's: say so instead of "not run"
-        measured = {"aa": "trainer", "version": train.aa_version, "n": min(train.aa_n, len(test_set))}
-    summary["final_eval"] = {**measured, "eps": train.eps, "pgd_steps": train.eval_pgd_steps, "test_n": test_n}
-    _write_json(path, summary)
-    return summary
+    n = min(settings.aa_n, test_n)
+    stages, parts = {}, None
+    if settings.aa:
+        for stage in cell_folder.CHECKPOINTS:
+            model, _ = load_checkpoint(cell_folder.checkpoint(cell_dir, stage), map_location=torch.device(device))
+            seed = eval_seed(train.seed, summary[stage]["epoch"])
+            pgd = PGD(model, eps=train.eps, alpha=train.alpha, steps=train.eval_pgd_steps, random_start=True,
+                      seed=seed)
+            aa = build_autoattack(model, train.eps, settings, seed)
+            parts = components(aa, settings.aa_attacks if settings.aa_version == "custom" else None)
+            records = cell_folder.records_file(cell_dir, stage)
+            hook = (lambda info, s=stage: progress(s, info)) if progress else None
+            # AA first: an example both break is recorded as broken by the AutoAttack component that did
+            result = evaluate(model, test_set, {"aa": aa, "pgd": pgd}, n_examples=n, batch_size=train.batch_size,
+                              progress=hook, check_masking=True, seed=seed, records=records,
+                              resume=records.is_file() and records.stat().st_size > 0)
+            stages[stage] = {"epoch": summary[stage]["epoch"], "clean_acc": result.clean_acc,
+                             "pgd_acc": result.robust_acc["pgd"], "aa_acc": result.robust_acc["aa"], "n": result.n,
+                             "warnings": list(result.warnings), "forward_passes": result.forward_passes,
+                             "backward_passes": result.backward_passes, "seconds": result.seconds,
+                             "records": records.name}
+    final = {"protocol": protocol(cell, n, test_n, parts), "stages": stages, "device": str(device)}
+    if train.init_from:
+        final["init_from"] = train.init_from
+    if is_main:
+        cell_folder.write_final_eval(cell_dir, final)
+    return cell_folder.merge(summary, final)

@@ -1,16 +1,23 @@
-"""The run directory: config.toml, one sub-folder per cell (metrics.jsonl, checkpoints, summary.json),
-and the top-level report.md comparing the cells in the paper's table layout.
+"""The run directory: config.toml, one sub-folder per cell (its files: ``cell_folder``), and the
+top-level report.md comparing the cells in the paper's table layout.
 """
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+# the cell folder's names and readers, re-exported for the commands that list a run's cells
+from .cell_folder import (  # noqa: F401
+    METRICS_FILE,
+    SUMMARY_FILE,
+    is_complete,
+    is_finished,
+    read_metrics,
+    read_summary,
+)
+
 CONFIG_FILE = "config.toml"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.md"
 STAGES = ("best", "last", "diff")
 COLUMNS = (("clean_acc", "Clean"), ("pgd_acc", "PGD-10"), ("aa_acc", "AA"))
@@ -27,34 +34,6 @@ def new_run_dir(root: str | Path, name: str) -> Path:
     return path
 
 
-def is_finished(cell_dir: str | Path) -> bool:
-    """A cell is finished once its trainer wrote summary.json (the last thing it writes)."""
-    return (Path(cell_dir) / SUMMARY_FILE).is_file()
-
-
-def is_complete(cell_dir: str | Path) -> bool:
-    """Finished and finally evaluated by the CLI (``final_eval`` recorded in summary.json)."""
-    return is_finished(cell_dir) and "final_eval" in read_summary(cell_dir)
-
-
-def read_summary(cell_dir: str | Path) -> dict:
-    return json.loads((Path(cell_dir) / SUMMARY_FILE).read_text())
-
-
-def read_metrics(cell_dir: str | Path) -> list[dict]:
-    """The per-epoch metric lines; a half-written last line (an interrupted write) is ignored."""
-    path = Path(cell_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 def find_cells(run_dir: str | Path) -> list[Path]:
     """The finished cells of a run: the folder itself if it is a cell, else its sub-folders with a summary,
     in the order of the run's grid (as its own report.md lists them), else by name."""
@@ -68,13 +47,13 @@ def find_cells(run_dir: str | Path) -> list[Path]:
 
 def _grid_order(run_dir: Path) -> list[str]:
     """Cell names in grid order from the run's config.toml; [] when it is missing or unreadable."""
-    from .config import load_toml, resolve
     from .errors import ConfigError
+    from .spec import load_toml, resolve_experiment
 
     if not (run_dir / CONFIG_FILE).is_file():
         return []
     try:
-        return [name for name, _ in resolve(load_toml(run_dir / CONFIG_FILE)).cells()]
+        return [cell.name for cell in resolve_experiment(load_toml(run_dir / CONFIG_FILE)).cells()]
     except ConfigError:
         return []
 
@@ -83,11 +62,6 @@ def _pct(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{100 * value:.2f}"
-
-
-def _diff(best: dict, last: dict) -> dict:
-    return {key: (None if best.get(key) is None or last.get(key) is None else best[key] - last[key])
-            for key, _ in COLUMNS}
 
 
 def pgd_label(summaries) -> str:
@@ -104,39 +78,68 @@ def summary_table(rows: list[tuple[str, dict]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, summary in rows:
         best, last = summary.get("best") or {}, summary.get("last") or {}
-        diff = summary.get("diff") or _diff(best, last)
+        diff = summary.get("diff") or {}
         cells = [_pct(part.get(key)) for part in (best, last, diff) for key, _ in COLUMNS]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
 
 
+def selection_text(summary: dict) -> str | None:
+    """``the epoch with the highest PGD-10 accuracy on the test set`` (None for a folder without the record)."""
+    selection = summary.get("selection")
+    if not selection:
+        return None
+    what = {"pgd": pgd_label([summary]) if summary.get("final_eval") else "PGD", "clean": "clean"}[selection["by"]]
+    where = {"test": "the test set (the paper's choice; it flatters Best)",
+             "val": "a validation slice held out from the training set"}[selection["on"]]
+    return f"the epoch with the highest {what} accuracy on {where}"
+
+
+def _grouped(label: str, texts: list, names: list[str]) -> list[str]:
+    """One line per distinct text, naming the cells it applies to when they differ."""
+    groups: dict[str, list[str]] = {}
+    for text, name in zip(texts, names):
+        if text:
+            groups.setdefault(text, []).append(name)
+    every = len(groups) == 1 and len(next(iter(groups.values()))) == len(names)
+    return [f"{label}{'' if every else ' (' + ', '.join(cells) + ')'}: {text}." for text, cells in groups.items()]
+
+
 def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config_text: str | None = None) -> Path:
     """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells`` (table row name -> folder)."""
+    from .cell_folder import read_train_eval
     from .final_eval import describe
     from .plots import plot_comparison, plot_metrics
-    from .train_eval import read_rows
 
     run_dir = Path(run_dir)
     rows = [(name, read_summary(cell)) for name, cell in cells.items()]
     cells = list(cells.values())
-    pgd = pgd_label(summary for _, summary in rows)
-    parts = [f"# {title}", "", f"Accuracies in %; the best checkpoint has the highest {pgd} test accuracy; "
-             "Diff = Best - Last (robust overfitting); '-' = not evaluated.", ""]
-    protocols = {}
-    for name, summary in rows:
-        if summary.get("final_eval"):
-            protocols.setdefault(describe(summary["final_eval"]), []).append(name)
-    for text, names in protocols.items():
-        scope = "" if len(protocols) == 1 else f" ({', '.join(names)})"
-        parts.append(f"Protocol{scope}: {text}.")
+    parts = [f"# {title}", "", "Accuracies in %; Diff = Best - Last (robust overfitting); '-' = not evaluated.", ""]
+    for label, texts in (("Protocol", [describe(s["final_eval"]) if s.get("final_eval") else None for _, s in rows]),
+                         ("Best", [selection_text(s) for _, s in rows]),
+                         ("Initialised from", [s.get("init_from") for _, s in rows])):
+        parts += _grouped(label, texts, [name for name, _ in rows])
     parts += ["", summary_table(rows), ""]
+    val = [(name, s) for name, s in rows if (s.get("selection") or {}).get("on") == "val"]
+    if val:
+        parts += ["Best chosen on the validation slice; its accuracies there (the table shows the test set):", ""]
+        parts += [f"- {name}: val clean {_pct(s['selection']['val'].get('val_clean_acc'))}, val PGD "
+                  f"{_pct(s['selection']['val'].get('val_pgd_acc'))}" for name, s in val if "val" in s["selection"]]
+        parts.append("")
+    notes = [f"- {name}: {w}" for name, s in rows for w in s.get("warnings", [])]
+    notes += [f"- {name}: from epoch {c['from_epoch']} "
+              + ", ".join(f"{k} {v['was']} -> {v['now']}" for k, v in c.items() if k != "from_epoch")
+              + " (resumed with a changed setting; not bitwise equal to a run without the change)"
+              for name, s in rows for c in s.get("changes", [])]
+    if notes:
+        parts += ["## Warnings", "", *notes, ""]
     metrics = {name: read_metrics(cell) for (name, _), cell in zip(rows, cells)}
     if any(metrics.values()):
         plot_comparison(metrics, run_dir / "accuracy.png")
         parts += ["![test accuracy per epoch](accuracy.png)", ""]
         for name, cell in zip(metrics, cells):
             if metrics[name] and cell != run_dir:
-                plot_metrics(metrics[name], cell / "accuracy.png", title=name, train_set=read_rows(cell),
+                plot_metrics(metrics[name], cell / "accuracy.png", title=name, train_set=read_train_eval(cell),
                              summary=dict(rows)[name])
     if config_text:
         parts += ["## Configuration", "", "```toml", config_text.strip(), "```", ""]

@@ -6,24 +6,18 @@ curves compare train and test accuracy of the same model under the same attack, 
 epoch this evaluates the first ``eval.train_n`` training examples (un-augmented) exactly as the
 trainer evaluates the test set: clean, and PGD with the run's eps, alpha and ``eval_pgd_steps``.
 
-The rows go to ``train_eval.jsonl`` (``{"epoch", "clean_acc", "pgd_acc", "n"}``). The attack is
-seeded and leaves the model as it was, and the trainer saves its state (RNG included) before this
-runs, so a run trains the same with or without it, and a resumed run fills a row an interrupt cut.
+The rows go to ``train_eval.jsonl`` (``{"epoch", "clean_acc", "pgd_acc", "n"}``). It runs through
+``evaluate()`` with the trainer's rule and seed (``eval_seed(seed, epoch)``); the attack leaves the
+model as it was, and the trainer saves its state (RNG included) before this runs, so a run trains the
+same with or without it, and a resumed run fills a row an interrupt cut. Under torchrun every rank
+evaluates its shard (the evaluation is collective) and rank 0 writes the file.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-FILE = "train_eval.jsonl"
-
-
-def read_rows(cell_dir: str | Path) -> list[dict]:
-    """The rows of a cell's train_eval.jsonl ([] when there is none)."""
-    path = Path(cell_dir) / FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from .cell_folder import TRAIN_EVAL_FILE, read_train_eval
 
 
 class TrainSetEval:
@@ -37,11 +31,13 @@ class TrainSetEval:
         bar: a ``TqdmProgress`` to show the evaluation on (or None).
     """
 
-    def __init__(self, cell_dir: Path, train_set, n: int, resume: bool, bar=None):
-        self.path = Path(cell_dir) / FILE
-        self.train_set, self.n, self.bar = train_set, min(n, len(train_set)), bar
-        self.rows = {row["epoch"]: row for row in read_rows(cell_dir)} if resume else {}
-        if not resume and self.path.exists():
+    all_ranks = True  # the trainer calls it on every rank: evaluate() is collective under torchrun
+
+    def __init__(self, cell_dir: Path, train_set, n: int, resume: bool, bar=None, is_main: bool = True):
+        self.path = Path(cell_dir) / TRAIN_EVAL_FILE
+        self.train_set, self.n, self.bar, self.is_main = train_set, min(n, len(train_set)), bar, is_main
+        self.rows = {row["epoch"]: row for row in read_train_eval(cell_dir)} if resume else {}
+        if not resume and self.path.exists() and is_main:
             self.path.unlink()
 
     def row(self, epoch: int) -> dict | None:
@@ -53,15 +49,17 @@ class TrainSetEval:
             return
         from advssm.adv_train.attacks import PGD
         from advssm.adv_train.evaluation import evaluate
+        from advssm.adv_train.trainer import eval_seed
 
         cfg = trainer.config
-        attack = PGD(trainer.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.eval_pgd_steps, random_start=True,
-                     seed=cfg.seed)  # a fixed seed: the attack draws nothing from the global RNG the trainer uses
+        # seeded as the trainer's test-set evaluation: the attack draws nothing from the global RNG it uses
+        attack = PGD(trainer.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.eval_pgd_steps, random_start=True)
         hook = None
-        if self.bar is not None:
+        if self.bar is not None and self.is_main:
             hook = lambda info: self.bar.on_train_eval(epoch, info["done"], info["total"] or self.n)  # noqa: E731
         result = evaluate(trainer.model, self.train_set, {"pgd": attack}, n_examples=self.n,
-                          batch_size=cfg.batch_size, device=trainer.device, progress=hook, check_masking=False)
+                          batch_size=cfg.batch_size, device=trainer.device, progress=hook, check_masking=False,
+                          seed=eval_seed(cfg.seed, epoch))
         self.rows[epoch] = {"epoch": epoch, "clean_acc": result.clean_acc, "pgd_acc": result.robust_acc["pgd"],
                             "n": self.n}
         self._write(upto=epoch)
@@ -69,6 +67,8 @@ class TrainSetEval:
     def _write(self, upto: int) -> None:
         from advssm.ssm_layers.checkpoint import atomic_write
 
+        if not self.is_main:
+            return
         lines = "".join(json.dumps(self.rows[e]) + "\n" for e in sorted(self.rows) if e <= upto)
         atomic_write(self.path, lines.encode())  # an interrupt leaves the old or the new file
 

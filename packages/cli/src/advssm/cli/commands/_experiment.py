@@ -1,47 +1,85 @@
-"""What ``run`` and ``sweep`` share: resolving the config, the run folder, Ctrl-C and the printed result."""
+"""What ``run`` and ``sweep`` share: resolving the spec, the run folder, Ctrl-C / SIGTERM and the printed result."""
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from .. import runs
-from ..config import RunConfig, load_toml, resolve
 from ..errors import ConfigError
 from ..experiment import execute
 from ..output import emit
+from ..spec import load_toml, resolve_experiment
+
+# settings a resume may change (after a NaN stop): the trainer continues from the last good epoch with them
+RESUME_CHANGES = {"train.lr": "lr", "train.batch_size": "batch_size"}
 
 
-def resolve_or_resume(config_file: str | None, resume: str | None, overrides: dict) -> tuple[RunConfig, Path | None]:
-    """The config of a new experiment, or the stored one of ``--resume DIR`` (which takes no other settings)."""
+def resolve_or_resume(config_file: str | None, resume: str | None, overrides: dict):
+    """(spec, run folder or None, changed settings): a new experiment, or the stored one of ``--resume DIR``,
+    which takes no other settings than ``--lr`` / ``--batch-size``."""
     if resume:
-        if config_file or overrides:
+        others = sorted(set(overrides) - set(RESUME_CHANGES))
+        if config_file or others:
             raise ConfigError(f"--resume {resume} reads its settings from {resume}/{runs.CONFIG_FILE}; "
-                              "drop the config file and the other settings")
+                              "drop the config file and the other settings (only --lr and --batch-size may change)")
         path = Path(resume) / runs.CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"cannot resume {resume}: {path} is missing (not a run folder?)")
-        return resolve(load_toml(path)), Path(resume)
-    return resolve(load_toml(config_file) if config_file else {}, overrides=overrides), None
+        stored = load_toml(path)
+        spec = resolve_experiment(stored)
+        if not overrides:
+            return spec, Path(resume), ()
+        changed = resolve_experiment(stored, overrides=overrides)
+        keys = tuple(RESUME_CHANGES[k] for k in overrides if getattr(changed.train, RESUME_CHANGES[k]) !=
+                     getattr(spec.train, RESUME_CHANGES[k]))
+        return changed, Path(resume), keys
+    return resolve_experiment(load_toml(config_file) if config_file else {}, overrides=overrides), None, ()
 
 
-def launch(config: RunConfig, run_dir: Path | None, out: str | None, runs_root: str, dry_run: bool, as_json: bool,
-           progress: bool, command: str) -> None:
-    """Print the config (``--dry-run``) or run the cells, turning Ctrl-C into a resume hint and exit 130."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler, ``kill``) ends the run as Ctrl-C does: consistent folder, resume hint, exit 130."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. embedded): leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run: bool, as_json: bool,
+           progress: bool, command: str, changes=()) -> None:
+    """Print the spec (``--dry-run``) or run its cells, turning Ctrl-C / SIGTERM into a resume hint and exit 130."""
+    from advssm.adv_train.methods import NonFiniteLossError
+
     if dry_run:
-        emit(config.to_dict(), as_json, config.to_toml().rstrip())
+        emit(spec.to_dict(), as_json, spec.to_toml().rstrip())
         return
     fresh = run_dir is None and not (out and Path(out).exists())
-    run_dir = run_dir or (Path(out) if out else runs.new_run_dir(runs_root, config.name))
+    run_dir = run_dir or (Path(out) if out else runs.new_run_dir(runs_root, spec.name))
     click.echo(f"run folder: {run_dir}", err=True)
     try:
-        summaries = execute(config, run_dir, progress=progress)
+        with _sigterm_as_interrupt():
+            summaries = execute(spec, run_dir, progress=progress, allow_changes=changes)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; the run folder is consistent. Resume with:\n  advssm {command} --resume {run_dir}",
                    err=True)
         sys.exit(130)
+    except NonFiniteLossError as exc:
+        raise RuntimeError(f"{exc}. The checkpoints and training state of the last good epoch are kept; continue "
+                           f"from it at a lower rate with: advssm {command} --resume {run_dir} --lr "
+                           f"{spec.train.lr / 10:g} (or a larger --batch-size)") from exc
     except Exception:
         if fresh and not _trained_anything(run_dir):
             # e.g. a missing data set: a folder holding only config.toml would just be clutter under runs/
@@ -63,8 +101,9 @@ def common_options(func):
         click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<time>-<name>)."),
         click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False),
                      help="Where new run folders go."),
-        click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder."),
-        click.option("--dry-run", is_flag=True, help="Print the resolved config (TOML) and exit."),
+        click.option("--resume", type=click.Path(file_okay=False),
+                     help="Continue the run in this folder (with --lr / --batch-size: at a new rate, recorded)."),
+        click.option("--dry-run", is_flag=True, help="Validate every cell, print the resolved config (TOML) and exit."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
         click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                      help="Override any setting, e.g. --set train.aa_n=100 (repeatable)."),

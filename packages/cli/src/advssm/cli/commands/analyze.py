@@ -11,16 +11,18 @@ from ..output import emit
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--n", "n", default=128, show_default=True, help="Test examples to analyse.")
-@click.option("--eps", type=float, help="Linf budget (default: the run's).")
-@click.option("--steps", default=10, show_default=True, help="PGD steps of the perturbation.")
+@click.option("--n", "n", default=128, show_default=True, type=click.IntRange(min=1), help="Test examples to analyse.")
+@click.option("--eps", type=click.FloatRange(0, 1, min_open=True), help="Linf budget in (0, 1] (default: the run's).")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1),
+              help="PGD steps of the perturbation.")
 @click.option("--dataset", help="Data set (default: the run's).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="PNG of the error per component (default: next to the checkpoint).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--device", help="cpu, cuda or cuda:N (default: the run's device where it exists, else cpu).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, as_json):
+def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, device, as_json):
     """Error propagation under a PGD perturbation: relative error and change rate per component
     (SSM mix, AdS, projection, residual, norm), the output KL divergence and, for LTI layers, the
     bound their parameters imply.
@@ -35,9 +37,9 @@ def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, as_js
     from advssm.adv_train.attacks import PGD
 
     run_eps = eps is None
-    model, x, y, eps, run = load_for_eval(checkpoint, dataset, data_dir, n, eps)
+    model, x, y, eps, cell, _ = load_for_eval(checkpoint, dataset, data_dir, n, eps, device)
     # the run's PGD step where its eps is used (as `advssm eval` does), else eps / 4
-    alpha = float(run.train["alpha"]) if run is not None and run_eps else eps / 4
+    alpha = float(cell.train.alpha) if cell is not None and run_eps else eps / 4
     attack = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True, seed=seed)
     torch.manual_seed(seed)
     report = propagation_analysis(model, x, y=y, attack=attack)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import PRESETS, parse_assignment
+from ..spec import PRESETS, parse_assignment
 from ._experiment import common_options, launch, resolve_or_resume
 
 # flag -> dotted setting
@@ -12,7 +12,9 @@ FLAG_SETTINGS = {
     "dataset": "data.dataset", "data_dir": "data.data_dir", "download": "data.download", "eps": "train.eps",
     "alpha": "train.alpha", "d_model": "model.d_model", "n_layers": "model.n_layers", "d_state": "model.d_state",
     "train_size": "data.train_size", "test_size": "data.test_size", "seed": "train.seed", "device": "train.device",
-    "name": "name", "tiny_classes": "data.tiny_classes",
+    "name": "name", "tiny_classes": "data.tiny_classes", "lr": "train.lr", "batch_size": "train.batch_size",
+    "eps_warmup_epochs": "train.eps_warmup_epochs", "init_from": "train.init_from", "select_on": "train.select_on",
+    "select_by": "train.select_by",
 }
 
 
@@ -37,6 +39,15 @@ FLAG_SETTINGS = {
 @click.option("--tiny-classes", type=int, help="Tiny-ImageNet: keep the first K classes of wnids.txt (paper: 50).")
 @click.option("--seed", type=int, help="The one seed of the run.")
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
+@click.option("--lr", type=float, help="AdamW learning rate (with --resume: continue at this rate).")
+@click.option("--batch-size", type=int, help="Global batch size (with --resume: continue with it).")
+@click.option("--eps-warmup-epochs", type=int, help="Ramp the training eps up over the first K epochs (0 = off).")
+@click.option("--init-from", type=click.Path(dir_okay=False), help="Start from this checkpoint's weights "
+              "(the same architecture).")
+@click.option("--select-on", type=click.Choice(["test", "val"]), help="Choose Best on the test set (the paper) "
+              "or on a slice held out from the training set (train.val_n examples).")
+@click.option("--select-by", type=click.Choice(["auto", "pgd", "clean"]),
+              help="Choose Best by PGD or clean accuracy (auto: clean for standard training, PGD otherwise).")
 @click.option("--name", help="Experiment name (used in the run folder's name).")
 @common_options
 def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, progress, **flags):
@@ -55,10 +66,12 @@ def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, prog
       advssm run exp.toml --set train.aa_every=2 --out runs/exp1
       advssm run --dry-run --dataset cifar10
       advssm run --resume runs/20260101-120000-run
+      advssm run --resume runs/20260101-120000-run --lr 1e-3   # after a NaN stop
+      advssm run --method pgd-at --init-from runs/X/standard/best.safetensors --eps-warmup-epochs 5
     """
     overrides = {FLAG_SETTINGS[k]: v for k, v in flags.items() if v is not None}
     if "grid.method" in overrides:
         overrides["grid.method"] = [m.strip() for m in overrides["grid.method"].split(",") if m.strip()]
     overrides.update(parse_assignment(a) for a in assignments)
-    config, run_dir = resolve_or_resume(config_file, resume, overrides)
-    launch(config, run_dir, out, runs_root, dry_run, as_json, progress, command="run")
+    spec, run_dir, changes = resolve_or_resume(config_file, resume, overrides)
+    launch(spec, run_dir, out, runs_root, dry_run, as_json, progress, command="run", changes=changes)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import parse_assignment
+from ..spec import parse_assignment
 from ._experiment import common_options, launch, resolve_or_resume
 
 
@@ -35,5 +35,5 @@ def sweep(grid_file, out, runs_root, resume, dry_run, as_json, assignments, prog
     if not grid_file and not resume:
         raise click.UsageError("give a GRID_FILE (TOML with a [grid] table) or --resume DIR")
     overrides = dict(parse_assignment(a) for a in assignments)
-    config, run_dir = resolve_or_resume(grid_file, resume, overrides)
-    launch(config, run_dir, out, runs_root, dry_run, as_json, progress, command="sweep")
+    spec, run_dir, changes = resolve_or_resume(grid_file, resume, overrides)
+    launch(spec, run_dir, out, runs_root, dry_run, as_json, progress, command="sweep", changes=changes)
