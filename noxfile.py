@@ -75,6 +75,21 @@ def kernels(session: nox.Session) -> None:
                 "packages/ssm-layers/tests", *session.posargs, env={"TRITON_INTERPRET": "1"})
 
 
+@nox.session(venv_params=["--system-site-packages"])
+def gpu(session: nox.Session) -> None:
+    """benchmarks/gpu_verify.py on a CUDA machine, over the machine's own torch and triton: the kernels
+    compiled vs the float64 references, their speed, a training step of each paper preset.
+
+    The packages are installed with --no-deps (nothing but torch is needed); offline, where pip
+    cannot fetch the build backend, the script imports them from the source tree instead.
+    """
+    try:
+        session.install("--no-deps", "packages/ssm-layers", "packages/adv-train")
+    except nox.command.CommandFailed:
+        session.warn("could not install the packages; gpu_verify.py imports them from the source tree")
+    session.run("python", "benchmarks/gpu_verify.py", *session.posargs)
+
+
 @nox.session
 def slow(session: nox.Session) -> None:
     """Long end-to-end runs."""
