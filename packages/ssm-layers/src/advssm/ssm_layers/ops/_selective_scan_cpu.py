@@ -1,0 +1,206 @@
+"""The core of the selective scan's PyTorch path: a time-major, block-wise sequential scan
+with a hand-written backward.
+
+    x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t,   y_t = <C_t, x_t>,   x_{-1} = 0
+
+``selective_scan_core(u, delta, A, B, C)`` returns (y, last state) for u, delta (batch, dim, L),
+A (dim, N) real, B / C (dim, N) or (batch, N, L), all of one floating dtype, which is the
+compute dtype (fp64 stays fp64). Bias, softplus, D and the gate are the caller's (autograd).
+
+Why this shape (measured on 2 CPU cores; ``benchmarks/bench_ops.py --scan-peers``):
+- Time-major (L, batch, dim, N) work tensors make each time step one contiguous slab, so the
+  recurrence is one fused ``addcmul_`` per step: a single small op, below ATen's parallel grain
+  size, with no autograd node. At the paper's sizes that costs less than the elementwise work
+  around it, and it is exactly the sequential recurrence (no products of decays are formed,
+  so no range problem: exp(delta A) may underflow to 0 or, for delta < 0, exceed 1, as in the
+  reference). A log-step or cumsum-of-log-decays scan does several full passes per level or
+  needs the dynamic range of exp(cumsum(delta A)) bounded; both measured slower here.
+- Time is processed in blocks of about ``_BLOCK_BYTES`` of state so that a block's decays,
+  inputs and states stay in the L2 cache; the elementwise and contraction work is batched per
+  block (a few ops per block, not per step). Buffers are allocated once per call and reused.
+- Forward keeps only the state at each block start; backward recomputes a block's decays and
+  states from it and runs the adjoint g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} backwards,
+  again one ``addcmul_`` per step. Memory held for backward: the (time-major) inputs and one
+  state per block.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+# State bytes per time block: decays, states and adjoints of one block (three such buffers)
+# stay within a 1-2 MiB L2 cache. Measured: 0.5-1 MiB blocks are fastest at the paper's sizes.
+_BLOCK_BYTES = 1 << 19
+
+
+def _block_steps(batch, dim, N, itemsize, L):
+    """Time steps per block: about ``_BLOCK_BYTES`` of (batch, dim, N) states, at least one."""
+    return max(1, min(L, _BLOCK_BYTES // max(1, batch * dim * N * itemsize)))
+
+
+def _time_major(M):
+    """Time-varying (batch, X, L) -> contiguous (L, batch, X); a fixed (dim, N) B or C -> contiguous (N, dim).
+
+    As one 2-D transpose (batch * X, L) -> (L, batch * X): ATen copies that with a cache-blocked
+    kernel, about 5x faster here than the general strided copy of ``permute(2, 0, 1).contiguous()``.
+    """
+    if M.dim() == 2:
+        return M.t().contiguous()
+    batch, X, L = M.shape
+    return M.reshape(batch * X, L).t().contiguous().view(L, batch, X)
+
+
+def _batch_major(M_t):
+    """The inverse of ``_time_major``."""
+    if M_t.dim() == 2:
+        return M_t.t().contiguous()
+    L, batch, X = M_t.shape
+    return M_t.view(L, batch * X).t().contiguous().view(batch, X, L)
+
+
+def _per_step(M, t0, t1):
+    """B or C of steps [t0, t1) broadcastable to (T, batch, N, dim): (T, batch, N, 1), or fixed (N, dim)."""
+    return M[t0:t1, :, :, None] if M.dim() == 3 else M
+
+
+def _contract_n(x, M, t0, t1, out, scratch):
+    """out[t, b, d] = sum_n M[.., n] x[t, b, n, d]: <C_t, x_t> (or <B_t, g_t>) for one block."""
+    T, batch, N, dim = x.shape
+    if M.dim() == 3:  # one (1, N) @ (N, dim) product per step and batch element
+        torch.bmm(M[t0:t1].reshape(T * batch, 1, N), x.view(T * batch, N, dim), out=out.view(T * batch, 1, dim))
+    else:
+        torch.sum(torch.mul(x, M, out=scratch), dim=2, out=out)
+
+
+def _contract_d(x, w, M, t0, t1, grad, scratch):
+    """The gradient of a B or C from sum_d x[t, b, n, d] w[t, b, d]: written per step into
+    ``grad[t0:t1]`` (time-varying M), or also summed over steps and batch into ``grad`` (N, dim) (fixed M)."""
+    T, batch, N, dim = x.shape
+    xw = torch.mul(x, w[:, :, None, :], out=scratch)
+    if M.dim() == 3:
+        torch.sum(xw, dim=-1, out=grad[t0:t1])
+    else:
+        grad.add_(xw.view(T * batch, N, dim).sum(0))
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread(device):
+    """Run the block loop's ops on the calling thread only (CPU; the setting is restored after).
+
+    Each op of a block is ~10-100 us of work. With more than one intra-op thread every op over
+    ATen's grain size opens an OpenMP parallel region (thousands per call), and on a machine
+    whose cores are busy with other processes each region waits for a worker that is spinning
+    or descheduled: measured 15-20x slower on 2 threads than on 1 at load ~6 on 2 cores (and
+    back to ~1.3x with OMP_WAIT_POLICY=PASSIVE). The per-step ops are below the grain size anyway.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _SelectiveScanCore(torch.autograd.Function):
+    """Time-major block-wise sequential scan (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        with torch.autocast(device_type=u.device.type, enabled=False), _one_intra_op_thread(u.device):
+            u_t, delta_t, A_t, B_t, C_t = (_time_major(M) for M in (u, delta, A, B, C))
+            y_t, last, starts, T = _forward(u_t, delta_t, A_t, B_t, C_t)
+        ctx.save_for_backward(u_t, delta_t, A_t, B_t, C_t, starts)
+        ctx.block = T
+        return _batch_major(y_t), last.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u_t, delta_t, A_t, B_t, C_t, starts = ctx.saved_tensors
+        with torch.autocast(device_type=u_t.device.type, enabled=False), _one_intra_op_thread(u_t.device):
+            dy_t = _time_major(dy.to(u_t.dtype))
+            dlast = dlast.to(u_t.dtype).transpose(1, 2)
+            du, ddelta, dA, dB, dC = _backward(u_t, delta_t, A_t, B_t, C_t, starts, ctx.block, dy_t, dlast)
+        return tuple(_batch_major(g) for g in (du, ddelta, dA, dB, dC))
+
+
+def _forward(u_t, delta_t, A_t, B_t, C_t):
+    """y (L, batch, dim), the last state (batch, N, dim), the state entering each block, the block length."""
+    L, batch, dim = u_t.shape
+    N = A_t.shape[0]
+    T = _block_steps(batch, dim, N, u_t.element_size(), L)
+    du = delta_t * u_t
+    y = u_t.new_empty(L, batch, dim)
+    starts = u_t.new_empty(-(-L // T), batch, N, dim)
+    decay, scratch = u_t.new_empty(T, batch, N, dim), u_t.new_empty(T, batch, N, dim)
+    # states[0] is the state entering the block, states[1 + t] the state after its step t
+    states = u_t.new_zeros(T + 1, batch, N, dim)
+    decay_t, states_t = decay.unbind(0), states.unbind(0)  # per-step views, made once
+    for i, t0 in enumerate(range(0, L, T)):
+        t1 = min(L, t0 + T)
+        n = t1 - t0
+        starts[i].copy_(states[0])
+        torch.mul(delta_t[t0:t1, :, None, :], A_t, out=decay[:n]).exp_()
+        x = torch.mul(du[t0:t1, :, None, :], _per_step(B_t, t0, t1), out=states[1:n + 1])
+        for t in range(n):
+            states_t[t + 1].addcmul_(decay_t[t], states_t[t])
+        _contract_n(x, C_t, t0, t1, y[t0:t1], scratch[:n])
+        states[0].copy_(x[n - 1])
+    return y, states[0].clone(), starts, T
+
+
+def _backward(u_t, delta_t, A_t, B_t, C_t, starts, T, dy, dlast):
+    """Gradients of (u, delta, A, B, C), in the layouts of ``_time_major``, given those of y and of the last state."""
+    L, batch, dim = u_t.shape
+    N = A_t.shape[0]
+    du_in = delta_t * u_t  # the input term is delta_t u_t B_t
+    du, ddelta = torch.empty_like(u_t), torch.empty_like(delta_t)
+    dA, dB, dC = torch.zeros_like(A_t), torch.zeros_like(B_t), torch.zeros_like(C_t)
+    decay, states, adj, scratch = (u_t.new_empty(T + (k == 1), batch, N, dim) for k in range(4))
+    gB, gA = u_t.new_empty(T, batch, dim), u_t.new_empty(T, batch, dim)
+    decay_t, states_t, adj_t = decay.unbind(0), states.unbind(0), adj.unbind(0)  # per-step views, made once
+    carry = dlast  # d loss / d x at the end of the block being processed, from everything later
+    for i in reversed(range(starts.shape[0])):
+        t0, t1 = i * T, min(L, (i + 1) * T)
+        n = t1 - t0
+        a = torch.mul(delta_t[t0:t1, :, None, :], A_t, out=decay[:n]).exp_()
+        states[0].copy_(starts[i])
+        x = torch.mul(du_in[t0:t1, :, None, :], _per_step(B_t, t0, t1), out=states[1:n + 1])
+        for t in range(n):
+            states_t[t + 1].addcmul_(decay_t[t], states_t[t])
+        dy_blk = dy[t0:t1]
+        g = torch.mul(dy_blk[:, :, None, :], _per_step(C_t, t0, t1), out=adj[:n])
+        adj_t[n - 1].add_(carry)
+        for t in range(n - 2, -1, -1):
+            adj_t[t].addcmul_(decay_t[t + 1], adj_t[t + 1])
+        carry = decay_t[0] * adj_t[0]
+        # dC_t = sum_d x_t dy_t ; dB_t = sum_d g_t delta_t u_t ; sum_n g_t B_t -> du, ddelta
+        _contract_d(x, dy_blk, C_t, t0, t1, dC, scratch[:n])
+        _contract_d(g, du_in[t0:t1], B_t, t0, t1, dB, scratch[:n])
+        _contract_n(g, B_t, t0, t1, gB[:n], scratch[:n])
+        # h = d loss / d(delta_t A) = g_t exp(delta_t A) x_{t-1}, in place of the decays (no longer needed)
+        h = a.mul_(states[:n]).mul_(g)
+        torch.sum(torch.mul(h, A_t, out=scratch[:n]), dim=2, out=gA[:n])
+        dA.add_(h.mul_(delta_t[t0:t1, :, None, :]).view(n * batch, N, dim).sum(0))
+        torch.mul(gB[:n], delta_t[t0:t1], out=du[t0:t1])
+        torch.addcmul(gA[:n], gB[:n], u_t[t0:t1], out=ddelta[t0:t1])
+    return du, ddelta, dA, dB, dC
+
+
+def selective_scan_core(u, delta, A, B, C):
+    """(y, last state) of the selective scan's recurrence, differentiable (see the module docstring).
+
+    Example:
+        >>> u, delta = torch.randn(2, 4, 10), torch.rand(2, 4, 10)
+        >>> A, B, C = -torch.rand(4, 3), torch.randn(2, 3, 10), torch.randn(2, 3, 10)
+        >>> y, last = selective_scan_core(u, delta, A, B, C)
+        >>> y.shape, last.shape
+        (torch.Size([2, 4, 10]), torch.Size([2, 4, 3]))
+    """
+    dtypes = {t.dtype for t in (u, delta, A, B, C)}
+    if len(dtypes) != 1 or not u.dtype.is_floating_point:
+        raise ValueError(f"selective_scan_core: u, delta, A, B, C must share one real floating dtype, got {dtypes}")
+    return _SelectiveScanCore.apply(u, delta, A, B, C)
