@@ -38,6 +38,7 @@ else:  # the same parser, published for older Pythons
 
 from .data import DATASETS
 from .errors import ConfigError
+from .executor_spec import ExecutorSpec
 
 ADS_CHOICES = ("none", "relu", "sigmoid", "tanh")
 # grid axis -> (section, key) of the setting it varies, in the order cell names list them
@@ -251,8 +252,11 @@ class CellSpecBase(_SpecBase):
 
 
 class ExperimentSpecBase(_SpecBase):
-    """A resolved experiment: the base settings and the grid of cells that vary them (see ``ExperimentSpec``)."""
+    """A resolved experiment: the base settings and the grid of cells that vary them (see ``ExperimentSpec``).
 
+    ``executor`` is the TOML's ``[executor]`` table: where a sweep's cells run (no part of any cell)."""
+
+    executor: ExecutorSpec = ExecutorSpec()
     _cells: list | None = PrivateAttr(default=None)
 
     def cells(self) -> list:
@@ -279,6 +283,10 @@ class ExperimentSpecBase(_SpecBase):
             (data[section] if section else data).pop(key)
         for section in SECTIONS:
             data[section] = {k: ("none" if v is None else v) for k, v in data[section].items()}
+        executor = self.executor.model_dump(exclude_defaults=True)  # [executor] only where it was given
+        data.pop("executor")
+        if executor:
+            data["executor"] = executor
         return tomli_w.dumps(data)
 
     def to_dict(self) -> dict[str, Any]:
