@@ -17,6 +17,7 @@ the checksum catches damage to the tensor bytes (a flipped bit, a bad copy).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -37,7 +38,10 @@ FORMAT_NAME = "advssm-checkpoint"
 FORMAT_VERSION = 1
 FORMAT_HISTORY = {1: "first version: tensors = state_dict; metadata = format, format_version, model_config, "
                      "packages, user, and the optional tensors_sha256"}
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; torch.save's zip container
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container
+_PICKLE_PROTOCOLS = range(2, 6)  # a pickle of protocol >= 2 starts with 0x80 and its protocol byte
+# every layer holds at least d_model^2 weights per block (its output projection), stored in >= 2 bytes each
+_MIN_BYTES_PER_BLOCK_WEIGHT = 2
 
 
 class CheckpointError(RuntimeError):
@@ -63,6 +67,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:
         with open(tmp, "xb") as f:
@@ -70,11 +75,31 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.exists():
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(exc.errno, f"no space left on the device holding {path}: free some space and write it "
+                                     "again (the previous file under that name is intact)") from exc
         raise
     _fsync_folder(path.parent)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Delete the temporary files that a killed writer of ``path`` left (``.<name>.<pid>.<hex>.tmp`` whose
+    process no longer exists); a live writer's are kept."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2:].split(".")[0])
+            os.kill(pid, 0)  # raises when no such process: its writer is gone
+            alive = pid != os.getpid()  # our own pid: a write of ours that was cut (we write one at a time)
+        except (ValueError, ProcessLookupError):
+            alive = False
+        except PermissionError:  # another user's live process
+            alive = True
+        if not alive:
+            tmp.unlink(missing_ok=True)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -150,15 +175,21 @@ def _check_file(path) -> Path:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(9)
-    # safetensors: an 8-byte little-endian header length, then a JSON object
+    # safetensors: an 8-byte little-endian header length, then a JSON object. Its first byte is 0x80 for many
+    # header lengths, so the '{' at byte 8 decides first: only then is a short file a cut safetensors file
     n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    if len(head) == 9 and head[8:9] == b"{" and 8 + n <= size:
-        return path
-    if head.startswith(_PICKLE_MAGIC):
+    if len(head) == 9 and head[8:9] == b"{":
+        if 8 + n <= size:
+            return path
+        raise CheckpointError(f"{path}: truncated safetensors file: its header announces {n} bytes of metadata but "
+                              f"the file ends after {size} bytes (an interrupted copy or write); use another copy")
+    if head.startswith(_ZIP_MAGIC) or (len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS):
         raise CheckpointError(
             f"{path}: this is a pickle / torch.save file, not an advssm .safetensors checkpoint; advssm never "
             "unpickles files. Convert it by loading it yourself (if you trust it) and calling save_checkpoint"
         )
+    if size < 9:
+        raise CheckpointError(f"{path}: truncated checkpoint ({size} bytes, shorter than a safetensors header)")
     raise CheckpointError(f"{path}: truncated or corrupt safetensors file (bad header)")
 
 
@@ -177,6 +208,9 @@ def _parse_metadata(path: Path, raw: dict) -> dict:
             f"{path}: checkpoint format version {version} is newer than this advssm-ssm-layers ({__version__}) reads "
             f"(up to {FORMAT_VERSION}); upgrade advssm-ssm-layers"
         )
+    if version not in FORMAT_HISTORY:  # 0, negative: no advssm ever wrote these
+        raise CheckpointError(f"{path}: unknown checkpoint format version {version} (this advssm-ssm-layers reads "
+                              f"{', '.join(map(str, sorted(FORMAT_HISTORY)))}); the file is damaged or not ours")
     try:
         return {
             "format": FORMAT_NAME,
@@ -187,6 +221,17 @@ def _parse_metadata(path: Path, raw: dict) -> dict:
         }
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from exc
+
+
+def _check_size(path: Path, config: ModelConfig) -> None:
+    """Refuse, before anything is allocated, a config that needs far more weights than the file holds
+    (a damaged or hand-edited config: a 31 KB file asking for d_model 60000 would allocate 28.8 GB)."""
+    need = config.n_layers * config.d_model ** 2 * _MIN_BYTES_PER_BLOCK_WEIGHT
+    size = os.path.getsize(path)
+    if need > size:
+        raise CheckpointError(f"{path}: the stored config (d_model {config.d_model}, {config.n_layers} layers) needs "
+                              f"at least {need / 1e6:.1f} MB of weights but the file holds {size / 1e6:.3f} MB; the "
+                              "config or the file is damaged, nothing was allocated")
 
 
 def _stored_checksum(path: Path) -> str | None:
@@ -213,6 +258,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         config = ModelConfig.from_dict(meta["model_config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the stored model config is invalid: {exc}") from exc
+    _check_size(Path(path), config)
     try:
         model = build_model(config)
     except UnknownTransformError as exc:
