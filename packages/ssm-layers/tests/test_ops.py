@@ -13,7 +13,7 @@ from advssm.ssm_layers.ops.selective_scan import selective_scan_ref, selective_s
 from advssm.ssm_layers.ops.vandermonde import vandermonde_kernel_ref, vandermonde_kernel_torch
 
 # the modules themselves (the package's attributes of the same names are the op functions)
-ss_mod = importlib.import_module("advssm.ssm_layers.ops.selective_scan")
+ss_cpu_mod = importlib.import_module("advssm.ssm_layers.ops._selective_scan_cpu")  # the torch path's core
 diag_mod = importlib.import_module("advssm.ssm_layers.ops.diag_scan")
 vm_mod = importlib.import_module("advssm.ssm_layers.ops.vandermonde")
 
@@ -65,10 +65,9 @@ def _ss(impl, softplus=True):
 @pytest.mark.parametrize("var_B,var_C", [(True, True), (False, False), (True, False)])
 @pytest.mark.parametrize("L,blocked", [(1, False), (7, False), (13, True)])
 def test_selective_scan_gradcheck(var_B, var_C, L, blocked, monkeypatch):
-    if blocked:  # blocks of 5 steps (the last one partial), one channel per slice
-        monkeypatch.setattr(ss_mod, "_BLOCK_ELEMENTS", 2 * 4 * 5)
-        monkeypatch.setattr(ss_mod, "_MIN_BLOCK", 5)
-        assert ss_mod._blocking(2, 3, 4, L) == (5, 1)
+    if blocked:  # time blocks of 5 steps (the last one partial)
+        monkeypatch.setattr(ss_cpu_mod, "_BLOCK_BYTES", 5 * 2 * 3 * 4 * 8)
+        assert ss_cpu_mod._block_steps(2, 3, 4, 8, L) == 5
     inputs = [t.requires_grad_() for t in _ss_inputs(L + 10 * var_B, 2, 3, 4, L, var_B, var_C)]
     assert torch.autograd.gradcheck(_ss(selective_scan_torch), inputs, fast_mode=True)
 
@@ -76,10 +75,9 @@ def test_selective_scan_gradcheck(var_B, var_C, L, blocked, monkeypatch):
 @pytest.mark.parametrize("seed,L", [(0, 1), (1, 64), (2, 100), (3, 257)])
 @pytest.mark.parametrize("var_B,var_C", [(True, True), (False, False)])
 def test_selective_scan_fp32_matches_float64_reference(seed, L, var_B, var_C, monkeypatch):
-    # several time blocks of 48 steps with a partial last one, each in two slices of 8 channels
-    monkeypatch.setattr(ss_mod, "_BLOCK_ELEMENTS", 2 * 8 * 8 * 48)
-    monkeypatch.setattr(ss_mod, "_MIN_BLOCK", 48)
-    assert ss_mod._blocking(2, 16, 8, L) == (min(L, 48), 8 if L > 48 else 16)
+    # several time blocks of 48 steps with a partial last one
+    monkeypatch.setattr(ss_cpu_mod, "_BLOCK_BYTES", 48 * 2 * 16 * 8 * 4)
+    assert ss_cpu_mod._block_steps(2, 16, 8, 4, L) == min(L, 48)
     inputs = _ss_inputs(seed, 2, 16, 8, L, var_B, var_C)
     g = torch.Generator().manual_seed(seed + 100)
     grad_outs = [torch.randn(2, 16, L, generator=g, dtype=F64), torch.randn(2, 16, 8, generator=g, dtype=F64)]
