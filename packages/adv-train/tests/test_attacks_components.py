@@ -17,6 +17,7 @@ from advssm.adv_train.attacks import (
     project,
     project_onto_hyperplane_in_box,
 )
+from advssm.adv_train.attacks import fab as fab_module
 from advssm.adv_train.attacks.base import random_in_ball
 from torch import nn
 
@@ -122,6 +123,20 @@ def test_hyperplane_box_projection_matches_the_breakpoint_reference(norm, seed):
     assert reachable.sum() >= 6 and not reachable[2]
     torch.testing.assert_close((w * got).sum(1)[reachable], c[reachable], rtol=0, atol=1e-10)
     torch.testing.assert_close(got[~reachable], corner[~reachable], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("newton_steps", [1, 2])
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_hyperplane_box_projection_sorting_finisher_matches_the_reference(norm, newton_steps, monkeypatch):
+    # rows Newton's method has not solved within NEWTON_STEPS are solved by sorting the breakpoints
+    monkeypatch.setattr(fab_module, "NEWTON_STEPS", newton_steps)
+    g = torch.Generator().manual_seed(11)
+    z = torch.rand(40, 9, generator=g, dtype=torch.float64)
+    w = torch.randn(40, 9, generator=g, dtype=torch.float64)
+    w[3, :4] = 0
+    c = torch.randn(40, generator=g, dtype=torch.float64) * torch.logspace(-3, 1.5, 40, dtype=torch.float64)
+    torch.testing.assert_close(project_onto_hyperplane_in_box(z, w, c, norm), reference_projection(z, w, c, norm),
+                               rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
