@@ -60,7 +60,8 @@ def test_every_cell_is_validated_before_the_first_trains(raw, overrides, message
 
 
 def test_dry_run_catches_the_same_errors(helpers):
-    result = helpers.invoke("run", "--dry-run", "--set", "model.layer=attention", "--set", "model.layer_options={n_heads=5}")
+    result = helpers.invoke("run", "--dry-run", "--set", "model.layer=attention",
+                            "--set", "model.layer_options={n_heads=5}")
     assert result.exit_code == 2 and "dividing d_model" in result.output
     result = helpers.invoke("run", "--dry-run", "--name", "../escape")
     assert result.exit_code == 2 and "invalid name" in result.output
