@@ -1,11 +1,20 @@
 """The training loop: robustness gain of PGD-AT, exact resume, non-finite losses, files and callbacks."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from advssm.adv_train.config import TrainConfig
-from advssm.adv_train.trainer import NonFiniteLossError, Trainer, robust_overfitting_summary
+from advssm.adv_train.trainer import (
+    NonFiniteLossError,
+    ResumeWarning,
+    Trainer,
+    eval_seed,
+    remove_stale_temps,
+    robust_overfitting_summary,
+)
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -277,3 +286,98 @@ def test_run_files_get_ordinary_permissions(tmp_path):
     for path in tmp_path.iterdir():
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# -- issue 11 items 6-8: where and by what Best is chosen, resuming with a changed rate, the environment
+# record, a corrupt training state, stale temporaries ------------------------------------------------------
+
+HISTORY = [{"epoch": 1, "clean_acc": 0.11, "pgd_acc": 0.14, "aa_acc": None},  # untrained: at chance, PGD "best"
+           {"epoch": 2, "clean_acc": 0.80, "pgd_acc": 0.02, "aa_acc": None},
+           {"epoch": 3, "clean_acc": 0.805, "pgd_acc": 0.01, "aa_acc": None}]
+
+
+def test_select_by_clean_or_pgd_and_the_near_chance_warning():
+    by_pgd = robust_overfitting_summary(HISTORY, select_by="pgd", chance=0.1)
+    assert by_pgd["best"]["epoch"] == 1 and "near chance" in by_pgd["warnings"][0]
+    by_clean = robust_overfitting_summary(HISTORY, select_by="clean", chance=0.1)
+    assert by_clean["best"]["epoch"] == 3 and "warnings" not in by_clean
+    assert by_clean["selection"] == {"on": "test", "by": "clean", "metric": "clean_acc", "epoch": 3}
+    with pytest.raises(ValueError, match="select_by"):
+        robust_overfitting_summary(HISTORY, select_by="loss")
+
+
+def test_auto_selects_clean_for_standard_and_pgd_for_adversarial_training():
+    train, test = shortcut_task(n=100)
+    assert Trainer(MLP(), train, test, config(method="standard")).select_by == "clean"
+    assert Trainer(MLP(), train, test, config(method="trades")).select_by == "pgd"
+    assert Trainer(MLP(), train, test, config(method="standard", select_by="pgd")).select_by == "pgd"
+
+
+def test_select_on_val_holds_the_slice_out_of_training():
+    train, test = shortcut_task(n=160)
+    trainer = Trainer(MLP(), train, test, config(epochs=2, select_on="val", val_n=20), callbacks=[Quiet()])
+    assert len(trainer.train_set) == len(train) - 20 and len(trainer.val_set) == 20
+    summary = trainer.fit()
+    assert summary["selection"]["on"] == "val" and {"val_clean_acc", "val_pgd_acc"} <= set(summary["best"])
+    best = max(trainer.history, key=lambda m: (m["val_clean_acc"], -m["epoch"]))
+    assert summary["best"]["epoch"] == best["epoch"]
+    with pytest.raises(ValueError, match="val_n=120 holds out the whole training set"):
+        Trainer(MLP(), train, test, config(select_on="val", val_n=120))
+
+
+def test_resume_with_a_new_rate_scales_every_group_and_is_recorded(tmp_path):
+    train, test = shortcut_task(n=160)
+    Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path, callbacks=[Quiet()]).fit()
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    state["config"]["epochs"] = 3  # as if stopped after epoch 1 of 3
+    torch.save(state, tmp_path / "train_state.pt")
+    with pytest.raises(ValueError, match="differs from the saved run in lr"):
+        Trainer(MLP(), train, test, config(lr=1e-3), out_dir=tmp_path, callbacks=[Quiet()]).fit(resume=True)
+    trainer = Trainer(MLP(), train, test, config(lr=1e-3), out_dir=tmp_path, callbacks=[Quiet()])
+    with pytest.warns(ResumeWarning, match="lr 0.01 -> 0.001 from epoch 2"):
+        summary = trainer.fit(resume=True, allow_changes=["lr"])
+    assert trainer.schedulers["main"].base_lrs == [pytest.approx(1e-3)]
+    assert summary["changes"] == [{"from_epoch": 2, "lr": {"was": 0.01, "now": 0.001}}]
+    assert json.loads((tmp_path / "environment.json").read_text())["changes"] == summary["changes"]
+    with pytest.raises(ValueError, match="only lr, batch_size may change"):
+        Trainer(MLP(), train, test, config(lr=1e-3, epochs=4), out_dir=tmp_path,
+                callbacks=[Quiet()]).fit(resume=True, allow_changes=["lr", "epochs"])
+
+
+def test_a_corrupt_training_state_names_the_file(tmp_path):
+    train, test = shortcut_task(n=100)
+    Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path, callbacks=[Quiet()]).fit()
+    state = tmp_path / "train_state.pt"
+    state.write_bytes(b"\x00" * 64)
+    with pytest.raises(RuntimeError, match=f"the training state {state} is corrupt or truncated.*delete"):
+        Trainer(MLP(), train, test, config(epochs=2), out_dir=tmp_path, callbacks=[Quiet()]).fit(resume=True)
+
+
+def test_environment_is_recorded_and_a_different_resume_warns(tmp_path):
+    train, test = shortcut_task(n=100)
+    Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path, callbacks=[Quiet()]).fit()
+    record = json.loads((tmp_path / "environment.json").read_text())
+    assert record["starts"][0] | {"time": None} == {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                                                    "device": "cpu", "world_size": 1, "from_epoch": 0, "time": None}
+    record["starts"][0]["threads"] += 3  # as if the first start had more threads
+    (tmp_path / "environment.json").write_text(json.dumps(record))
+    threads = torch.get_num_threads()
+    with pytest.warns(ResumeWarning, match=f"threads {threads + 3} -> {threads}"):
+        Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path, callbacks=[Quiet()]).fit(resume=True)
+
+
+def test_stale_temporaries_are_removed_by_the_next_write(tmp_path):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale, live = tmp_path / f".metrics.jsonl.{dead}.ab12.tmp", tmp_path / f".metrics.jsonl.{os.getppid()}.ab12.tmp"
+    stale.write_text("cut"), live.write_text("busy")
+    remove_stale_temps(tmp_path / "metrics.jsonl")
+    assert not stale.exists() and live.exists()
+    train, test = shortcut_task(n=100)
+    stale.write_text("cut")
+    Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path, callbacks=[Quiet()]).fit()
+    assert not stale.exists()
+
+
+def test_eval_seed_is_the_same_on_every_rank_and_differs_per_epoch():
+    assert eval_seed(5, 1) != eval_seed(5, 2) != eval_seed(6, 2)
