@@ -67,6 +67,7 @@ def _ss(impl, softplus=True):
 def test_selective_scan_gradcheck(var_B, var_C, L, blocked, monkeypatch):
     if blocked:  # time blocks of 5 steps (the last one partial)
         monkeypatch.setattr(ss_cpu_mod, "_BLOCK_BYTES", 5 * 2 * 3 * 4 * 8)
+        monkeypatch.setattr(ss_cpu_mod, "_MIN_STEPS", 1)
         assert ss_cpu_mod._block_steps(2, 3, 4, 8, L) == 5
     inputs = [t.requires_grad_() for t in _ss_inputs(L + 10 * var_B, 2, 3, 4, L, var_B, var_C)]
     assert torch.autograd.gradcheck(_ss(selective_scan_torch), inputs, fast_mode=True)

@@ -11,7 +11,7 @@ import importlib
 
 import pytest
 import torch
-from advssm.ssm_layers.ops._selective_scan_cpu import selective_scan_core
+from advssm.ssm_layers.ops._selective_scan_cpu import selective_scan_cpu
 from advssm.ssm_layers.ops.selective_scan import selective_scan_ref, selective_scan_torch
 
 cpu_mod = importlib.import_module("advssm.ssm_layers.ops._selective_scan_cpu")
@@ -66,11 +66,12 @@ def test_core_matches_float64_reference(dtype, L, steps, var_B, var_C, monkeypat
     """Time blocks of ``steps`` steps (1: every step a block; more than L: one block; else a partial last one)."""
     batch, dim, N = 2, 6, 4
     monkeypatch.setattr(cpu_mod, "_BLOCK_BYTES", steps * batch * dim * N * torch.finfo(dtype).bits // 8)
+    monkeypatch.setattr(cpu_mod, "_MIN_STEPS", 1)
     assert cpu_mod._block_steps(batch, dim, N, torch.finfo(dtype).bits // 8, L) == min(L, steps)
     u, delta, A, B, C, *_ = _inputs(L + 7 * var_B + 3 * var_C, batch, dim, N, L, var_B, var_C)
     delta = torch.nn.functional.softplus(delta)  # the core takes delta after bias and softplus
     inputs, grad_outs = [u, delta, A, B, C], _grad_outs(L, batch, dim, N, L)
-    _assert_same(_run(selective_scan_core, inputs, grad_outs, dtype), _run(_core_ref, inputs, grad_outs, F64),
+    _assert_same(_run(selective_scan_cpu, inputs, grad_outs, dtype), _run(_core_ref, inputs, grad_outs, F64),
                  dtype, ["u", "delta", "A", "B", "C"])
 
 
@@ -111,31 +112,32 @@ def test_extreme_and_growing_decays_match_reference(seed):
     delta = torch.rand(2, 8, 60, generator=g, dtype=F64) * 10
     delta[:, :, ::7] = 1e-3
     inputs, grad_outs = [u, delta, A, B, C], _grad_outs(seed, 2, 8, 4, 60)
-    fast = _run(selective_scan_core, inputs, grad_outs, torch.float32)
+    fast = _run(selective_scan_cpu, inputs, grad_outs, torch.float32)
     assert all(torch.isfinite(t).all() for t in fast[0] + fast[1])
     _assert_same(fast, _run(_core_ref, inputs, grad_outs, F64), torch.float32, ["u", "delta", "A", "B", "C"])
     growing = [u, -torch.rand(2, 8, 60, generator=g, dtype=F64) * 0.05, -torch.rand(8, 4, generator=g, dtype=F64),
                B, C]
-    _assert_same(_run(selective_scan_core, growing, grad_outs, F64), _run(_core_ref, growing, grad_outs, F64),
+    _assert_same(_run(selective_scan_cpu, growing, grad_outs, F64), _run(_core_ref, growing, grad_outs, F64),
                  F64, ["u", "delta", "A", "B", "C"])
 
 
 def test_gradcheck_float64():
     u, delta, A, B, C, *_ = _inputs(3, 2, 3, 2, 9, True, False)
     inputs = [t.requires_grad_() for t in (u, torch.nn.functional.softplus(delta).detach(), A, B, C)]
-    assert torch.autograd.gradcheck(selective_scan_core, inputs)
+    assert torch.autograd.gradcheck(selective_scan_cpu, inputs)
 
 
 def test_gradient_through_last_state_only_and_non_contiguous_inputs(monkeypatch):
     """Only the last state is used (dy = 0 everywhere), and B / C are transposed views, as S6's projections give."""
     monkeypatch.setattr(cpu_mod, "_BLOCK_BYTES", 3 * 2 * 5 * 4 * 8)  # 3-step blocks
+    monkeypatch.setattr(cpu_mod, "_MIN_STEPS", 1)
     u, delta, A, B, C, *_ = _inputs(9, 2, 5, 4, 20, True, True)
     B, C = B.transpose(1, 2).contiguous().transpose(1, 2), C.transpose(1, 2).contiguous().transpose(1, 2)
     assert not B.is_contiguous()
     delta = delta.abs()
 
     def last_only(*a):
-        return (selective_scan_core(*a)[1],)
+        return (selective_scan_cpu(*a)[1],)
 
     grad_last = [torch.randn(2, 5, 4, dtype=F64)]
     ref = lambda *a: (selective_scan_ref(*a, return_last_state=True)[1],)  # noqa: E731
@@ -148,13 +150,35 @@ def test_gradient_through_last_state_only_and_non_contiguous_inputs(monkeypatch)
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_block_length_bounds():
+    """About _BLOCK_BYTES of state per block, never fewer than _MIN_STEPS steps (nor more than L)."""
+    step = 8 * 128 * 16 * 4
+    assert cpu_mod._block_steps(8, 128, 16, 4, 1024) == cpu_mod._BLOCK_BYTES // step
+    assert cpu_mod._block_steps(64, 1024, 64, 8, 4096) == cpu_mod._MIN_STEPS
+    assert cpu_mod._block_steps(8, 128, 16, 4, 3) == 3
+
+
+@pytest.mark.parametrize("L", [1, 9])
+def test_inputs_are_left_untouched(L):
+    """The time-major copies are changed in place; the inputs (and the gradient of the output) never are."""
+    inputs = [t.float() for t in _inputs(2, 1, 3, 2, L, True, True)]
+    kept = [t.clone() for t in inputs]
+    leaves = [t.requires_grad_() for t in inputs]
+    y, last = selective_scan_cpu(*leaves, delta_softplus=True)
+    dy = torch.randn_like(y)
+    dy_kept = dy.clone()
+    y.backward(dy)
+    for a, b in zip(inputs + [dy], kept + [dy_kept]):
+        assert torch.equal(a.detach(), b)
+
+
 def test_thread_setting_is_restored():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         u, delta, A, B, C, *_ = _inputs(1, 2, 4, 3, 10, True, True)
         leaves = [t.float().requires_grad_() for t in (u, delta.abs(), A, B, C)]
-        y, last = selective_scan_core(*leaves)
+        y, last = selective_scan_cpu(*leaves)
         assert torch.get_num_threads() == 2
         (y.sum() + last.sum()).backward()
         assert torch.get_num_threads() == 2
@@ -165,4 +189,4 @@ def test_thread_setting_is_restored():
 def test_mixed_dtypes_are_refused():
     u, delta, A, B, C, *_ = _inputs(1, 2, 4, 3, 10, True, True)
     with pytest.raises(ValueError, match="one real floating dtype"):
-        selective_scan_core(u.float(), delta, A, B, C)
+        selective_scan_cpu(u.float(), delta, A, B, C)

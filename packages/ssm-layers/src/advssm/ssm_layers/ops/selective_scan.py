@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import Op, dispatch
-from ._selective_scan_cpu import selective_scan_core
+from ._selective_scan_cpu import selective_scan_cpu
 
 
 def _check(u, delta, A, B, C, D=None, z=None, delta_bias=None, *flags):
@@ -103,17 +103,16 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
                          return_last_state=False):
     """Fast PyTorch path: a time-major, block-wise sequential scan with a hand-written backward
     that recomputes each block's states (``_selective_scan_cpu``; memory held for backward: the
-    inputs plus one state per block). The elementwise prologue (bias, softplus) and epilogue
-    (D, gate) are differentiated by autograd.
+    inputs plus one state per block), bias, softplus, D and the gate included.
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
     work = torch.float64 if u.dtype == torch.float64 else torch.float32
     with _autocast_off(u.device):
-        u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
-        delta = _prepare_delta(delta, None if delta_bias is None else delta_bias.to(work), delta_softplus)
-        y, last = selective_scan_core(u, delta, A, B, C)
-        y = _finish(y, u, None if D is None else D.to(work), None if z is None else z.to(work)).to(dtype_in)
+        u, delta, A, B, C, D, z, delta_bias = (None if t is None else t.to(work)
+                                               for t in (u, delta, A, B, C, D, z, delta_bias))
+        y, last = selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    y = y.to(dtype_in)
     return (y, last) if return_last_state else y
 
 
