@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-#: Per-dataset protocol values (REFERENCE.md section 4); anything else keeps the MNIST defaults.
+#: Per-dataset protocol values of the paper (arXiv 2406.05532; listed in docs/reproducing.md); anything else keeps
+#: the MNIST defaults.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"eps": 0.3, "alpha": 0.04, "epochs": 100, "trades_beta": 1.0},
     "cifar10": {"eps": 8 / 255, "alpha": 2 / 255, "epochs": 180, "trades_beta": 6.0},

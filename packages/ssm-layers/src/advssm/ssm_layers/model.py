@@ -79,7 +79,7 @@ class ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
-# The paper's models (REFERENCE.md section 2); Mamba uses d_state 16 on CIFAR-10 and
+# The paper's models (arXiv 2406.05532; docs/reproducing.md lists them); Mamba uses d_state 16 on CIFAR-10 and
 # Mega's EMA dimension (its d_state) is 16 everywhere.
 PRESETS: dict[str, dict] = {
     "mnist": dict(d_input=1, d_model=128, d_state=32, n_layers=2, n_classes=10),
