@@ -37,10 +37,14 @@ def test_kernel_modules_import_only_torch_and_triton():
 def test_imports_point_one_way():
     assert _imports(OPS_DIR / "_backend.py") <= {"os", "torch", "triton"}  # the leaf (triton: the probe)
     assert {m for m in _imports(OPS_DIR / "_dispatch.py") if m.startswith(".")} == {"._backend"}
+    # op modules: dispatch, the leaf, each other and their torch-only helpers; never a kernel module
+    siblings = {"." + p.stem for p in OPS_DIR.glob("*.py") if p.stem not in ("__init__", "_dispatch", "_backend")}
     for name in ("selective_scan.py", "diag_scan.py", "vandermonde.py", "fftconv.py"):
         local = {m for m in _imports(OPS_DIR / name) if m.startswith(".")}
-        assert local <= {"._dispatch", "._backend", ".diag_scan"}, f"{name} imports {local}"
-        assert not any(m.split(".")[0] == "triton" or "triton" in m for m in _imports(OPS_DIR / name)), name
+        assert local <= {"._dispatch", "._backend"} | siblings, f"{name} imports {local}"
+        assert not any("triton" in m for m in _imports(OPS_DIR / name)), name
+    for helper in (p for p in OPS_DIR.glob("_*.py") if p.stem not in ("__init__", "_dispatch", "_backend")):
+        assert not any(m.startswith(".") for m in _imports(helper)), f"{helper.name} must import no op module"
 
 
 def test_every_op_is_one_table_entry():

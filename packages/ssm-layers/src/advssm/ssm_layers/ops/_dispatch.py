@@ -251,16 +251,22 @@ def _first_use_check(op: Op, kernel: Callable, args: tuple, device: torch.device
 
 
 def _compare_with_torch_path(op: Op, kernel: Callable, args: tuple) -> str | None:
-    """None when the kernel and the PyTorch path agree on a small example of ``args``' class, forward
-    and backward; otherwise what differed (or what the kernel raised)."""
+    """None when the kernel and the PyTorch path (run in float64 on the same values) agree on a small
+    example of ``args``' class, forward and backward; otherwise what differed (or what the kernel raised)."""
     example = op.example(args, torch.Generator().manual_seed(0))  # a private generator: the caller's RNG is untouched
     dtype = next(a.dtype for a in example if isinstance(a, torch.Tensor))
     fwd_tol, grad_tol = tolerance(dtype)
     try:
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(example[0].device.type, enabled=False):
-            return compare(kernel, op.torch, example, fwd_tol, grad_tol, weights_seed=1)
+            return compare(kernel, op.torch, example, fwd_tol, grad_tol, weights_seed=1, ref_dtype=_wide)
     except Exception as exc:  # a kernel that does not compile or run here fails its check, it does not crash
         return f"the kernel raised {exc.__class__.__name__}: {str(exc).strip()[:500]}"
+
+
+def _wide(t: torch.Tensor) -> torch.dtype:
+    """float64 (complex128): the PyTorch path runs the check's input in it, so that neither its own
+    fp32 rounding nor TF32 matmuls a caller may have enabled can fail a correct kernel."""
+    return torch.complex128 if t.is_complex() else torch.float64
 
 
 def compare(fast: Callable, ref: Callable, args, fwd_tol: dict, grad_tol: dict, weights_seed: int = 0,
