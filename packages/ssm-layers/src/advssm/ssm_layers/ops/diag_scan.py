@@ -182,12 +182,12 @@ DIAG_SCAN = Op("diag_scan", _check, diag_scan_ref, diag_scan_torch, kernel="diag
 def diag_scan(a, b, h0=None, backend="auto"):
     """All states of h_t = a_t h_{t-1} + b_t over the last dimension (see the module docstring).
 
+        h = diag_scan(torch.full((4, 1), 0.9), torch.randn(2, 4, 100))   # (2, 4, 100)
+
     Args:
         a: decay, broadcastable to ``b`` (time-invariant (..., 1) or time-varying).
         b: input, (..., L), real or complex.
         h0: initial state, broadcastable to ``b[..., 0]``; zeros when None.
         backend: "auto", "torch", "triton" or "reference".
-
-        h = diag_scan(torch.full((4, 1), 0.9), torch.randn(2, 4, 100))   # (2, 4, 100)
     """
     return dispatch(DIAG_SCAN, backend, a, b, h0)

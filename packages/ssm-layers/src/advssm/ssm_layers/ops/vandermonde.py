@@ -75,12 +75,12 @@ VANDERMONDE_KERNEL = Op("vandermonde_kernel", _check, vandermonde_kernel_ref, va
 def vandermonde_kernel(C, dtA, L, backend="auto"):
     """K[h, l] = 2 Re(sum_n C[h, n] exp(dtA[h, n] l)) for l < L: (H, L) real.
 
+        K = vandermonde_kernel(C, dtA, 1024)   # (H, 1024) real
+
     Args:
         C: (H, N) complex, already discretised.
         dtA: (H, N) complex, the discretised state matrix's diagonal.
         L: kernel length (>= 1).
         backend: "auto", "torch", "triton" or "reference".
-
-        K = vandermonde_kernel(C, dtA, 1024)   # (H, 1024) real
     """
     return dispatch(VANDERMONDE_KERNEL, backend, C, dtA, L)
