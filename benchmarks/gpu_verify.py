@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -290,20 +291,25 @@ def training_costs(device, sizes: str, repeats: int, deadline: float) -> list[di
         batch, note = (4 if tiny else BATCH), None
         _log(f"training step {dataset} {layer}")
         while True:
+            out_of_memory = False
             try:
                 rows.append({**base, "batch": batch, **_one_preset(dataset, layer, batch, device, repeats, tiny),
                              **({"note": note} if note else {})})
                 break
             except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                if batch <= 16:
-                    rows.append({**base, "error": f"out of memory down to batch {batch}"})
-                    break
-                note = f"batch {BATCH} ran out of memory; timed at batch {batch // 2}, projected per epoch"
-                batch //= 2
+                out_of_memory = True
             except Exception as exc:
                 rows.append({**base, "batch": batch, "error": _error(exc)})
                 break
+            # outside the except block: its traceback no longer holds the failed attempt's tensors
+            gc.collect()
+            torch.cuda.empty_cache()
+            if out_of_memory and batch <= 16:
+                rows.append({**base, "error": f"out of memory down to batch {batch}"})
+                break
+            note = f"batch {BATCH} ran out of memory; timed at batch {batch // 2}, projected per epoch"
+            batch //= 2
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
