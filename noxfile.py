@@ -73,6 +73,8 @@ def kernels(session: nox.Session) -> None:
     _install(session, DEFAULT_TORCH, "packages/ssm-layers[test,triton]")
     session.run("pytest", "-m", "kernels", "-p", "no:cacheprovider", *WORKERS,
                 "packages/ssm-layers/tests", *session.posargs, env={"TRITON_INTERPRET": "1"})
+    # the GPU verification's dry run, here with triton installed (the tests session has none)
+    session.run("pytest", "-p", "no:cacheprovider", "packages/ssm-layers/tests/test_gpu_verify.py")
 
 
 @nox.session(venv_params=["--system-site-packages"])
