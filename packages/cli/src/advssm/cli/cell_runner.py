@@ -59,7 +59,19 @@ def load_init_weights(model, path: str) -> None:
     model.load_state_dict(source.state_dict())
 
 
-def _is_main() -> bool:
+def join_process_group(device: str):
+    """Under torchrun / srun (``WORLD_SIZE`` > 1) join the process group now, NCCL for a CUDA device, gloo
+    otherwise (the Trainer reuses it), so that every rank knows its rank before anything is written; returns
+    the ``DistInfo`` (one process: rank 0 of 1, nothing joined)."""
+    import torch
+    from advssm.adv_train import distributed
+
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return distributed.init_from_env(use_cuda=use_cuda)
+
+
+def is_main() -> bool:
+    """Whether this process writes files: rank 0 of the joined process group, or the only process."""
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -79,7 +91,7 @@ def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: s
     if cell_folder.is_complete(cell_dir):
         return cell_folder.read_summary(cell_dir)
     label = cell.name if label is None else label
-    main = _is_main()
+    main = join_process_group(cell.train.device).is_main
     if main:
         cell_dir.mkdir(parents=True, exist_ok=True)
         cell_folder.write_cell(cell_dir, cell)

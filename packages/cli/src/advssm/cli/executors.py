@@ -189,15 +189,19 @@ def _stdio_to(path: Path) -> Iterator[None]:
             os.close(f)
 
 
-def submit(settings: ExecutorSpec, run_dir: Path, cells: Sequence[CellSpec], name: str,
+def submit(settings: ExecutorSpec, run_dir: Path, cells: Sequence[CellSpec], name: str, n_cells: int | None = None,
            runner: Callable[[CellSpec, Path], dict] = run_cell) -> dict[str, str]:
-    """Submit one job per cell; returns cell name -> job id. Each cell's record says "submitted" first."""
+    """Submit one job per cell; returns cell name -> job id. Each cell's record says "submitted" first.
+
+    ``n_cells``: the sweep's number of cells (default: these), over which the local slots and threads are
+    counted, so that a rerun's jobs share the slots of the jobs still running."""
     if not cells:
         return {}
     run_dir = Path(run_dir).absolute()
+    n_cells = n_cells or len(cells)
     executor = make_executor(settings, run_dir, len(cells), name)
-    parallel = max_parallel(settings, len(cells)) if settings.kind == "local" else 0
-    job = CellJob(str(run_dir), settings.kind, settings.retries, threads_per_job(settings, len(cells)),
+    parallel = max_parallel(settings, n_cells) if settings.kind == "local" else 0
+    job = CellJob(str(run_dir), settings.kind, settings.retries, threads_per_job(settings, n_cells),
                   slots=parallel, gpus_per_slot=settings.gpus_per_cell if settings.kind == "local" else 0,
                   runner=runner)
     for cell in cells:
@@ -223,19 +227,24 @@ def submit(settings: ExecutorSpec, run_dir: Path, cells: Sequence[CellSpec], nam
 
 def wait(run_dir: Path, cell_names: Sequence[str], status_of: Callable[[], list[jobs.CellStatus]],
          poll_s: float = 5.0, echo: Callable[[str], None] = lambda text: click.echo(text, err=True)) -> list:
-    """Block until every cell is done or failed, printing each change of state; returns the last statuses."""
+    """Block until every cell is done or failed, printing each change of state; returns the last statuses.
+
+    Polls every half second after a change, slowing down to every ``poll_s`` seconds while nothing moves."""
     seen: dict[str, tuple] = {}
+    delay = 0.5
     while True:
         rows = [row for row in status_of() if row.cell in cell_names]
+        changed = False
         for row in rows:
             key = (row.state, row.epochs_done)
             if seen.get(row.cell) != key:
-                seen[row.cell] = key
+                seen[row.cell], changed = key, True
                 detail = f" ({row.error})" if row.state == "failed" and row.error else ""
                 echo(f"{row.cell}: {row.state}, epoch {row.epochs_done}/{row.epochs_total}{detail}")
         if rows and all(row.state in ("done", "failed") for row in rows):
             return rows
-        time.sleep(poll_s)
+        delay = 0.5 if changed else min(poll_s, delay * 1.5)
+        time.sleep(delay)
 
 
 # -- the sweep command's side ---------------------------------------------------------------------------------
@@ -347,7 +356,7 @@ def launch_jobs(spec, run_dir: Path, settings: ExecutorSpec, wait_for_end: bool,
     with jobs.sweep_lock(run_dir, f"advssm sweep --executor {settings.kind}"):
         rows = jobs.cell_statuses(run_dir, cells)
         todo = [cell for cell, row in zip(cells, rows) if row.state != "done" and not row.alive]
-        ids = submit(settings, run_dir, todo, spec.name)
+        ids = submit(settings, run_dir, todo, spec.name, n_cells=len(cells))
         write_sweep_report(run_dir, spec)
         others = ", ".join(f"{n} {state}" for state in jobs.STATES
                            if (n := sum(r.state == state for r in rows if r.cell not in ids)))
@@ -370,3 +379,15 @@ def launch_jobs(spec, run_dir: Path, settings: ExecutorSpec, wait_for_end: bool,
         details = "; ".join(f"{name}: {f['error']} (log {f['log']})" for name, f in failed.items())
         raise RuntimeError(f"{len(failed)} failed of {len(cells)} cells: {details}. Rerun the same sweep command "
                            "to resubmit them")
+
+
+SLURM_ONLY = ("partition", "mem_gb", "cpus_per_cell", "sbatch")
+
+
+def unused_settings(settings: ExecutorSpec) -> list[str]:
+    """The settings the chosen executor does not use (said aloud, never silently dropped)."""
+    if settings.kind == "slurm":
+        return []
+    given = settings.model_dump(exclude_defaults=True)
+    return [f"executor.{key} = {given[key]!r} applies to --executor slurm; {settings.kind} does not use it"
+            for key in SLURM_ONLY if key in given]

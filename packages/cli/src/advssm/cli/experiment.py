@@ -1,12 +1,13 @@
 """Run the cells of an ExperimentSpec in turn, each into its own sub-folder, skipping complete ones."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
 
-from . import cell_folder, runs
-from .cell_runner import run_cell
+from . import cell_folder, jobs, runs
+from .cell_runner import is_main, run_cell
 from .errors import ConfigError
 from .spec import load_toml, resolve_experiment
 
@@ -30,22 +31,32 @@ def prepare_dir(spec, run_dir: Path, rewrite: bool = False) -> None:
     path.write_text(spec.to_toml())
 
 
-def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_changes=()) -> dict[str, dict]:
+def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_changes=(),
+            command: str = "advssm run") -> dict[str, dict]:
     """Run every unfinished cell of ``spec`` into ``run_dir/<cell>``, then write the report.
 
     Returns the table rows by cell name. A KeyboardInterrupt propagates, leaving the folder resumable.
+    The run folder's sweep lock is held throughout (a second command on the folder refuses), and each cell's
+    lock while it trains (``advssm status`` shows it running). Under torchrun every rank trains its shard of
+    each cell and rank 0 alone writes the folder.
     """
-    prepare_dir(spec, run_dir, rewrite=bool(allow_changes))
-    cells = spec.cells()
-    summaries = {}
-    for i, cell in enumerate(cells, 1):
-        cell_dir = run_dir / cell.name
-        if cell_folder.is_complete(cell_dir):
-            click.echo(f"[{i}/{len(cells)}] {cell.name}: finished, skipped", err=True)
-            summaries[cell.name] = cell_folder.read_summary(cell_dir)
-        else:
-            click.echo(f"[{i}/{len(cells)}] {cell.name}: training", err=True)
-            summaries[cell.name] = run_cell(cell, cell_dir, progress, callbacks, allow_changes=allow_changes)
-    runs.write_report(run_dir, {cell.name: run_dir / cell.name for cell in cells}, title=f"advssm run: {spec.name}",
-                      config_text=spec.to_toml())
+    main = is_main()
+    with jobs.sweep_lock(run_dir, command) if main else contextlib.nullcontext():
+        if main:
+            prepare_dir(spec, run_dir, rewrite=bool(allow_changes))
+        cells = spec.cells()
+        summaries = {}
+        for i, cell in enumerate(cells, 1):
+            cell_dir = run_dir / cell.name
+            if cell_folder.is_complete(cell_dir):
+                click.echo(f"[{i}/{len(cells)}] {cell.name}: finished, skipped", err=True)
+                summaries[cell.name] = cell_folder.read_summary(cell_dir)
+            else:
+                click.echo(f"[{i}/{len(cells)}] {cell.name}: training", err=True)
+                with jobs.locked(jobs.lock_path(run_dir, cell.name)) if main else contextlib.nullcontext():
+                    summaries[cell.name] = run_cell(cell, cell_dir, progress, callbacks, allow_changes=allow_changes)
+        if main:
+            with jobs.report_lock(run_dir):
+                runs.write_report(run_dir, {cell.name: run_dir / cell.name for cell in cells},
+                                  title=f"advssm run: {spec.name}", config_text=spec.to_toml())
     return summaries

@@ -1,13 +1,17 @@
-"""The jobs folder of a run (``RUN_DIR/jobs``): what the executors know about each cell's job.
+"""The jobs folder of a run (``RUN_DIR/jobs``, made by the local and slurm executors): what they know about
+each cell's job.
 
 - ``jobs/<cell>.json``: the cell's job record (executor, job id, state, attempts, error, log file), written
   atomically under a small lock, by the sweep command when it submits and by the job as it runs;
-- ``jobs/<cell>.lock``: held by the one process that trains the cell (two jobs of one cell never both write
-  its folder; a killed job's lock goes with it, so "held" means "running now");
-- ``jobs/sweep.lock``: held by the sweep command for as long as it runs (two sweeps on one folder refuse);
-- ``jobs/report.lock``: taken around every write of ``report.md``;
 - ``jobs/slots/<k>.lock``: the ``--max-parallel`` slots of the local executor;
 - ``jobs/submitit/``: submitit's pickles and the jobs' logs.
+
+and the run folder's locks (hidden files, in every run folder, inline runs included):
+
+- ``.<cell>.lock``: held by the one process that trains the cell (two jobs of one cell never both write
+  its folder; a killed job's lock goes with it, so "held" means "running now");
+- ``.lock``: held by the sweep (or run) command for as long as it runs (a second one on the folder refuses);
+- ``.report.lock``: taken around every write of ``report.md``.
 
 The cell folders themselves belong to :mod:`advssm.cli.cell_folder`; nothing here writes into them.
 
@@ -65,7 +69,13 @@ def record_path(run_dir: str | os.PathLike, cell: str) -> Path:
 
 
 def lock_path(run_dir: str | os.PathLike, cell: str) -> Path:
-    return jobs_dir(run_dir) / f"{cell}.lock"
+    """The cell's lock, held while a process trains it."""
+    return Path(run_dir) / f".{cell}.lock"
+
+
+def sweep_lock_path(run_dir: str | os.PathLike) -> Path:
+    """The run folder's lock, held by the command that runs or submits its cells."""
+    return Path(run_dir) / ".lock"
 
 
 # -- locks ----------------------------------------------------------------------------------------------------
@@ -107,7 +117,7 @@ def is_locked(path: str | os.PathLike) -> bool:
 @contextlib.contextmanager
 def sweep_lock(run_dir: str | os.PathLike, command: str) -> Iterator[None]:
     """One sweep command per run folder: raises FolderBusy (naming the holder) when another one has it."""
-    path = jobs_dir(run_dir) / "sweep.lock"
+    path = sweep_lock_path(run_dir)
     fd = _open_lock(path)
     try:
         try:
@@ -125,7 +135,7 @@ def sweep_lock(run_dir: str | os.PathLike, command: str) -> Iterator[None]:
 
 def report_lock(run_dir: str | os.PathLike):
     """Held around every write of the run's report.md (the sweep command and each finishing job write it)."""
-    return locked(jobs_dir(run_dir) / "report.lock")
+    return locked(Path(run_dir) / ".report.lock")
 
 
 @contextlib.contextmanager

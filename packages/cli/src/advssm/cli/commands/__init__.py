@@ -5,6 +5,7 @@ from .eval import eval_command
 from .info import info
 from .report import report
 from .run import run
+from .status import status
 from .sweep import sweep
 
-COMMANDS = [run, eval_command, sweep, report, analyze, bench, info]
+COMMANDS = [run, eval_command, sweep, status, report, analyze, bench, info]

@@ -1,0 +1,85 @@
+"""``advssm status RUN_DIR``: where each cell of a sweep stands, whichever executor runs it."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from .. import jobs
+from ..errors import ConfigError
+from ..output import emit
+from ..runs import CONFIG_FILE
+from ..spec import load_toml, resolve_experiment
+
+FINAL = ("done", "failed")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def status_table(rows: list[jobs.CellStatus], width: int = 60) -> str:
+    """The status rows as a Markdown table (the last log line cut to ``width`` characters)."""
+    head = ["Cell", "State", "Epochs", "Best PGD so far", "Job", "Last log line"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        last = row.error if row.state == "failed" and row.error else row.last_line
+        last = (last[: width - 3] + "...") if len(last) > width else last
+        job = "-" if not row.job_id else f"{row.executor} {row.job_id}"
+        if row.attempt > 1:
+            job += f" (attempt {row.attempt})"
+        cells = [row.cell, row.state, f"{row.epochs_done}/{row.epochs_total}", _pct(row.best_pgd), job,
+                 last.replace("|", "/") or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def counts(rows: list[jobs.CellStatus]) -> dict[str, int]:
+    return {state: n for state in jobs.STATES if (n := sum(row.state == state for row in rows))}
+
+
+def summary_line(rows: list[jobs.CellStatus]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts(rows).items())
+
+
+def read_status(run_dir: Path) -> list[jobs.CellStatus]:
+    """The status of every cell of the sweep in ``run_dir`` (its config.toml names the cells)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder ({path} is missing)")
+    return jobs.cell_statuses(run_dir, resolve_experiment(load_toml(path)).cells())
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Refresh until every cell is done or failed (Ctrl-C stops watching).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+def status(run_dir, as_json, watch, interval):
+    """Each cell of a sweep: its state (pending, running, requeued, done, failed), epochs done of the total,
+    the best PGD accuracy so far, its job and the last line of its log (or its error).
+
+    Reads the run folder only; it works while the sweep runs, under any executor, and after it ended.
+
+    \b
+    Examples:
+      advssm status runs/zoo
+      advssm status runs/zoo --watch --interval 30
+      advssm status runs/zoo --json
+    """
+    run_dir = Path(run_dir)
+    while True:
+        rows = read_status(run_dir)
+        payload = {"run_dir": str(run_dir), "counts": counts(rows), "cells": [row.to_dict() for row in rows]}
+        if watch and as_json:
+            click.echo(json.dumps(payload))  # one compact document per refresh (JSON lines)
+        else:
+            if watch and click.get_text_stream("stdout").isatty():
+                click.clear()
+            emit(payload, as_json, f"{status_table(rows)}\n\n{summary_line(rows)}")
+        if not watch or all(row.state in FINAL for row in rows):
+            break
+        time.sleep(interval)
