@@ -322,3 +322,15 @@ def test_global_override_runs_a_layer_on_the_kernels(monkeypatch):
     with kernel_override("selective_scan", run):
         torch.testing.assert_close(layer(x), expected, **FWD_TOL)
     assert calls and calls[-1][0].shape == (2, 16, 7)  # the layer's own input (inner width 2 x 8) ran on it
+
+
+def test_each_kernel_tile_gets_its_own_check(auto_on_this_device):
+    """Inputs the kernel runs with another tile (rows per program) are checked again, on an example
+    with that tile: 6 rows (one program of 8) and 130 rows (programs of 64)."""
+    run, calls = _recording("diag_scan")
+    with kernel_override("diag_scan", run):
+        for rows in (6, 130, 140):
+            diag_scan(torch.rand(rows, 1, device=DEVICE) * 0.9, torch.randn(rows, 5, device=DEVICE))
+        assert len(kernel_checks()) == 2 and all(v is None for v in kernel_checks().values())
+    checked_rows = [args[1].shape[0] for args in calls if args[1].shape[0] not in (6, 130, 140)]
+    assert checked_rows == [70]  # the second tile's example: two programs of 64 rows (6 rows is its own example)

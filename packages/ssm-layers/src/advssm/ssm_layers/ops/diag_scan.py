@@ -151,17 +151,26 @@ def diag_scan_torch(a, b, h0=None):
     return _DiagScan.apply(a, b, h0)
 
 
+def _time_invariant(a, b):
+    return a.shape[-1:] == (1,) and b.shape[-1] > 1
+
+
 def _shape_class(a, b, h0):
-    """What the kernel specialises on: real or complex, a time-invariant ``a`` (one value per row), h0."""
-    return (a.is_complex() or b.is_complex(), a.shape[-1:] == (1,) and b.shape[-1] > 1, h0 is not None)
+    """What the kernel specialises on: real or complex, a time-invariant ``a`` (one value per row), h0,
+    and its tile (ops/triton/diag_scan.py: min(pow2(rows), 64) rows per program)."""
+    rows = b.numel() // max(1, b.shape[-1])
+    return (a.is_complex() or b.is_complex(), _time_invariant(a, b), h0 is not None,
+            min(1 << max(0, rows - 1).bit_length(), 64))
 
 
 def _example(args, gen):
-    """A small input of the class of ``args`` (same dtypes, device) for the first-use check: 2 x 3 rows
-    of up to 37 steps, |a| < 1."""
+    """A small input of the class of ``args`` (same dtypes, tile, device) for the first-use check: the
+    rows flattened as the kernel sees them (70 when there are 64 or more: two programs of 64), up to
+    37 steps, |a| < 1."""
     a, b, h0 = args
-    L = min(b.shape[-1], 37)
-    a_shape = (3, 1) if a.shape[-1:] == (1,) and b.shape[-1] > 1 else (2, 3, L)
+    rows, L = b.numel() // max(1, b.shape[-1]), min(b.shape[-1], 37)
+    rows = 70 if rows >= 64 else rows
+    a_shape = (rows, 1) if _time_invariant(a, b) else (rows, L)
 
     def draw(like, *shape):
         x = torch.randn(*shape, generator=gen)
@@ -172,7 +181,7 @@ def _example(args, gen):
     decay = torch.rand(*a_shape, generator=gen) * 0.9 + 0.05
     if a.is_complex():
         decay = decay * torch.exp(1j * torch.randn(*a_shape, generator=gen))
-    return decay.to(device=a.device, dtype=a.dtype), draw(b, 2, 3, L), None if h0 is None else draw(h0, 3)
+    return decay.to(device=a.device, dtype=a.dtype), draw(b, rows, L), None if h0 is None else draw(h0, rows)
 
 
 DIAG_SCAN = Op("diag_scan", _check, diag_scan_ref, diag_scan_torch, kernel="diag_scan:diag_scan_fn",

@@ -116,16 +116,21 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return (y, last) if return_last_state else y
 
 
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 def _shape_class(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    """What the kernel specialises on: which inputs are given, input-dependent B / C, the flags, and N
-    rounded up to a power of two (the state tile)."""
+    """What the kernel specialises on: which inputs are given, input-dependent B / C, the flags, and
+    its tiles (ops/triton/selective_scan.py: N rounded up to a power of two, min(pow2(dim), 32)
+    channels per program)."""
     return (B.dim() == 3, C.dim() == 3, D is not None, z is not None, delta_bias is not None,
-            bool(delta_softplus), bool(return_last_state), 1 << max(0, A.shape[1] - 1).bit_length())
+            bool(delta_softplus), bool(return_last_state), _pow2(A.shape[1]), min(_pow2(u.shape[1]), 32))
 
 
 def _example(args, gen):
-    """A small input of the class of ``args`` (same N, flags, dtypes and device) for the first-use check:
-    up to 2 x 40 channels x 37 steps, so several channel blocks and time chunks of the kernel run."""
+    """A small input of the class of ``args`` (same N, flags, tiles, dtypes and device) for the first-use
+    check: up to 2 x 40 channels x 37 steps, so several channel blocks and time chunks of the kernel run."""
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state = args
     batch, dim, L = u.shape
     b, d, n, l = min(batch, 2), min(dim, 40), A.shape[1], min(L, 37)

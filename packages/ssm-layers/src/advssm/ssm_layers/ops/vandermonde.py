@@ -69,7 +69,9 @@ def _example(args, gen):
 
 
 VANDERMONDE_KERNEL = Op("vandermonde_kernel", _check, vandermonde_kernel_ref, vandermonde_kernel_torch,
-                        kernel="vandermonde:vandermonde_fn", shape_class=lambda C, dtA, L: (), example=_example)
+                        kernel="vandermonde:vandermonde_fn", example=_example,
+                        # the kernel's tile (ops/triton/vandermonde.py): min(pow2(N), 32) modes per block
+                        shape_class=lambda C, dtA, L: (min(1 << max(0, C.shape[1] - 1).bit_length(), 32),))
 
 
 def vandermonde_kernel(C, dtA, L, backend="auto"):
