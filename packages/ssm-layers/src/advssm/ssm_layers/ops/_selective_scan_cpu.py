@@ -1,27 +1,31 @@
-"""The core of the selective scan's PyTorch path: a time-major, block-wise sequential scan
-with a hand-written backward.
+"""The selective scan's PyTorch path: a time-major, block-wise sequential scan with a
+hand-written backward, bias, softplus, D and the gate included.
 
-    x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t,   y_t = <C_t, x_t>,   x_{-1} = 0
+    delta <- softplus(delta + delta_bias)
+    x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t,   x_{-1} = 0
+    y_t = (<C_t, x_t> + D u_t) silu(z_t)
 
-``selective_scan_core(u, delta, A, B, C)`` returns (y, last state) for u, delta (batch, dim, L),
-A (dim, N) real, B / C (dim, N) or (batch, N, L), all of one floating dtype, which is the
-compute dtype (fp64 stays fp64). Bias, softplus, D and the gate are the caller's (autograd).
-
-Why this shape (measured on 2 CPU cores; ``benchmarks/bench_ops.py --scan-peers``):
-- Time-major (L, batch, dim, N) work tensors make each time step one contiguous slab, so the
-  recurrence is one fused ``addcmul_`` per step: a single small op, below ATen's parallel grain
-  size, with no autograd node. At the paper's sizes that costs less than the elementwise work
-  around it, and it is exactly the sequential recurrence (no products of decays are formed,
-  so no range problem: exp(delta A) may underflow to 0 or, for delta < 0, exceed 1, as in the
-  reference). A log-step or cumsum-of-log-decays scan does several full passes per level or
-  needs the dynamic range of exp(cumsum(delta A)) bounded; both measured slower here.
-- Time is processed in blocks of about ``_BLOCK_BYTES`` of state so that a block's decays,
-  inputs and states stay in the L2 cache; the elementwise and contraction work is batched per
-  block (a few ops per block, not per step). Buffers are allocated once per call and reused.
-- Forward keeps only the state at each block start; backward recomputes a block's decays and
+``selective_scan_cpu`` computes in the inputs' dtype (fp64 stays fp64; fp32 states for fp32).
+The design, measured on 2 shared CPU cores (``benchmarks/bench_ops.py --scan-peers``;
+figures in docs/performance.md):
+- Time-major (L, batch, N, dim) work tensors make each time step one contiguous slab, so the
+  recurrence is one fused ``addcmul_`` per step: one small op, with no autograd node. It is
+  exactly the sequential recurrence (no products of decays are formed, so no range problem:
+  exp(delta A) may underflow to 0 or, for delta < 0, exceed 1, as in the reference). For the
+  1024 steps of batch 8, dim 128, N 16 the steps cost 14 ms on one core; ``torch.cumsum`` of the
+  same (1024, 8, 128, 16) tensor costs 45 ms along a contiguous last dim and 270 ms along time,
+  before the extra exp passes and the range limits of a cumsum-of-log-decays scan; the
+  log-step block scan this replaces was 3.7-7x slower on one thread.
+- dim innermost: the contractions over N (<C_t, x_t>, <B_t, g_t>) are (1, N) @ (N, dim)
+  products, and those over dim and the batch (dA, fixed B / C) vectorise along dim.
+- Time runs in blocks of about ``_BLOCK_BYTES`` of state, so that a block's decays, states and
+  adjoints stay in cache; the elementwise and contraction work is batched per block (a few ops
+  per block, not per step), into buffers allocated once per call.
+- Forward keeps only the state entering each block; backward recomputes a block's decays and
   states from it and runs the adjoint g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} backwards,
-  again one ``addcmul_`` per step. Memory held for backward: the (time-major) inputs and one
-  state per block.
+  again one ``addcmul_`` per step. Memory held for backward: time-major copies of the inputs
+  and one state per block (at most 1/``_MIN_STEPS`` of all states).
+- Forward and backward run on one intra-op thread (``_one_intra_op_thread``).
 """
 from __future__ import annotations
 
@@ -91,13 +95,18 @@ def _contract_d(x, w, M, t0, t1, grad, scratch):
 
 @contextlib.contextmanager
 def _one_intra_op_thread(device):
-    """Run the block loop's ops on the calling thread only (CPU; the setting is restored after).
+    """Run every op of the scan on the calling thread only (CPU; the setting is restored after).
 
-    Each op of a block is ~10-100 us of work. With more than one intra-op thread every op over
-    ATen's grain size opens an OpenMP parallel region (thousands per call), and on a machine
-    whose cores are busy with other processes each region waits for a worker that is spinning
-    or descheduled: measured 15-20x slower on 2 threads than on 1 at load ~6 on 2 cores (and
-    back to ~1.3x with OMP_WAIT_POLICY=PASSIVE). The per-step ops are below the grain size anyway.
+    The ops of a block are ~10-100 us of work each. With more than one intra-op thread, each op
+    over ATen's grain size (32768 elements) opens an OpenMP parallel region, thousands per call,
+    and after each region libgomp's workers spin-wait by default (OMP_WAIT_POLICY unset). On a
+    machine whose cores are busy with other processes the spinning workers take the cores the
+    main thread needs: measured on 2 cores at load 6-15, this scan without this guard ran 16-19x
+    slower on 2 threads than on 1 (1.3-2.6x with OMP_WAIT_POLICY=PASSIVE), and the log-step
+    path it replaced 10-14x (1.1x PASSIVE). Even the ~25 elementwise ops of bias, softplus and
+    gate left outside made 2 threads 2x slower, so they are inside. Nothing measured was lost:
+    even with PASSIVE 2 threads were slower than 1 here, and the per-step ops are below the
+    grain size, so they ran on one thread anyway. (Not measured on an idle many-core machine.)
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
