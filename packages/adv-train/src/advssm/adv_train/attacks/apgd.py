@@ -76,6 +76,9 @@ class APGD(Attack):
         loss: "ce" (APGD-CE), "dlr" (APGD-DLR) or "margin".
         rho: the oscillation threshold of condition 1.
         seed: seeds the random starts.
+        eot_iter: samples per step for an expectation over transformation (randomised models): the
+            loss, its input gradient and the logits are averaged over ``eot_iter`` forward+backward
+            passes at the same point (20 in AutoAttack's "rand" version); 1 for deterministic models.
 
     Returns, per example, the first adversarial iterate found, else the highest-loss point.
     After a call, ``last_step_sizes`` (steps, batch) holds the step size of every iteration of the
@@ -83,9 +86,10 @@ class APGD(Attack):
     """
 
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, steps: int = 100,
-                 n_restarts: int = 1, loss: str = "ce", rho: float = 0.75, seed: int | None = 0):
+                 n_restarts: int = 1, loss: str = "ce", rho: float = 0.75, seed: int | None = 0, eot_iter: int = 1):
         super().__init__(model, eps, norm=norm, seed=seed)
         self.steps = check_positive_int(steps, "steps")
+        self.eot_iter = check_positive_int(eot_iter, "eot_iter")
         self.n_restarts = check_positive_int(n_restarts, "n_restarts")
         if not 0 < rho <= 1:
             raise ValueError(f"rho must lie in (0, 1], got {rho}")
@@ -100,10 +104,21 @@ class APGD(Attack):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
-                f"n_restarts={self.n_restarts}, loss={self.loss_name!r})")
+                f"n_restarts={self.n_restarts}, loss={self.loss_name!r}"
+                + (f", eot_iter={self.eot_iter})" if self.eot_iter > 1 else ")"))
 
     def budget(self) -> dict:
-        return {"steps": self.steps, "restarts": self.n_restarts, "loss": self.loss_name}
+        return {"steps": self.steps, "restarts": self.n_restarts, "loss": self.loss_name, "eot_iter": self.eot_iter}
+
+    def loss_and_grad(self, x_adv: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The base class's, averaged over ``eot_iter`` samples of a randomised model (EOT)."""
+        loss, grad, logits = super().loss_and_grad(x_adv, loss_fn)
+        for _ in range(self.eot_iter - 1):
+            sample = super().loss_and_grad(x_adv, loss_fn)
+            loss, grad, logits = loss + sample[0], grad + sample[1], logits + sample[2]
+        if self.eot_iter > 1:
+            loss, grad, logits = loss / self.eot_iter, grad / self.eot_iter, logits / self.eot_iter
+        return loss, grad, logits
 
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         with torch.no_grad():

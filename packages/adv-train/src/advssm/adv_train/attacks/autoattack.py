@@ -1,8 +1,14 @@
 """AutoAttack (Croce & Hein, ICML 2020): an ensemble of parameter-free attacks run one after the
 other, each only on the examples the previous ones did not break.
 
-The standard version (Linf): APGD-CE (100 iterations, no restarts), APGD-T (100 iterations,
-9 target classes), FAB-T (100 iterations, 9 target classes), Square (5000 queries, p_init 0.8).
+The standard version (Linf or L2): APGD-CE (100 iterations, no restarts), APGD-T (100 iterations,
+9 target classes), FAB-T (100 iterations, 9 target classes), Square (5000 queries, p_init 0.8), all
+in the threat model's norm. The "rand" version, for randomised models: APGD-CE and APGD-DLR
+(100 iterations) with an expectation over 20 transformations per step (EOT).
+
+    aa = AutoAttack(model, norm="L2", eps=0.5)            # standard
+    x_adv = aa(x, y)
+    aa.last_broken                                        # {"apgd-ce": 31, "apgd-t": 2, "fab-t": 0, "square": 1}
 """
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ from .fab import FAB
 from .square import Square
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+RAND = ("apgd-ce", "apgd-dlr")
+EOT_ITER = 20  # samples per step in the "rand" version
+VERSIONS = ("standard", "rand", "custom")
 
 
 # Each of AutoAttack's attacks by name; at steps=100 these are the AutoAttack paper's budgets.
@@ -42,7 +51,11 @@ ATTACK_NAMES = tuple(_BUILDERS)
 
 def build_attack(name: str, model: nn.Module, norm: str, eps: float, seed: int | None, steps: int = 100) -> Attack:
     """One of AutoAttack's attacks by name, with the AutoAttack paper's budgets, or a reduced budget of ``steps``
-    iterations (APGD, FAB; Square gets 50 queries per step)."""
+    iterations (APGD, FAB; Square gets 50 queries per step). ``describe()`` of the result states the budget.
+
+        square = build_attack("square", model, "Linf", eps=0.3, seed=0, steps=20)   # Square, 1000 queries
+        square.describe()["queries"]                                                # 1000
+    """
     if name not in _BUILDERS:
         raise ValueError(f"unknown AutoAttack attack {name!r}; choose from {sorted(_BUILDERS)} "
                          "or pass Attack instances")
@@ -54,9 +67,10 @@ class AutoAttack(Attack):
 
     Args:
         model: classifier mapping [0, 1] inputs to logits.
-        norm: "Linf" or "L2" (the standard version is Linf only here: Square is Linf only).
+        norm: "Linf" or "L2".
         eps: radius of the threat model's ball.
-        version: "standard" (the four attacks above, paper budgets) or "custom" (``attacks``).
+        version: "standard" (the four attacks above, paper budgets), "rand" (APGD-CE and APGD-DLR with
+            EOT over 20 samples, for randomised models) or "custom" (``attacks``).
         attacks: for "custom", a list of names ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "fab",
             "square") or ``Attack`` instances with the same eps and norm, run in that order.
         seed: seeds every attack built by name.
@@ -70,28 +84,28 @@ class AutoAttack(Attack):
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, version: str = "standard",
                  attacks: list[str | Attack] | None = None, seed: int | None = 0):
         super().__init__(model, eps, norm=norm, seed=seed)
-        if version == "standard":
+        if version in ("standard", "rand"):
             if attacks is not None:
-                raise ValueError("version='standard' fixes its attacks; pass attacks=... with version='custom'")
-            if norm != "Linf":
-                raise ValueError("the standard AutoAttack for L2 needs an L2 Square attack, which is not "
-                                 "implemented; use version='custom', attacks=['apgd-ce', 'apgd-t', 'fab-t']")
-            attacks = list(STANDARD)
+                raise ValueError(f"version={version!r} fixes its attacks; pass attacks=... with version='custom'")
+            attacks = list(STANDARD) if version == "standard" else [
+                APGD(model, norm=norm, eps=self.eps, steps=100, n_restarts=1, loss=loss, seed=seed, eot_iter=EOT_ITER)
+                for loss in ("ce", "dlr")]
         elif version == "custom":
             if not attacks:
                 raise ValueError("version='custom' needs a non-empty list attacks=[...] of names or Attack instances")
         else:
-            raise ValueError(f"unknown version {version!r}; choose 'standard' or 'custom'")
+            raise ValueError(f"unknown version {version!r}; choose one of {VERSIONS}")
         self.version = version
         self.attacks: dict[str, Attack] = {}
-        for entry in attacks:
+        for position, entry in enumerate(attacks):
             attack = build_attack(entry, model, norm, self.eps, seed) if isinstance(entry, str) else entry
             if not isinstance(attack, Attack):
                 raise TypeError(f"attacks must be names or Attack instances, got {type(entry).__name__}")
             if attack.eps != self.eps or attack.norm != self.norm:
                 raise ValueError(f"{attack!r} has eps={attack.eps:g}, norm={attack.norm!r}; AutoAttack has "
                                  f"eps={self.eps:g}, norm={self.norm!r}: they must agree")
-            name = entry if isinstance(entry, str) else type(attack).__name__.lower()
+            name = entry if isinstance(entry, str) else RAND[position] if version == "rand" else \
+                type(attack).__name__.lower()
             while name in self.attacks:
                 name += "'"
             self.attacks[name] = attack

@@ -1,17 +1,26 @@
-"""Square Attack, Linf (Andriushchenko et al., "Square Attack: a query-efficient black-box
+"""Square Attack, Linf and L2 (Andriushchenko et al., "Square Attack: a query-efficient black-box
 adversarial attack via random search", ECCV 2020): score-based random search that only queries
 the model's outputs (every forward runs under ``torch.no_grad()``, no gradients at all).
 
-Start: vertical stripes, x + eps * s with one random sign s per (channel, column). Each query:
-per example, a random window of side h (its area a fraction p of the spatial size) gets a new
-random sign per channel, i.e. the perturbation there becomes +-eps; the candidate is kept if it
-lowers the margin z_y - max_{j != y} z_j. An example is done once its margin is negative.
-The fraction p follows the paper's schedule: p_init, halved at queries 10, 50, 200, 500, 1000,
-2000, 4000, 6000, 8000 of a 10000-query budget (rescaled to ``n_queries``).
+Each query draws, per example, a random window of side h (its area a fraction p of the spatial
+size) and proposes a change there; the candidate is kept if it lowers the margin
+z_y - max_{j != y} z_j. An example is done once its margin is negative. The fraction p follows
+the paper's schedule: p_init, halved at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000
+of a 10000-query budget (rescaled to ``n_queries``).
+
+- Linf. Start: vertical stripes, x + eps * s with one random sign s per (channel, column). A
+  proposal sets the perturbation in the window to eps times a new random sign per channel; where
+  that would change nothing in the window (the signs it already has), the opposite signs are used.
+- L2. Start: a 5 x 5 grid of windows (5 segments for sequences), each holding the paper's pattern
+  of concentric rectangles with weights 1/(k+1)^2, positive on one half and negative on the other,
+  times a random sign per channel; rescaled to norm eps. A proposal moves the perturbation's mass
+  from a second random window into the first one, where it gets a new pattern plus the old
+  (normalised) content, and rescales the whole perturbation back to norm eps.
 
 Layouts: (B, C, H, W) images get square windows over (H, W); (B, L, C) sequences get windows
 of length p * L over L, with one sign per channel; (B, D) vectors windows of length p * D.
-A window is resampled at most a few times when its new signs equal the current ones.
+Unlike the AutoAttack code, which draws one window and one sign per channel for the whole batch
+at each query, every example gets its own (as in the paper's own code): a little stronger.
 """
 from __future__ import annotations
 
@@ -20,7 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, check_positive_int, margin_loss
+from .base import TINY, Attack, check_positive_int, margin_loss
 
 # Query indices (of a 10000-query budget) after which p halves once more.
 P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -48,27 +57,65 @@ def from_channels_first(x: Tensor, dim: int) -> Tensor:
     return x if dim == 4 else x.transpose(1, 2) if dim == 3 else x[:, 0]
 
 
+def rectangles(shape: tuple[int, ...]) -> Tensor:
+    """Concentric boxes around the centre of ``shape``, box k weighted 1/(k+1)^2, unit L2 norm (float64)."""
+    out = torch.zeros(shape, dtype=torch.float64)
+    if out.numel() == 0:
+        return out
+    centre = [n // 2 for n in shape]
+    for k in range(max(centre) + 1):
+        out[tuple(slice(max(c - k, 0), min(c + k + 1, n)) for c, n in zip(centre, shape))] += 1.0 / (k + 1) ** 2
+    return out / out.norm()
+
+
+def l2_pattern(side: int, dims: int) -> Tensor:
+    """The L2 Square Attack's window pattern: ``rectangles`` on the first half of the first axis, minus them
+    on the second half; unit L2 norm, shape (side,) * dims."""
+    rest = (side,) * (dims - 1)
+    pattern = torch.cat([rectangles((side // 2, *rest)), -rectangles((side - side // 2, *rest))])
+    return pattern / pattern.norm()
+
+
+def _window_index(n: int, channels: int, space: list[int], side: int, generator: torch.Generator,
+                  device: torch.device) -> tuple[Tensor, ...]:
+    """Advanced-indexing tensors for one random window of ``side`` per example into (n, channels, *space):
+    indexing with them gives (n, channels, side, ...)."""
+    d = len(space)
+    index = [torch.arange(n, device=device).reshape(n, 1, *[1] * d),
+             torch.arange(channels, device=device).reshape(1, channels, *[1] * d)]
+    offsets = torch.arange(side, device=device)
+    for axis, size in enumerate(space):
+        start = torch.randint(0, size - side + 1, (n,), generator=generator, device=device)
+        shape = [n, 1] + [1] * d
+        shape[2 + axis] = side
+        index.append((start[:, None] + offsets).reshape(shape))
+    return tuple(index)
+
+
+def _l2(t: Tensor) -> Tensor:
+    """Per-example L2 norm, shaped to broadcast against ``t``."""
+    return t.flatten(1).norm(dim=1).reshape(-1, *[1] * (t.dim() - 1))
+
+
 class Square(Attack):
-    """Square Attack (Linf), untargeted, margin loss, no gradient access.
+    """Square Attack, untargeted, margin loss, no gradient access.
 
     Args:
         model: classifier mapping [0, 1] inputs to logits; only its outputs are queried.
-        eps: Linf radius.
+        eps: radius of the ball.
         n_queries: queries per example (5000 in AutoAttack), besides the initial one.
         p_init: initial fraction of the spatial size covered by a window (0.8 in AutoAttack).
-        n_restarts: runs from fresh stripes on the examples not yet fooled.
+        n_restarts: runs from fresh starts on the examples not yet fooled.
         seed: seeds all the random choices.
-        norm: only "Linf" is implemented.
-    """
+        norm: "Linf" or "L2".
 
-    RESAMPLES = 10
+        square = Square(model, eps=0.3, n_queries=1000, seed=0)
+        x_adv = square(x, y)
+    """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, n_queries: int = 5000, p_init: float = 0.8,
                  n_restarts: int = 1, seed: int | None = 0, norm: str = "Linf"):
         super().__init__(model, eps, norm=norm, seed=seed)
-        if norm != "Linf":
-            raise ValueError("Square implements the Linf attack only; use norm='Linf' (or drop Square from "
-                             "an L2 evaluation)")
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must lie in (0, 1], got {p_init}")
         self.n_queries = check_positive_int(n_queries, "n_queries")
@@ -76,7 +123,7 @@ class Square(Attack):
         self.p_init = float(p_init)
 
     def __repr__(self) -> str:
-        return f"Square(eps={self.eps:g}, n_queries={self.n_queries}, p_init={self.p_init:g})"
+        return f"Square(norm={self.norm!r}, eps={self.eps:g}, n_queries={self.n_queries}, p_init={self.p_init:g})"
 
     def budget(self) -> dict:
         return {"queries": self.n_queries, "p_init": self.p_init, "restarts": self.n_restarts}
@@ -100,44 +147,93 @@ class Square(Attack):
     def run(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """One random search; returns (best point, its margin z_y - max_other)."""
         dim, xc = x.dim(), to_channels_first(x)
-        batch, channels, *space = xc.shape
-
-        def signs(n: int, *shape: int) -> Tensor:
-            return 2.0 * torch.randint(0, 2, (n, *shape), generator=generator, device=x.device).to(x.dtype) - 1
-
-        stripes = signs(batch, channels, *[1] * (len(space) - 1), space[-1])
-        best = (xc + self.eps * stripes).clamp(0, 1)
+        batch, _, *space = xc.shape
+        best = self._start_linf(xc, generator) if self.norm == "Linf" else self._start_l2(xc, generator)
         margin = self._margin(from_channels_first(best, dim), y)
+        patterns: dict[tuple[int, bool], Tensor] = {}
         for query in range(self.n_queries):
             todo = (margin > 0).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
+            everyone = todo.numel() == batch  # skips the gathers while nothing is fooled yet
+            x_now, current = (xc, best) if everyone else (xc[todo], best[todo])
             p = p_selection(self.p_init, query, self.n_queries)
-            side = min(max(round((p * math.prod(space)) ** (1 / len(space))), 1), min(space))
-            x_now, current = xc[todo], best[todo]
-            window = self._window(len(todo), space, side, generator, x.device)
-            delta = current - x_now
-            for _ in range(self.RESAMPLES):
-                new_signs = signs(len(todo), channels, *[1] * len(space))
-                candidate_delta = torch.where(window, self.eps * new_signs, delta)
-                candidate = (x_now + candidate_delta).clamp(0, 1)
-                if ((candidate - current).abs() * window).flatten(1).amax(1).gt(0).all():
-                    break
-            new_margin = self._margin(from_channels_first(candidate, dim), y[todo])
-            better = new_margin < margin[todo]
-            best[todo[better]] = candidate[better]
-            margin[todo[better]] = new_margin[better]
+            if self.norm == "Linf":
+                candidate = self._propose_linf(x_now, current, p, generator)
+            else:
+                candidate = self._propose_l2(x_now, current, p, generator, patterns)
+            new_margin = self._margin(from_channels_first(candidate, dim), y if everyone else y[todo])
+            better = new_margin < (margin if everyone else margin[todo])
+            rows = better.nonzero().squeeze(1)
+            kept = rows if everyone else todo[rows]
+            best[kept] = candidate[rows]
+            margin[kept] = new_margin[rows]
         return from_channels_first(best, dim), margin
 
-    @staticmethod
-    def _window(n: int, space: list[int], side: int, generator: torch.Generator, device: torch.device) -> Tensor:
-        """A boolean mask (n, 1, *space): per example one hypercube of ``side`` at a random position."""
-        mask = torch.ones(n, 1, *space, dtype=torch.bool, device=device)
-        for axis, size in enumerate(space):
-            start = torch.randint(0, size - side + 1, (n,), generator=generator, device=device)
-            pos = torch.arange(size, device=device)
-            inside = (pos >= start[:, None]) & (pos < start[:, None] + side)  # (n, size)
-            view = [n] + [1] * len(space)
-            view[1 + axis] = size
-            mask &= inside.reshape(n, 1, *view[1:])
-        return mask
+    # -- Linf -----------------------------------------------------------------------------
+    def _signs(self, n: int, channels: int, dims: int, generator: torch.Generator, like: Tensor) -> Tensor:
+        draw = torch.randint(0, 2, (n, channels, *[1] * dims), generator=generator, device=like.device)
+        return (2 * draw - 1).to(like.dtype)
+
+    def _start_linf(self, xc: Tensor, generator: torch.Generator) -> Tensor:
+        batch, channels, *space = xc.shape
+        # one sign per (channel, column): constant along every axis but the last
+        draw = torch.randint(0, 2, (batch, channels, *[1] * (len(space) - 1), space[-1]), generator=generator,
+                             device=xc.device)
+        return (xc + self.eps * (2 * draw - 1).to(xc.dtype)).clamp(0, 1)
+
+    def _propose_linf(self, x_now: Tensor, current: Tensor, p: float, generator: torch.Generator) -> Tensor:
+        n, channels, *space = x_now.shape
+        side = min(max(round((p * math.prod(space)) ** (1 / len(space))), 1), min(space))
+        window = _window_index(n, channels, space, side, generator, x_now.device)
+        x_win, current_win = x_now[window], current[window]
+        signs = self._signs(n, channels, len(space), generator, x_now)
+        proposal = (x_win + self.eps * signs).clamp(0, 1)
+        unchanged = (proposal == current_win).flatten(1).all(1)
+        # the signs the window already has: take the opposite ones (the farthest corner of the window)
+        signs = signs * (1 - 2 * unchanged.to(signs.dtype)).reshape(-1, *[1] * (signs.dim() - 1))
+        candidate = current.clone()
+        candidate[window] = (x_win + self.eps * signs).clamp(0, 1)
+        return candidate
+
+    # -- L2 -------------------------------------------------------------------------------
+    def _start_l2(self, xc: Tensor, generator: torch.Generator) -> Tensor:
+        batch, channels, *space = xc.shape
+        side = max(min(space) // 5, 1)
+        pattern = l2_pattern(side, len(space)).to(xc)
+        delta = torch.zeros_like(xc)
+        counts = [size // side for size in space]
+        starts = [(size - side * count) // 2 for size, count in zip(space, counts)]
+        for cell in torch.cartesian_prod(*[torch.arange(c) for c in counts]).reshape(-1, len(space)).tolist():
+            region = tuple(slice(s + c * side, s + (c + 1) * side) for s, c in zip(starts, cell))
+            signs = self._signs(batch, channels, len(space), generator, xc)
+            delta[(slice(None), slice(None), *region)] += pattern * signs
+        return (xc + self.eps * delta / (_l2(delta) + TINY)).clamp(0, 1)
+
+    def _propose_l2(self, x_now: Tensor, current: Tensor, p: float, generator: torch.Generator,
+                    patterns: dict[tuple[int, bool], Tensor]) -> Tensor:
+        n, channels, *space = x_now.shape
+        side = max(round((p * math.prod(space)) ** (1 / len(space))), 3)
+        side = min(side + 1 - side % 2, min(space))  # odd, as in the paper's code, and inside the input
+        first = _window_index(n, channels, space, side, generator, x_now.device)
+        second = _window_index(n, channels, space, side, generator, x_now.device)
+        delta = current - x_now
+        window_dims = tuple(range(2, delta.dim()))
+        old = delta[first]
+        old_norm = old.pow(2).sum(window_dims, keepdim=True).sqrt()
+        image_norm = _l2(delta)
+        both = torch.zeros_like(delta)
+        both[first] = 1.0
+        both[second] = 1.0
+        windows_norm = _l2(delta * both)
+        # the pattern's orientation: transposed with probability 1/2 (images), one draw per query as in the paper
+        flip = len(space) == 2 and bool(torch.rand((), generator=generator, device=x_now.device) > 0.5)
+        if (side, flip) not in patterns:
+            pattern = l2_pattern(side, len(space))
+            patterns[side, flip] = (pattern.T if flip else pattern).to(x_now).contiguous()
+        new = patterns[side, flip] * self._signs(n, channels, len(space), generator, x_now) + old / (old_norm + TINY)
+        room = ((self.eps ** 2 - image_norm ** 2).clamp(min=0) / channels + windows_norm ** 2).sqrt()
+        new = new / (new.pow(2).sum(window_dims, keepdim=True).sqrt() + TINY) * room
+        delta[second] = 0.0
+        delta[first] = new
+        return (x_now + self.eps * delta / (_l2(delta) + TINY)).clamp(0, 1)
