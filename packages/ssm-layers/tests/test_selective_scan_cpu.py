@@ -150,6 +150,21 @@ def test_gradient_through_last_state_only_and_non_contiguous_inputs(monkeypatch)
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("batch,dim,N,L", [(1, 1, 1, 1), (1, 1, 1, 5), (3, 1, 2, 4), (1, 2, 1, 17)])
+@pytest.mark.parametrize("var_B", [True, False])
+def test_degenerate_shapes_match_reference(batch, dim, N, L, var_B):
+    """Size-1 batch, channel, state and time dimensions (where a transposed copy could be a view)."""
+    inputs = _inputs(batch + dim + N + L, batch, dim, N, L, var_B, True)
+    grad_outs = _grad_outs(L, batch, dim, N, L)
+
+    def full(impl, **kw):
+        return lambda *a: impl(*a, delta_softplus=True, **kw)
+
+    _assert_same(_run(full(selective_scan_cpu), inputs, grad_outs, F64),
+                 _run(full(selective_scan_ref, return_last_state=True), inputs, grad_outs, F64),
+                 F64, ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"])
+
+
 def test_block_length_bounds():
     """About _BLOCK_BYTES of state per block, never fewer than _MIN_STEPS steps (nor more than L)."""
     step = 8 * 128 * 16 * 4
