@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -124,6 +127,28 @@ def scan_peers(lengths, threads_list, repeats, batch=8, dim=128, N=16, seed=0):
     return rows
 
 
+def _print_peak_rss(method, L):
+    """(child process) One forward+backward on one thread; prints the peak RSS above the inputs', in MiB."""
+    torch.set_num_threads(1)
+    fn, inputs = _scan_inputs(method, 8, 128, 16, L, 0)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _fwd_bwd(fn, inputs)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)  # Linux: KiB
+
+
+def scan_peak_memory(lengths):
+    """Peak memory of one forward+backward per method and length, each in a fresh process (a high-water mark)."""
+    rows = []
+    for L in lengths:
+        for m in SCAN_METHODS:
+            code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+                    f"import bench_ops; bench_ops._print_peak_rss({m!r}, {L})")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            rows.append(dict(op="selective_scan", size=dict(batch=8, dim=128, N=16, L=L), method=m,
+                             peak_rss_over_inputs_mib=float(out.split()[-1])))
+    return rows
+
+
 def scan_peers_markdown(rows):
     lines = ["| size | threads | method | fwd ms | fwd+bwd ms | x loop | x mambapy | CPU/wall | ATen ops "
              "(>= 32768 el.) | load (1 min) |", "|" + "---|" * 10]
@@ -157,13 +182,20 @@ def main(argv=None):
                         help="selective scan's torch path against the careful loop and mambapy (see above)")
     parser.add_argument("--lengths", nargs="*", type=int, default=[1024, 4096], help="--scan-peers: sequence lengths")
     parser.add_argument("--threads-list", nargs="*", type=int, default=[1, 2], help="--scan-peers: thread counts")
+    parser.add_argument("--scan-memory", action="store_true",
+                        help="--scan-peers: also the peak RSS of one forward+backward per method (fresh processes)")
     args = parser.parse_args(argv)
     if args.scan_peers:
         rows = scan_peers(args.lengths, args.threads_list, args.repeats, seed=args.seed)
         print(scan_peers_markdown(rows))
+        memory = scan_peak_memory(args.lengths) if args.scan_memory else []
+        for r in memory:
+            print(f"peak RSS of one forward+backward, L {r['size']['L']}, {r['method']}: "
+                  f"{r['peak_rss_over_inputs_mib']:.0f} MiB over the inputs'")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"torch": torch.__version__, "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)
+                json.dump({"torch": torch.__version__, "cpu_count": os.cpu_count(), "rows": rows,
+                           "memory": memory}, f, indent=1)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
