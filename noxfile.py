@@ -1,5 +1,5 @@
-"""Sessions: tests (the README's test command), per-package installs, kernels, slow, lint,
-docs and the torch-version matrix.
+"""Sessions: tests (the README's test command), per-package installs, kernels, slow, slurm (a real
+one-node Slurm cluster), lint, docs and the torch-version matrix.
 
 torch is pinned in every session so that pip never resolves an unpinned ``torch`` to a
 multi-GB CUDA download. nox's default virtualenv + pip backend is used on purpose: pip
@@ -97,6 +97,25 @@ def slow(session: nox.Session) -> None:
     """Long end-to-end runs."""
     _install(session, DEFAULT_TORCH, *ALL)
     session.run("pytest", "-m", "slow", "-p", "no:cacheprovider", "packages", *session.posargs)
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """The sweep's Slurm executor against a real one-node Slurm cluster on this machine.
+
+    .ci/slurm/start.sh installs Debian's Slurm and munge packages when they are missing (root, apt-get),
+    starts munged, slurmctld and slurmd under this session's tmp folder, and .ci/slurm/stop.sh stops them
+    by their PIDs afterwards, whatever the tests did.
+    """
+    _install(session, DEFAULT_TORCH, *ALL)
+    state = os.path.join(session.create_tmp(), "slurm")
+    session.run("bash", ".ci/slurm/stop.sh", state, external=True)  # daemons a killed session left behind
+    session.run("bash", ".ci/slurm/start.sh", state, external=True)
+    try:
+        session.run("pytest", "-m", "slurm", "-p", "no:cacheprovider", "packages/cli/tests", *session.posargs,
+                    env={"SLURM_CONF": os.path.join(state, "slurm.conf"), "ADVSSM_SLURM_TESTS": "1"})
+    finally:
+        session.run("bash", ".ci/slurm/stop.sh", state, external=True)
 
 
 @nox.session
