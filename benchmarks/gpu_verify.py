@@ -112,7 +112,7 @@ def environment(device, sizes: str, source: str) -> dict:
            "device": device_name(device), "sizes": sizes, "python": platform.python_version(),
            "torch": torch.__version__, "triton": triton_version(), "triton_usable": ok, "triton_reason": why,
            "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", ""), "advssm_from": source,
-           "command": " ".join([Path(sys.executable).name, *sys.argv])}
+           "command": os.environ.get("GPU_VERIFY_COMMAND", " ".join([Path(sys.executable).name, *sys.argv]))}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(cuda=torch.version.cuda, capability=f"{props.major}.{props.minor}",
@@ -324,8 +324,15 @@ def _fmt(value, spec=".2f"):
 def markdown(data: dict) -> str:
     """The GPU rows of docs/performance.md from the JSON document."""
     env, sections = data, data["sections"]
-    lines = [f"Measured {env['date']} on **{env['device']}** (torch {env['torch']}, triton {env['triton']}, "
-             f"CUDA {env.get('cuda', '-')}), sizes `{env['sizes']}`, by `{env['command']}`.", ""]
+    lines = [f"Measured {env.get('date', '?')} on **{env.get('device', '?')}** (torch {env.get('torch', '?')}, "
+             f"triton {env.get('triton', '?')}, CUDA {env.get('cuda', '-')}), sizes `{env.get('sizes', '?')}`, "
+             f"by `{env.get('command', '?')}`.", ""]
+    if "error" in env:
+        lines += [f"**The environment could not be read**: {env['error']}", ""]
+    for name, rows in sections.items():  # a section whose process failed has one row: its error
+        failed = [r for r in rows if "error" in r and "op" not in r and "dataset" not in r]
+        lines += [f"**The {name} section failed**: {r['error']}" for r in failed] + ([""] if failed else [])
+        sections = {**sections, name: [r for r in rows if r not in failed]}
     ver = sections.get("verification", [])
     if ver:
         lines += ["| kernel | cases | passed | failed | skipped | failures |", "|---|---|---|---|---|---|"]
@@ -372,6 +379,80 @@ def write_doc_rows(path: Path, text: str):
 
 # --------------------------------------------------------------------------- main
 
+SECTIONS = ("verification", "ops", "training")
+# Each section runs in its own process, so that a kernel that faults (an illegal address poisons the
+# CUDA context) or hangs costs that section only. Its deadline is this cumulative share of the budget;
+# a process still running GRACE_S after it is killed.
+SHARE = {"environment": 0.0, "verification": 0.4, "ops": 0.65, "training": 1.0}
+GRACE_S = 45.0
+
+
+def _section_rows(name: str, device, args, deadline: float) -> list[dict]:
+    if name == "environment":
+        return [environment(device, args.sizes, _import_advssm())]
+    if name == "verification":
+        return verification(device, args.sizes, deadline)
+    if name == "ops":
+        return op_timings(device, args.sizes, args.repeats, deadline)
+    return training_costs(device, args.sizes, max(1, args.repeats // 2), deadline)
+
+
+def _child(args) -> int:
+    """``--section-only NAME``: run one section in this process and write its rows to ``--out``."""
+    _import_advssm()
+    import torch
+
+    device = torch.device(args.device)
+    deadline = time.perf_counter() + (args.deadline_epoch - time.time())
+    fault = os.environ.get("GPU_VERIFY_TEST_FAULT", "")  # for the tests: "SECTION:crash" or "SECTION:hang"
+    if fault == f"{args.section_only}:crash":
+        os._exit(3)  # as a CUDA fault would end the process
+    if fault == f"{args.section_only}:hang":
+        time.sleep(3600)
+    try:
+        rows = _section_rows(args.section_only, device, args, deadline)
+    except Exception as exc:  # the whole section failed: say so, the other sections still run
+        traceback.print_exc()
+        rows = [{"error": _error(exc)}]
+    Path(args.out).write_text(json.dumps({"rows": rows}, default=str))
+    return 0
+
+
+def _run_section(name: str, args, device: str, deadline_epoch: float, hard_stop: float, part: Path) -> list[dict]:
+    """Run one section in a child process (its stderr passed through), killed at ``hard_stop``."""
+    import subprocess
+    import threading
+    from collections import deque
+
+    part.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--section-only", name, "--device", device,
+           "--sizes", args.sizes, "--repeats", str(args.repeats), "--deadline-epoch", repr(deadline_epoch),
+           "--out", str(part)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
+    tail = deque(maxlen=30)
+
+    def forward():
+        for line in proc.stderr:
+            tail.append(line.rstrip())
+            sys.stderr.write(line)
+
+    reader = threading.Thread(target=forward, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=max(1.0, hard_stop - time.time()))
+    except subprocess.TimeoutExpired:
+        proc.kill()  # our own child, by its PID
+        proc.wait()
+        reader.join(5)
+        return [{"error": f"the {name} section was still running {args.grace_s:g} s past its deadline and was "
+                          f"killed; last output: {' | '.join(list(tail)[-5:])}"}]
+    reader.join(5)
+    if code != 0 or not part.exists():
+        return [{"error": f"the {name} section's process exited with status {code}; last output: "
+                          f"{' | '.join(list(tail)[-5:])}"}]
+    return json.loads(part.read_text())["rows"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -382,48 +463,51 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="gpu_verify.json", help="the JSON file (default: %(default)s)")
     parser.add_argument("--doc", default=None, help="the page whose GPU rows to rewrite "
                         "(default: docs/performance.md on CUDA, none on the CPU)")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="skip what is left after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=400.0,
+                        help="skip what is left after this many seconds (default: %(default)s; a section still "
+                        f"running {GRACE_S:.0f} s past its share is killed, so the whole run stays under 8 minutes)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
-    parser.add_argument("--sections", default="verification,ops,training",
+    parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="comma-separated subset of verification, ops, training")
+    parser.add_argument("--section-only", choices=("environment", *SECTIONS), help=argparse.SUPPRESS)
+    parser.add_argument("--deadline-epoch", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--grace-s", type=float, default=GRACE_S, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    deadline = start + args.budget_s
-    source = _import_advssm()
-    import torch
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    doc = Path(args.doc) if args.doc else (ROOT / "docs" / "performance.md" if device.type == "cuda" else None)
-    report = Report(Path(args.out), environment(device, args.sizes, source))
-    report.write()
-    _log(f"{report.data['device']}: torch {report.data['torch']}, triton {report.data['triton']} "
-         f"({report.data['triton_reason']}); advssm from {source}")
+    if args.section_only:
+        return _child(args)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
-    runs = {"verification": lambda: verification(device, args.sizes, deadline),
-            "ops": lambda: op_timings(device, args.sizes, args.repeats, deadline),
-            "training": lambda: training_costs(device, args.sizes, max(1, args.repeats // 2), deadline)}
-    unknown = [s for s in wanted if s not in runs]
+    unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(runs)}")
+        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    start = time.time()
+    os.environ["GPU_VERIFY_COMMAND"] = " ".join(["python", *sys.argv])  # named in the results, not a child's
+    import torch  # the parent only asks whether CUDA exists; the sections' processes use the device
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    part = out.with_name(out.name + ".part")
+    env = _run_section("environment", args, device, start + args.budget_s, start + 120, part)[0]
+    report = Report(out, {**env, "budget_s": args.budget_s})
+    report.write()
+    _log(f"{env.get('device', device)}: torch {env.get('torch')}, triton {env.get('triton')} "
+         f"({env.get('triton_reason', env.get('error'))}); advssm from {env.get('advssm_from')}")
     for name in wanted:
-        try:
-            rows = runs[name]()
-        except Exception as exc:  # a whole section failing is recorded, and the others still run
-            traceback.print_exc()
-            rows = [{"error": _error(exc)}]
-        report.section(name, rows)
-    report.data["seconds"] = round(time.perf_counter() - start, 1)
+        deadline = start + args.budget_s * SHARE[name]
+        report.section(name, _run_section(name, args, device, deadline, deadline + args.grace_s, part))
+    part.unlink(missing_ok=True)
+    report.data["seconds"] = round(time.time() - start, 1)
     report.write()
     text = markdown(report.data)
     print(text)
+    doc = Path(args.doc) if args.doc else (ROOT / "docs" / "performance.md" if device.startswith("cuda") else None)
     if doc is not None:
         write_doc_rows(doc, text)
         _log(f"wrote the GPU rows of {doc}")
     _log(f"done in {report.data['seconds']} s; JSON in {args.out}")
     ver = report.data["sections"].get("verification", [])
-    if any(r.get("ok") is False for r in ver):
+    if any(r.get("ok") is False or "error" in r for r in ver):
         return 1
-    if device.type == "cuda" and not report.data["triton_usable"]:
+    if device.startswith("cuda") and not env.get("triton_usable"):
         return 2
     return 0
 

@@ -63,11 +63,13 @@ def _between_markers(text: str) -> str:
 
 
 def test_gpu_verify_without_triton_says_why_and_still_times_the_torch_paths(tmp_path):
+    shim = tmp_path / "no_triton" / "triton"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('triton is hidden by the test')\n")
     out = tmp_path / "verify.json"
-    runner = ("import runpy, sys; sys.modules['triton'] = None; "  # makes `import triton` raise ImportError
-              f"sys.argv = ['gpu_verify.py'] + sys.argv[1:]; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
     env = {k: v for k, v in os.environ.items() if k not in ("ADVSSM_BACKEND", "TRITON_INTERPRET")}
-    result = subprocess.run([sys.executable, "-c", runner, "--sizes", "tiny", "--device", "cpu", "--repeats", "1",
+    env["PYTHONPATH"] = os.pathsep.join([str(shim.parent), *filter(None, [env.get("PYTHONPATH")])])
+    result = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--device", "cpu", "--repeats", "1",
                              "--sections", "verification,ops", "--out", str(out)],
                             capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -78,3 +80,20 @@ def test_gpu_verify_without_triton_says_why_and_still_times_the_torch_paths(tmp_
         assert row["torch_fwd_ms"] > 0 and "triton_fwd_ms" not in row
         assert row["op"] == "fft_conv" or "not importable" in row["triton_error"]
     assert "| kernel | cases |" in result.stdout  # the rows are printed; no page was named, none is written
+
+
+def test_a_section_that_crashes_or_hangs_costs_only_that_section(tmp_path):
+    """Each section runs in its own process: one that dies (as after a CUDA fault) or hangs is recorded
+    as failed, killed at its deadline plus the grace time, and the next section still runs."""
+    out = tmp_path / "verify.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("ADVSSM_BACKEND", "TRITON_INTERPRET")}
+    for fault, expected in (("verification:hang", "was killed"), ("verification:crash", "exited with status 3")):
+        env["GPU_VERIFY_TEST_FAULT"] = fault
+        result = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--device", "cpu", "--repeats", "1",
+                                 "--sections", "verification,ops", "--budget-s", "10", "--grace-s", "2",
+                                 "--out", str(out)], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        assert result.returncode == 1, result.stderr[-3000:]  # a failed verification section fails the run
+        sections = json.loads(out.read_text())["sections"]
+        assert len(sections["verification"]) == 1 and expected in sections["verification"][0]["error"]
+        assert {r["op"] for r in sections["ops"]} == {"selective_scan", "diag_scan", "vandermonde_kernel", "fft_conv"}
+        assert f"The verification section failed**: {sections['verification'][0]['error']}" in result.stdout
