@@ -1,29 +1,29 @@
-"""Benchmark PGD-10 and AutoAttack on the paper's MNIST S4D model: a markdown table on stdout, optionally JSON.
+"""Our attacks against torchattacks 3.5.1's ports of the same attacks, in one run, on trained models.
 
-    python benchmarks/bench_attacks.py --quick --json attacks.json      # smoke test, about a minute
-    python benchmarks/bench_attacks.py --batch 16 --json attacks.json   # the measurement
+    python benchmarks/bench_attacks.py --json attacks.json        # the measurement (minutes on 1 thread)
+    python benchmarks/bench_attacks.py --quick                    # smoke test: reduced budgets, 1 repeat
 
-What is measured, on the CPU, for one batch of random 28x28 images in [0, 1] (the model is
-``build_model(preset("mnist", layer="s4d"))``: d_model 128, d_state 32, 2 layers, sequence length 784),
-with the labels set to the model's own predictions so that every point starts correctly classified:
+Needs the ``bench`` extra of advssm-adv-train, installed WITHOUT dependencies, because torchattacks'
+torchvision requirement otherwise replaces the CPU torch with a multi-GB CUDA build:
 
-- references: one forward pass, and one forward+backward to the input (the unit every gradient attack
-  repeats); every time is also given as a multiple of that forward+backward, measured in the same run.
-- PGD-10 (Linf, eps 0.3, step 0.04, random start: the paper's MNIST evaluation) on the batch.
-- each standard AutoAttack component (APGD-CE, APGD-T, FAB-T, Square) on points that survive it: the
-  component runs at a tiny eps (``--survive-eps``) where it breaks nothing, so it spends its whole budget
-  on every point, as it does on a robust model. AutoAttack only attacks the points still classified
-  correctly: with random labels an untrained model gets about 90 % of them wrong, and with a model that
-  attacks break easily the later stages get nothing, so timing AutoAttack as such says little. The sum
-  of the components is the cost of standard AutoAttack on a batch of robust points.
-- the real cascade at eps 0.3 on the same batch, with how many points each stage attacked and broke
-  (what it costs on this particular untrained model).
+    pip install --no-deps torchattacks==3.5.1 && pip install numpy scikit-learn
 
-Full budgets cost thousands of forward+backward passes per batch. When the estimate (from the measured
-references) exceeds ``--time-budget``, every component runs with its iterations scaled down by one
-factor and its time is extrapolated linearly in the number of model evaluations (each iteration costs
-the same when no point drops out); the table says so row by row. The cascade is then run at the same
-reduced budgets and its time is not extrapolated.
+What is measured, on the CPU, on one thread by default (the setting of issue 15's numbers):
+
+- two models trained here, seeded, on scikit-learn's bundled 8x8 handwritten digits (1,347 train, 450 test;
+  inputs (B, 1, 8, 8) in [0, 1]) with FGSM adversarial training from a random start at the Linf eps: an MLP
+  (64-256-256-10) and a small S4D (a diagonal state space model written here in torch: 64-step pixel
+  sequences, 2 layers, 32 channels, state size 16, FFT convolution), so that both a cheap model (where the
+  attacks' own overhead dominates) and a sequence model are covered;
+- on the first ``--n`` test examples, per model and norm (Linf eps 0.1, L2 eps 0.5): PGD-10 (the call the
+  adversarial trainer makes every batch), each standard AutoAttack component on its own (APGD-CE, APGD-T with
+  9 targets, FAB-T with 9 targets, Square with 5000 queries, p_init 0.8; 100 iterations each) and the whole
+  standard AutoAttack ensemble, ours and torchattacks', each on the same examples;
+- robust accuracy: clean-correct and still correct on the attack's output, over all ``--n`` examples (the
+  same rule for both); seconds: median of ``--repeats`` calls, ours and theirs interleaved so that the
+  machine's drifting load hits both alike; ratio = ours / theirs (below 1: ours is faster);
+- forward and backward passes per example, counted by a wrapper around the model (every example through the
+  model is one forward pass, every input gradient one backward pass), the same wrapper for both.
 """
 from __future__ import annotations
 
@@ -35,198 +35,277 @@ import time
 
 import torch
 import torch.nn.functional as F
-from advssm.adv_train.attacks import APGD, APGDT, FAB, PGD, AutoAttack, Square, build_attack
-from advssm.ssm_layers import build_model, preset
+from advssm.adv_train import APGD, APGDT, FAB, PGD, AutoAttack, Square
+from torch import Tensor, nn
 
-EPS, ALPHA = 0.3, 0.04  # the paper's MNIST protocol
-COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
-FULL = {"steps": 100, "targets": 9, "queries": 5000}  # the standard version's budgets
+try:  # the bench extra: a peer from PyPI, measured in the same run
+    import torchattacks
+except ImportError as error:  # pragma: no cover - a message, not a fallback: nothing runs without the peer
+    raise SystemExit("benchmarks/bench_attacks.py compares against torchattacks 3.5.1: "
+                     "pip install --no-deps torchattacks==3.5.1 && pip install numpy scikit-learn") from error
+
+EPS = {"Linf": 0.1, "L2": 0.5}
+TRAIN_EPS = 0.1  # FGSM adversarial training at the Linf eps
+FULL = {"steps": 100, "queries": 5000, "pgd_steps": 10}
+QUICK = {"steps": 5, "queries": 100, "pgd_steps": 10}
 
 
-def _time(fn, repeats):
-    """Median wall time of ``repeats`` calls, and the last result."""
-    times, out = [], None
-    for _ in range(repeats):
+# ---------------------------------------------------------------------------------------
+# Models, written with torch only.
+# ---------------------------------------------------------------------------------------
+class MLP(nn.Module):
+    def __init__(self, width: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                                 nn.Linear(width, 10))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class S4DKernelConv(nn.Module):
+    """S4D (Gu et al. 2022): y = K * u + D u with the kernel K_l = 2 Re(sum_n C_n (exp(dt A_n) - 1) / A_n
+    exp(dt A_n l)) of a diagonal complex state matrix A (S4D-Lin initialisation), by FFT convolution."""
+
+    def __init__(self, channels: int, state: int = 16, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__()
+        half = state // 2
+        self.log_dt = nn.Parameter(torch.rand(channels) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.log_a_real = nn.Parameter(torch.log(0.5 * torch.ones(channels, half)))
+        self.a_imag = nn.Parameter(math.pi * torch.arange(half, dtype=torch.float32).repeat(channels, 1))
+        self.c = nn.Parameter(torch.view_as_real(torch.randn(channels, half, dtype=torch.cfloat) * 0.5 ** 0.5))
+        self.d = nn.Parameter(torch.randn(channels))
+
+    def forward(self, u: Tensor) -> Tensor:  # (B, H, L)
+        length = u.shape[-1]
+        a = -torch.exp(self.log_a_real) + 1j * self.a_imag
+        dt_a = a * torch.exp(self.log_dt)[:, None]
+        c = torch.view_as_complex(self.c) * (torch.exp(dt_a) - 1) / a
+        kernel = 2 * torch.einsum("hn,hnl->hl", c, torch.exp(dt_a[..., None] * torch.arange(length))).real
+        y = torch.fft.irfft(torch.fft.rfft(u, n=2 * length) * torch.fft.rfft(kernel, n=2 * length), n=2 * length)
+        return y[..., :length] + u * self.d[:, None]
+
+
+class S4D(nn.Module):
+    """Pixels as a 64-step sequence: embedding, 2 residual S4D blocks (GELU, 1x1 mixing), mean pooling, head."""
+
+    def __init__(self, channels: int = 32, layers: int = 2):
+        super().__init__()
+        self.embed = nn.Linear(1, channels)
+        self.blocks = nn.ModuleList(S4DKernelConv(channels) for _ in range(layers))
+        self.mix = nn.ModuleList(nn.Conv1d(channels, channels, 1) for _ in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(layers))
+        self.head = nn.Linear(channels, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x.flatten(1)[..., None])  # (B, L, H)
+        for block, mix, norm in zip(self.blocks, self.mix, self.norms):
+            z = norm(h).transpose(1, 2)
+            h = h + mix(F.gelu(block(z))).transpose(1, 2)
+        return self.head(h.mean(1))
+
+
+def digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """scikit-learn's handwritten digits as (N, 1, 8, 8) in [0, 1]; the split the advssm CLI uses (75/25, seed 0)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int) -> nn.Module:
+    """FGSM adversarial training from a random start (Wong et al. 2020) at TRAIN_EPS, Adam, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            xb, yb = x[idx], y[idx]
+            delta = (torch.rand(xb.shape, generator=g) * 2 - 1) * TRAIN_EPS
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model((xb + delta).clamp(0, 1)), yb), delta)
+            x_adv = (xb + (delta + 1.25 * TRAIN_EPS * grad.sign()).clamp(-TRAIN_EPS, TRAIN_EPS)).clamp(0, 1).detach()
+            opt.zero_grad()
+            F.cross_entropy(model(x_adv), yb).backward()
+            opt.step()
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------
+# Counting passes.
+# ---------------------------------------------------------------------------------------
+class _CountBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, counter):
+        ctx.counter = counter
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.counter.backward += grad.shape[0]
+        return grad, None
+
+
+class Counted(nn.Module):
+    """The model, counting the examples sent forward and the input gradients taken through it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.forward_ = self.backward = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.forward_ += x.shape[0]
+        if x.requires_grad:
+            x = _CountBackward.apply(x, self)
+        return self.model(x)
+
+    def reset(self) -> None:
+        self.forward_ = self.backward = 0
+
+
+# ---------------------------------------------------------------------------------------
+# The attacks, ours and torchattacks', at the same budgets.
+# ---------------------------------------------------------------------------------------
+def pair(name: str, model: nn.Module, norm: str, eps: float, budget: dict, seed: int):
+    """(ours, theirs) for one row."""
+    steps, queries = budget["steps"], budget["queries"]
+    ta = torchattacks
+    if name == "PGD-10":
+        alpha = eps / 4
+        return (PGD(model, eps, alpha=alpha, steps=budget["pgd_steps"], norm=norm, seed=seed),
+                (ta.PGD if norm == "Linf" else ta.PGDL2)(model, eps=eps, alpha=alpha, steps=budget["pgd_steps"],
+                                                         random_start=True))
+    if name == "APGD-CE":
+        return (APGD(model, norm=norm, eps=eps, steps=steps, loss="ce", seed=seed),
+                ta.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed))
+    if name == "APGD-T":
+        return (APGDT(model, norm=norm, eps=eps, steps=steps, n_target_classes=9, seed=seed),
+                ta.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1, n_classes=10, seed=seed))
+    if name == "FAB-T":
+        return (FAB(model, norm=norm, eps=eps, steps=steps, n_target_classes=9, seed=seed),
+                ta.FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True, n_classes=10,
+                       seed=seed))
+    if name == "Square":
+        return (Square(model, eps, n_queries=queries, p_init=0.8, norm=norm, seed=seed),
+                ta.Square(model, norm=norm, eps=eps, n_queries=queries, n_restarts=1, p_init=0.8, seed=seed))
+    if name == "AutoAttack":
+        if budget == FULL:
+            ours = AutoAttack(model, norm=norm, eps=eps, version="standard", seed=seed)
+            theirs = ta.AutoAttack(model, norm=norm, eps=eps, version="standard", n_classes=10, seed=seed)
+            return ours, theirs
+        parts = ["APGD-CE", "APGD-T", "FAB-T", "Square"]
+        built = [pair(p, model, norm, eps, budget, seed) for p in parts]
+        ours = AutoAttack(model, norm=norm, eps=eps, version="custom", attacks=[o for o, _ in built], seed=seed)
+        return ours, ta.MultiAttack([t for _, t in built])
+    raise ValueError(name)
+
+
+ROWS = ("PGD-10", "APGD-CE", "APGD-T", "FAB-T", "Square", "AutoAttack")
+
+
+def measure(model: nn.Module, counted: Counted, x: Tensor, y: Tensor, norm: str, budget: dict, repeats: int,
+            seed: int, rows=ROWS, progress=print) -> list[dict]:
+    eps = EPS[norm]
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    out = []
+    for name in rows:
+        ours, theirs = pair(name, counted, norm, eps, budget, seed)
+        times = {"ours": [], "theirs": []}
+        results, passes = {}, {}
+        for _ in range(repeats):
+            for who, attack in (("ours", ours), ("theirs", theirs)):
+                counted.reset()
+                start = time.perf_counter()
+                x_adv = attack(x, y)
+                times[who].append(time.perf_counter() - start)
+                passes[who] = (counted.forward_ / len(x), counted.backward / len(x))
+                with torch.no_grad():
+                    results[who] = x_adv
+        row = {"attack": name, "norm": norm, "eps": eps, "n": len(x), "budget": ours.describe()}
+        for who in ("ours", "theirs"):
+            with torch.no_grad():
+                robust = clean & (model(results[who]).argmax(1) == y)
+            dist = (results[who].detach() - x).flatten(1)
+            size = dist.abs().amax(1) if norm == "Linf" else dist.norm(dim=1)
+            row[who] = {"robust_acc": float(robust.float().mean()), "seconds": statistics.median(times[who]),
+                        "forward_per_example": passes[who][0], "backward_per_example": passes[who][1],
+                        "max_norm": float(size.max())}
+        row["ratio"] = row["ours"]["seconds"] / row["theirs"]["seconds"]
+        row["clean_acc"] = float(clean.float().mean())
+        o, t = row["ours"], row["theirs"]
+        progress(f"  {name:<10} {norm:<4} ours {o['seconds']:8.3f} s  theirs {t['seconds']:8.3f} s  ratio "
+                 f"{row['ratio']:.2f}  robust {o['robust_acc']:.3f} vs {t['robust_acc']:.3f}")
+        out.append(row)
+    return out
+
+
+def run(n=100, repeats=3, quick=False, threads=1, seed=0, models=("mlp", "s4d"), norms=("Linf", "L2"),
+        epochs=None, progress=print) -> dict:
+    torch.set_num_threads(threads)
+    budget = QUICK if quick else FULL
+    x_tr, y_tr, x_te, y_te = digits()
+    x, y = x_te[:n], y_te[:n]
+    result = {"torch": torch.__version__, "torchattacks": torchattacks.__version__, "threads": threads, "n": n,
+              "repeats": repeats, "quick": quick, "budget": budget, "models": {}, "rows": []}
+    for name in models:
+        torch.manual_seed(seed)
         start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
-def budget_at(fraction):
-    """The component budgets scaled by ``fraction`` (targets kept: the per-target loop is part of the cost)."""
-    if fraction >= 1:
-        return dict(FULL)
-    return {"steps": max(1, round(FULL["steps"] * fraction)), "targets": FULL["targets"],
-            "queries": max(10, round(FULL["queries"] * fraction))}
-
-
-def evaluations(name, budget):
-    """(input gradients, forward-only passes) one component makes per point at ``budget``."""
-    steps, targets = budget["steps"], budget["targets"]
-    return {"apgd-ce": (steps + 1, 1), "apgd-t": (targets * (steps + 1), 1),
-            "fab-t": (targets * steps, targets * steps + 1), "square": (0, budget["queries"] + 2)}[name]
-
-
-def describe(name, budget):
-    return {"apgd-ce": f"{budget['steps']} steps", "apgd-t": f"{budget['targets']} targets x {budget['steps']} steps",
-            "fab-t": f"{budget['targets']} targets x {budget['steps']} steps",
-            "square": f"{budget['queries']} queries"}[name]
-
-
-def make_component(name, model, eps, budget, seed):
-    """A standard AutoAttack component; at the full budget exactly what ``AutoAttack(version="standard")`` runs."""
-    if budget == FULL:
-        return build_attack(name, model, "Linf", eps, seed)
-    steps, targets = budget["steps"], budget["targets"]
-    return {"apgd-ce": lambda: APGD(model, eps=eps, steps=steps, loss="ce", seed=seed),
-            "apgd-t": lambda: APGDT(model, eps=eps, steps=steps, n_target_classes=targets, seed=seed),
-            "fab-t": lambda: FAB(model, eps=eps, steps=steps, n_target_classes=targets, seed=seed),
-            "square": lambda: Square(model, eps=eps, n_queries=budget["queries"], seed=seed)}[name]()
-
-
-def run(batch=16, repeats=3, quick=False, time_budget=420.0, survive_eps=1e-4, threads=None, seed=0):
-    """All the measurements; returns the JSON-ready result."""
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = build_model(preset("mnist", layer="s4d")).eval()
-    x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        y = model(x).argmax(1)  # every point starts correct, so every stage has work
-
-    def forward():
+        model = train(MLP() if name == "mlp" else S4D(), x_tr, y_tr,
+                      epochs or (30 if name == "mlp" else 20), seed)
         with torch.no_grad():
-            return model(x)
-
-    def forward_backward():
-        x_in = x.clone().requires_grad_(True)
-        return torch.autograd.grad(F.cross_entropy(model(x_in), y), x_in)[0]
-
-    forward_backward()  # warm-up: first-call allocations and FFT plans
-    t_fwd, _ = _time(forward, max(repeats, 3))
-    t_fb, _ = _time(forward_backward, max(repeats, 3))
-
-    def bracketed(fn, n):
-        """Median time of ``fn`` over ``n`` calls, and a forward+backward reference timed just before and
-        just after: on a shared machine the load drifts, and the ratio of the two cancels most of it."""
-        before, _ = _time(forward_backward, 3)
-        seconds, out = _time(fn, n)
-        after, _ = _time(forward_backward, 3)
-        return seconds, out, (before + after) / 2
-
-    def estimate(name, budget):
-        grads, fwds = evaluations(name, budget)
-        return grads * t_fb + fwds * t_fwd
-
-    # Components are timed `repeats` times, the cascade once more at most their sum.
-    full_estimate = (repeats + 1) * sum(estimate(n, FULL) for n in COMPONENTS)
-    fraction = 0.03 if quick else min(1.0, time_budget / full_estimate)
-    budget = budget_at(fraction)
-    rows = [
-        {"name": "forward (reference)", "points": batch, "budget": "1 pass", "seconds": t_fwd},
-        {"name": "forward+backward to the input (reference)", "points": batch, "budget": "1 pass", "seconds": t_fb},
-    ]
-    pgd = PGD(model, eps=EPS, alpha=ALPHA, steps=10, random_start=True, seed=seed)
-    t_pgd, x_adv, ref = bracketed(lambda: pgd(x, y), repeats)
-    with torch.no_grad():
-        broken = int((model(x_adv).argmax(1) != y).sum())
-    rows.append({"name": "PGD-10 (eps 0.3)", "points": batch, "budget": "10 steps", "seconds": t_pgd,
-                 "attacked": batch, "broken": broken, "reference_seconds": ref})
-
-    component_rows = []
-    for name in COMPONENTS:
-        attack = make_component(name, model, survive_eps, budget, seed)
-        measured, x_adv, ref = bracketed(lambda attack=attack: attack(x, y), repeats)
-        with torch.no_grad():
-            broken = int((model(x_adv).argmax(1) != y).sum())
-        scale = estimate(name, FULL) / estimate(name, budget)
-        row = {"name": f"{name} (eps {survive_eps:g}: every point survives)", "points": batch,
-               "budget": describe(name, FULL), "seconds": measured * scale, "attacked": batch, "broken": broken,
-               "reference_seconds": ref}
-        if scale != 1:
-            row |= {"timed_budget": describe(name, budget), "measured_seconds": measured, "extrapolated_by": scale}
-        component_rows.append(row)
-    rows += component_rows
-    aa_row = {"name": "AutoAttack standard on robust points (sum of the four)", "points": batch,
-              "budget": "standard", "seconds": sum(r["seconds"] for r in component_rows),
-              "timed_as": "sum of the four rows above",
-              "x_fwd_bwd": sum(r["seconds"] / r["reference_seconds"] for r in component_rows)}
-    rows.append(aa_row)
-
-    stages = [make_component(name, model, EPS, budget, seed) for name in COMPONENTS]
-    auto = AutoAttack(model, norm="Linf", eps=EPS, version="custom", attacks=stages, seed=seed)
-    t_cascade, _, ref = bracketed(lambda: auto(x, y), 1)
-    cascade, left = [], auto.last_n_correct
-    for name, key in zip(COMPONENTS, auto.last_broken):
-        cascade.append({"stage": name, "budget": describe(name, budget), "attacked": left,
-                        "broken": auto.last_broken[key]})
-        left -= auto.last_broken[key]
-    rows.append({"name": "AutoAttack cascade at eps 0.3 (this untrained model)", "points": batch,
-                 "budget": "standard" if budget == FULL else f"reduced ({describe('apgd-ce', budget)}, ...)",
-                 "seconds": t_cascade, "attacked": auto.last_n_correct, "broken": sum(auto.last_broken.values()),
-                 "reference_seconds": ref})
-
-    for row in rows:
-        row["per_point_seconds"] = row["seconds"] / row["points"]
-        row.setdefault("x_fwd_bwd", row["seconds"] / row.get("reference_seconds", t_fb))
-    notes = [
-        "labels = the model's own predictions: every point starts correctly classified",
-        f"components timed at eps {survive_eps:g}, where nothing breaks: the cost of AutoAttack on robust points",
-        "x fwd+bwd: seconds / one forward+backward to the input on the same batch, timed just before and after "
-        "each row (the machine's load drifts; the ratio is the number to compare, seconds depend on the load)",
-    ]
-    if budget != FULL:
-        notes.append(f"full budgets were estimated at {full_estimate:.0f} s for {repeats} repeats, over the "
-                     f"{time_budget:.0f} s budget: components ran with iterations scaled by {fraction:.3g} "
-                     "and their times were extrapolated linearly in model evaluations to the standard budget")
-    if any(r["broken"] for r in component_rows):
-        notes.append("WARNING: some points broke at the survive eps, so those rows undercount a robust batch")
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "model": "s4d mnist preset",
-            "batch": batch, "eps": EPS, "survive_eps": survive_eps, "repeats": repeats, "quick": quick,
-            "budget_fraction": min(fraction, 1.0), "rows": rows, "cascade": cascade, "notes": notes}
+            test_acc = float((model(x_te).argmax(1) == y_te).float().mean())
+        result["models"][name] = {"test_acc": test_acc, "train_seconds": time.perf_counter() - start,
+                                  "parameters": sum(p.numel() for p in model.parameters())}
+        progress(f"{name}: clean test accuracy {test_acc:.3f} (trained in {time.perf_counter() - start:.0f} s)")
+        for norm in norms:
+            for row in measure(model, Counted(model), x, y, norm, budget, repeats, seed, progress=progress):
+                result["rows"].append({"model": name, **row})
+    return result
 
 
-def to_markdown(result):
-    """The rows, the cascade and the notes as markdown."""
-    def cell(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    lines = ["| measurement | points | budget | seconds | s / point | x fwd+bwd | attacked | broken | timed as |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def to_markdown(result: dict) -> str:
+    lines = ["| model | attack | norm, eps | robust acc ours / torchattacks | seconds ours / torchattacks | ratio | "
+             "fwd / bwd passes per example, ours | torchattacks |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        if "timed_budget" in r:
-            timed = f"{r['timed_budget']}: {r['measured_seconds']:.3g} s, x{r['extrapolated_by']:.3g}"
-        else:
-            timed = r.get("timed_as", "measured")
-        lines.append(f"| {r['name']} | {r['points']} | {r['budget']} | {r['seconds']:.3g} | "
-                     f"{r['per_point_seconds']:.3g} | {r['x_fwd_bwd']:.1f} | {cell(r.get('attacked'), 'd')} | "
-                     f"{cell(r.get('broken'), 'd')} | {timed} |")
-    lines += ["", "| cascade stage (eps 0.3) | budget | points attacked | points broken |", "|---|---|---|---|"]
-    lines += [f"| {c['stage']} | {c['budget']} | {c['attacked']} | {c['broken']} |" for c in result["cascade"]]
-    lines += [""] + [f"- {note}" for note in result["notes"]]
-    lines.append(f"- torch {result['torch']}, {result['threads']} threads, median of {result['repeats']} repeats"
-                 + (" (--quick: reduced budgets, smoke test only)" if result["quick"] else ""))
+        o, t = r["ours"], r["theirs"]
+        lines.append(f"| {r['model']} | {r['attack']} | {r['norm']} {r['eps']:g} | {o['robust_acc']:.2f} / "
+                     f"{t['robust_acc']:.2f} | {o['seconds']:.3g} / {t['seconds']:.3g} | **{r['ratio']:.2f}** | "
+                     f"{o['forward_per_example']:.0f} / {o['backward_per_example']:.0f} | "
+                     f"{t['forward_per_example']:.0f} / {t['backward_per_example']:.0f} |")
+    models = ", ".join(f"{k} clean {v['test_acc']:.3f} on the 450 test digits" for k, v in result["models"].items())
+    budget = result["budget"]
+    lines += ["", f"- models (FGSM-trained at Linf {TRAIN_EPS}): {models}; attacks on the first {result['n']} test "
+              "examples; robust acc = clean-correct and correct after the attack",
+              f"- budgets: {budget['steps']} iterations (APGD, APGD-T and FAB-T with 9 targets), Square "
+              f"{budget['queries']} queries, PGD {budget['pgd_steps']} steps of eps/4"
+              + (" (--quick: reduced, smoke test only)" if result["quick"] else " (standard AutoAttack)"),
+              f"- seconds: median of {result['repeats']} calls, ours and torchattacks interleaved; torch "
+              f"{result['torch']}, torchattacks {result['torchattacks']}, {result['threads']} thread(s)"]
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median reported)")
-    parser.add_argument("--quick", action="store_true", help="batch 4, 1 repeat, budgets scaled by 0.03 (smoke test)")
-    parser.add_argument("--time-budget", type=float, default=420.0,
-                        help="seconds the component timings may take before budgets are scaled down and extrapolated")
-    parser.add_argument("--survive-eps", type=float, default=1e-4,
-                        help="eps at which the components are timed (small enough that no point breaks)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--n", type=int, default=100, help="test examples attacked")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per attack (median reported)")
+    parser.add_argument("--quick", action="store_true", help="reduced budgets, 1 repeat, 20 examples (smoke test)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--models", nargs="+", default=["mlp", "s4d"], choices=["mlp", "s4d"])
+    parser.add_argument("--norms", nargs="+", default=["Linf", "L2"], choices=["Linf", "L2"])
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: MLP 30, S4D 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON here")
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.repeats < 1 or not math.isfinite(args.time_budget) or args.time_budget <= 0:
-        parser.error("--batch and --repeats must be >= 1 and --time-budget > 0")
-    batch, repeats = (min(args.batch, 4), 1) if args.quick else (args.batch, args.repeats)
-    result = run(batch, repeats, args.quick, args.time_budget, args.survive_eps, args.threads, args.seed)
+    if args.n < 1 or args.repeats < 1 or args.threads < 1:
+        parser.error("--n, --repeats and --threads must be >= 1")
+    n, repeats = (min(args.n, 20), 1) if args.quick else (args.n, args.repeats)
+    result = run(n, repeats, args.quick, args.threads, args.seed, tuple(args.models), tuple(args.norms), args.epochs,
+                 progress=lambda line: print(line, flush=True))
     print(to_markdown(result))
     if args.json:
         with open(args.json, "w") as f:
