@@ -133,6 +133,10 @@ def test_kill_9_mid_epoch_then_rerun_gives_the_uninterrupted_results(tmp_path, i
     rows = {row["cell"]: row for row in json.loads(invoke("status", out, "--json").output)["cells"]}
     assert rows[victim]["state"] == "failed" and "ended before the cell was complete" in rows[victim]["error"]
     assert not cell_folder.is_complete(out / victim)
+    # with nobody waiting, the job that completes a cell rewrites the report: partial, with that cell in it
+    wait_until(lambda: "1 of 2 cells are complete" in (out / "report.md").read_text(),
+               what=f"{other}'s job to rewrite the report")
+    assert f"| {other} |" in (out / "report.md").read_text()
 
     rerun = sweep(grid, "--out", out, "--executor", "local", "--wait")
     # only the killed cell: the other one is complete, or still handled by its first job

@@ -32,7 +32,7 @@ from submitit.core.utils import UncompletedJobError
 from . import jobs
 from .cell_runner import run_cell
 from .executor_spec import EXECUTORS, ExecutorSpec
-from .spec import CellSpec
+from .spec import CellSpec, load_toml, resolve_experiment
 
 FOREVER_MIN = 60 * 24 * 365  # the local executor's timeout when none is given
 
@@ -126,8 +126,20 @@ class CellJob(submitit.helpers.Checkpointable):
                                        error=f"interrupted ({type(exc).__name__}); rerun the sweep to continue")
                 raise
             jobs.update_record(self.run_dir, cell.name, state="done", ended=jobs.now())
+            self._report()
             return summary
         raise AssertionError("unreachable")
+
+    def _report(self) -> None:
+        """Rewrite the run's report with this cell in it (the last cell to end leaves the complete report)."""
+        from . import runs
+
+        try:
+            spec = resolve_experiment(load_toml(Path(self.run_dir) / runs.CONFIG_FILE))
+            write_sweep_report(Path(self.run_dir), spec)
+        except Exception as exc:  # the cell itself is done; the report can be rewritten with advssm report
+            print(f"advssm: warning: could not rewrite {self.run_dir}/report.md ({type(exc).__name__}: {exc}); "
+                  f"the cell is complete; rerun the sweep or advssm report {self.run_dir}", file=sys.stderr)
 
     def checkpoint(self, cell_json: str, cell_dir: str) -> submitit.helpers.DelayedSubmission:
         """submitit's preemption / timeout hook: the same call again; run_cell resumes from the last epoch."""
@@ -360,15 +372,15 @@ def launch_jobs(spec, run_dir: Path, settings: ExecutorSpec, wait_for_end: bool,
         write_sweep_report(run_dir, spec)
         others = ", ".join(f"{n} {state}" for state in jobs.STATES
                            if (n := sum(r.state == state for r in rows if r.cell not in ids)))
-        echo(f"submitted {len(ids)} of {len(cells)} cells to {settings.kind}" + (f" (the others: {others})"
-                                                                                 if others else ""))
-        for name, job_id in ids.items():
-            echo(f"  {name}: job {job_id}")
-        echo(f"follow them with: advssm status {run_dir}")
+        text = "\n".join([f"submitted {len(ids)} of {len(cells)} cells to {settings.kind}"
+                          + (f" (the others: {others})" if others else ""),
+                          *(f"  {name}: job {job_id}" for name, job_id in ids.items()),
+                          f"follow them with: advssm status {run_dir}"])
         if not wait_for_end:
             emit({"run_dir": str(run_dir), "executor": settings.kind, "submitted": ids,
-                  "status": f"advssm status {run_dir}"}, as_json, f"run folder: {run_dir}")
+                  "status": f"advssm status {run_dir}"}, as_json, text)
             return
+        echo(text)
         rows = wait(run_dir, [c.name for c in cells], lambda: jobs.cell_statuses(run_dir, cells), poll_s, echo)
         write_sweep_report(run_dir, spec)
     summaries = {row.cell: cell_folder.read_summary(run_dir / row.cell) for row in rows if row.state == "done"}

@@ -183,19 +183,27 @@ def update_record(run_dir: str | os.PathLike, cell: str, **changes) -> dict:
     return record
 
 
-def last_log_line(record: dict) -> str:
-    """The last non-empty line of the job's newest log file (the text after a progress bar's last redraw)."""
-    paths = [Path(p) for p in (record.get("stderr"), record.get("stdout")) if p]
-    paths = [p for p in paths if p.is_file()]
-    if not paths:
-        return ""
-    newest = max(paths, key=lambda p: p.stat().st_mtime)
-    with open(newest, "rb") as f:
-        f.seek(max(0, newest.stat().st_size - 8192))
+def _tail_lines(path: Path) -> list[str]:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 8192))
         tail = f.read().decode(errors="replace")
-    lines = [line.rsplit("\r", 1)[-1].strip() for line in tail.splitlines()]
-    lines = [line for line in lines if line]
-    return lines[-1] if lines else ""
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in tail.splitlines()]  # after a bar's last redraw
+    return [line for line in lines if line]
+
+
+def last_log_line(record: dict) -> str:
+    """The job's last word: the last line the cell printed (its stderr: epoch lines, errors), else the last
+    line of submitit's own log."""
+    paths = {key: Path(record[key]) for key in ("stderr", "stdout") if record.get(key)}
+    paths = {key: p for key, p in paths.items() if p.is_file()}
+    if "stderr" in paths:
+        own = [line for line in _tail_lines(paths["stderr"]) if not line.startswith("submitit ")]
+        if own:
+            return own[-1]
+    for path in paths.values():
+        if lines := _tail_lines(path):
+            return lines[-1]
+    return ""
 
 
 # -- what is running ------------------------------------------------------------------------------------------
