@@ -22,7 +22,7 @@ rather than raised:
    PGD-10 batch (adv-train's PGD, the paper's eps and step), with the projected cost of an
    epoch of standard training and of PGD-AT.
 
-Past ``--budget-s`` (default 420 s, inside the 8 minutes this is meant to take) the remaining
+Past ``--budget-s`` (default 400 s, inside the 8 minutes this is meant to take) the remaining
 rows are listed as skipped. Each section runs in its own process, killed 45 s past its share
 of the budget, so a kernel that faults or hangs costs that section only. Exit status: 0 when
 every verification case passed, 1 when one failed or a section did not finish, 2 when the
