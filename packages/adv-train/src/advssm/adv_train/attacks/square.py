@@ -76,20 +76,36 @@ def l2_pattern(side: int, dims: int) -> Tensor:
     return pattern / pattern.norm()
 
 
-def _window_index(n: int, channels: int, space: list[int], side: int, generator: torch.Generator,
-                  device: torch.device) -> tuple[Tensor, ...]:
-    """Advanced-indexing tensors for one random window of ``side`` per example into (n, channels, *space):
-    indexing with them gives (n, channels, side, ...)."""
-    d = len(space)
-    index = [torch.arange(n, device=device).reshape(n, 1, *[1] * d),
-             torch.arange(channels, device=device).reshape(1, channels, *[1] * d)]
-    offsets = torch.arange(side, device=device)
-    for axis, size in enumerate(space):
-        start = torch.randint(0, size - side + 1, (n,), generator=generator, device=device)
-        shape = [n, 1] + [1] * d
-        shape[2 + axis] = side
-        index.append((start[:, None] + offsets).reshape(shape))
-    return tuple(index)
+class _Windows:
+    """Random windows and signs for a batch, one ``torch.rand`` call per query, index tensors reused."""
+
+    def __init__(self, generator: torch.Generator, device: torch.device):
+        self.generator, self.device = generator, device
+        self._bases: dict[tuple, tuple[Tensor, ...]] = {}
+
+    def draw(self, n: int, channels: int, space: list[int], side: int, windows: int) -> tuple[list[tuple], Tensor]:
+        """``windows`` advanced-indexing tuples into (n, channels, *space), each giving (n, channels, side, ...),
+        and a random sign per (example, channel), shaped (n, channels, 1, ...)."""
+        d = len(space)
+        u = torch.rand((n, windows * d + channels), generator=self.generator, device=self.device)
+        key = (n, channels, tuple(space), side)
+        if key not in self._bases:
+            offsets = []
+            for axis in range(d):
+                shape = [1, 1] + [1] * d
+                shape[2 + axis] = side
+                offsets.append(torch.arange(side, device=self.device).reshape(shape))
+            positions = torch.tensor([size - side + 1 for size in space], device=self.device, dtype=u.dtype)
+            self._bases[key] = (positions, torch.arange(n, device=self.device).reshape(n, 1, *[1] * d),
+                                torch.arange(channels, device=self.device).reshape(1, channels, *[1] * d), *offsets)
+        positions, batch_index, channel_index, *offsets = self._bases[key]
+        index = []
+        for w in range(windows):
+            starts = (u[:, w * d:(w + 1) * d] * positions).long()  # uniform in 0 .. size - side (u < 1)
+            index.append((batch_index, channel_index,
+                          *(starts[:, axis].reshape(n, 1, *[1] * d) + offsets[axis] for axis in range(d))))
+        signs = 2.0 * (u[:, windows * d:] < 0.5) - 1
+        return index, signs.reshape(n, channels, *[1] * d)
 
 
 def _l2(t: Tensor) -> Tensor:
@@ -151,6 +167,7 @@ class Square(Attack):
         best = self._start_linf(xc, generator) if self.norm == "Linf" else self._start_l2(xc, generator)
         margin = self._margin(from_channels_first(best, dim), y)
         patterns: dict[tuple[int, bool], Tensor] = {}
+        windows = _Windows(generator, x.device)
         for query in range(self.n_queries):
             todo = (margin > 0).nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -159,9 +176,9 @@ class Square(Attack):
             x_now, current = (xc, best) if everyone else (xc[todo], best[todo])
             p = p_selection(self.p_init, query, self.n_queries)
             if self.norm == "Linf":
-                candidate = self._propose_linf(x_now, current, p, generator)
+                candidate = self._propose_linf(x_now, current, p, windows)
             else:
-                candidate = self._propose_l2(x_now, current, p, generator, patterns)
+                candidate = self._propose_l2(x_now, current, p, windows, generator, patterns)
             new_margin = self._margin(from_channels_first(candidate, dim), y if everyone else y[todo])
             better = new_margin < (margin if everyone else margin[todo])
             rows = better.nonzero().squeeze(1)
@@ -171,10 +188,6 @@ class Square(Attack):
         return from_channels_first(best, dim), margin
 
     # -- Linf -----------------------------------------------------------------------------
-    def _signs(self, n: int, channels: int, dims: int, generator: torch.Generator, like: Tensor) -> Tensor:
-        draw = torch.randint(0, 2, (n, channels, *[1] * dims), generator=generator, device=like.device)
-        return (2 * draw - 1).to(like.dtype)
-
     def _start_linf(self, xc: Tensor, generator: torch.Generator) -> Tensor:
         batch, channels, *space = xc.shape
         # one sign per (channel, column): constant along every axis but the last
@@ -182,12 +195,12 @@ class Square(Attack):
                              device=xc.device)
         return (xc + self.eps * (2 * draw - 1).to(xc.dtype)).clamp(0, 1)
 
-    def _propose_linf(self, x_now: Tensor, current: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    def _propose_linf(self, x_now: Tensor, current: Tensor, p: float, windows: _Windows) -> Tensor:
         n, channels, *space = x_now.shape
         side = min(max(round((p * math.prod(space)) ** (1 / len(space))), 1), min(space))
-        window = _window_index(n, channels, space, side, generator, x_now.device)
+        (window,), signs = windows.draw(n, channels, space, side, 1)
+        signs = signs.to(x_now.dtype)
         x_win, current_win = x_now[window], current[window]
-        signs = self._signs(n, channels, len(space), generator, x_now)
         proposal = (x_win + self.eps * signs).clamp(0, 1)
         unchanged = (proposal == current_win).flatten(1).all(1)
         # the signs the window already has: take the opposite ones (the farthest corner of the window)
@@ -206,17 +219,17 @@ class Square(Attack):
         starts = [(size - side * count) // 2 for size, count in zip(space, counts)]
         for cell in torch.cartesian_prod(*[torch.arange(c) for c in counts]).reshape(-1, len(space)).tolist():
             region = tuple(slice(s + c * side, s + (c + 1) * side) for s, c in zip(starts, cell))
-            signs = self._signs(batch, channels, len(space), generator, xc)
+            signs = 2.0 * torch.randint(0, 2, (batch, channels, *[1] * len(space)), generator=generator,
+                                        device=xc.device).to(xc.dtype) - 1
             delta[(slice(None), slice(None), *region)] += pattern * signs
         return (xc + self.eps * delta / (_l2(delta) + TINY)).clamp(0, 1)
 
-    def _propose_l2(self, x_now: Tensor, current: Tensor, p: float, generator: torch.Generator,
+    def _propose_l2(self, x_now: Tensor, current: Tensor, p: float, windows: _Windows, generator: torch.Generator,
                     patterns: dict[tuple[int, bool], Tensor]) -> Tensor:
         n, channels, *space = x_now.shape
         side = max(round((p * math.prod(space)) ** (1 / len(space))), 3)
         side = min(side + 1 - side % 2, min(space))  # odd, as in the paper's code, and inside the input
-        first = _window_index(n, channels, space, side, generator, x_now.device)
-        second = _window_index(n, channels, space, side, generator, x_now.device)
+        (first, second), signs = windows.draw(n, channels, space, side, 2)
         delta = current - x_now
         window_dims = tuple(range(2, delta.dim()))
         old = delta[first]
@@ -231,7 +244,7 @@ class Square(Attack):
         if (side, flip) not in patterns:
             pattern = l2_pattern(side, len(space))
             patterns[side, flip] = (pattern.T if flip else pattern).to(x_now).contiguous()
-        new = patterns[side, flip] * self._signs(n, channels, len(space), generator, x_now) + old / (old_norm + TINY)
+        new = patterns[side, flip] * signs.to(x_now.dtype) + old / (old_norm + TINY)
         room = ((self.eps ** 2 - image_norm ** 2).clamp(min=0) / channels + windows_norm ** 2).sqrt()
         new = new / (new.pow(2).sum(window_dims, keepdim=True).sqrt() + TINY) * room
         delta[second] = 0.0
