@@ -5,6 +5,8 @@ Exit codes: 0 success; 2 usage or configuration error; 1 runtime error, reported
 """
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from ._version import __version__
@@ -58,6 +60,8 @@ def cli(debug: bool) -> None:
 
     Run `advssm COMMAND --help` for a command's options and examples.
     """
+    # a warning (a resume in another environment, a changed lr) reads as one line, not a source location
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 for _command in COMMANDS:
