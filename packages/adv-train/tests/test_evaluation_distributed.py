@@ -1,5 +1,6 @@
 """evaluate() under torchrun: 2 gloo ranks on the CPU return, on every rank, exactly the result and the records
-file of a 1-process run, also when the 2-rank run resumes a cut-short evaluation.
+file of a 1-process run, also when the 2-rank run resumes a cut-short evaluation; a records file that may not
+be overwritten is refused on every rank (none is left waiting for rank 0).
 
 Exact equality is expected, not closeness: every batch is evaluated whole by one rank, and with ``seed`` each
 batch's attacks are seeded from the global batch index, so no rank's arithmetic or randomness differs from the
@@ -35,6 +36,13 @@ model.eval()
 auto = AutoAttack(model, eps=0.1, version="custom", seed=0,
                   attacks=[build_attack(n, model, "Linf", 0.1, seed=0, steps=3) for n in ("apgd-ce", "square")])
 attacks = {"pgd": PGD(model, 0.1, alpha=0.03, steps=3, random_start=True), "aa": auto}
+if mode == "refuse":  # the records file exists and resume is off: every rank raises, none waits for rank 0
+    try:
+        evaluate(model, (x, y), attacks, batch_size=8, seed=3, records=os.path.join(out, "records.jsonl"))
+    except FileExistsError as error:
+        open(os.path.join(out, f"refused_{info.rank}"), "w").write(str(error))
+    shutdown()
+    os._exit(0)
 result = evaluate(model, (x, y), attacks, n_examples=24 if mode == "part" else None, batch_size=8, seed=3,
                   records=os.path.join(out, "records.jsonl"), resume=mode == "resume")
 fields = result.to_dict()
@@ -87,3 +95,7 @@ def test_two_gloo_ranks_return_the_one_process_result(tmp_path):
     records = (one / "records.jsonl").read_text()
     assert (two / "records.jsonl").read_text() == records
     assert (resumed / "records.jsonl").read_text() == records
+
+    two_ranks(script, two, "refuse")
+    assert all("pass resume=True" in (two / f"refused_{rank}").read_text() for rank in (0, 1))
+    assert (two / "records.jsonl").read_text() == records, "the refused evaluation kept the file"

@@ -409,15 +409,21 @@ def evaluate(model: nn.Module, data, attacks, n_examples: int | None = None, bat
 
     path = None if records is None else Path(records)
     finished: list[list[dict]] = []
+    refused: Exception | None = None
     if path is not None and info.is_main:
-        if path.is_file() and path.stat().st_size and not resume:
-            raise FileExistsError(f"{path} already holds records of an evaluation; pass resume=True to continue it, "
-                                  "or delete it to start over")
-        if resume and path.is_file():
-            finished = _read_finished(path, list(named))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _rewrite(path, finished)
-    finished = D.gather_objects(finished, info)[0]  # rank 0's reading, on every rank
+        try:
+            if path.is_file() and path.stat().st_size and not resume:
+                raise FileExistsError(f"{path} already holds records of an evaluation; pass resume=True to continue "
+                                      "it, or delete it to start over")
+            if resume and path.is_file():
+                finished = _read_finished(path, list(named))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _rewrite(path, finished)
+        except (OSError, ValueError) as error:  # every rank raises it, rather than waiting for rank 0
+            refused = error
+    finished, refused = D.gather_objects((finished, refused), info)[0]  # rank 0's reading, on every rank
+    if refused is not None:
+        raise refused
 
     saved_seeds = [(a, a.seed) for attack in named.values() for a in _attack_tree(attack)]
     done: list[list[dict]] = list(finished)
