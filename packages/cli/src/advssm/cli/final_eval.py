@@ -8,6 +8,7 @@ to ``final_eval.json`` beside the trainer's files (never into them), the per-exa
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from . import cell_folder
@@ -96,6 +97,13 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
     stages, parts = {}, None
     if settings.aa:
         for stage in cell_folder.CHECKPOINTS:
+            if stage == "last" and summary["last"]["epoch"] == summary["best"]["epoch"]:
+                # the same weights (Best is the last epoch): the same evaluation, not run twice
+                records = cell_folder.records_file(cell_dir, stage)
+                if is_main:
+                    shutil.copyfile(cell_folder.records_file(cell_dir, "best"), records)
+                stages[stage] = {**stages["best"], "records": records.name}
+                continue
             model, _ = load_checkpoint(cell_folder.checkpoint(cell_dir, stage), map_location=torch.device(device))
             seed = eval_seed(train.seed, summary[stage]["epoch"])
             pgd = PGD(model, eps=train.eps, alpha=train.alpha, steps=train.eval_pgd_steps, random_start=True,
@@ -105,7 +113,7 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
             records = cell_folder.records_file(cell_dir, stage)
             hook = (lambda info, s=stage: progress(s, info)) if progress else None
             # AA first: an example both break is recorded as broken by the AutoAttack component that did
-            result = evaluate(model, test_set, {"aa": aa, "pgd": pgd}, n_examples=n, batch_size=train.batch_size,
+            result = evaluate(model, test_set, {"aa": aa, "pgd": pgd}, n_examples=n, batch_size=settings.batch_size,
                               progress=hook, check_masking=True, seed=seed, records=records,
                               resume=records.is_file() and records.stat().st_size > 0)
             stages[stage] = {"epoch": summary[stage]["epoch"], "clean_acc": result.clean_acc,

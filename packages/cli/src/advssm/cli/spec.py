@@ -113,6 +113,8 @@ class EvalSpec(_Frozen):
         aa_steps: for "custom", iterations of APGD / FAB (Square gets 50x as many queries).
         train_n: after every epoch, clean and PGD accuracy of the first this many training examples
             (un-augmented, measured as the test set is) for the train curves of the plots; 0 = off.
+        batch_size: examples per batch of the final evaluation (Square's query loop runs once per batch,
+            so small training batches would make it several times slower).
     """
 
     aa: bool = True
@@ -121,6 +123,7 @@ class EvalSpec(_Frozen):
     aa_attacks: list[str] = Field(default_factory=lambda: ["apgd-ce", "apgd-t", "fab-t", "square"], min_length=1)
     aa_steps: int = Field(default=100, ge=1)
     train_n: int = Field(default=256, ge=0)
+    batch_size: int = Field(default=256, ge=1)
 
     @field_validator("aa_attacks")
     @classmethod
