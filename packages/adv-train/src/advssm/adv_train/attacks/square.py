@@ -116,6 +116,10 @@ def _l2(t: Tensor) -> Tensor:
 class Square(Attack):
     """Square Attack, untargeted, margin loss, no gradient access.
 
+    Example:
+        square = Square(model, eps=0.3, n_queries=1000, seed=0)
+        x_adv = square(x, y)
+
     Args:
         model: classifier mapping [0, 1] inputs to logits; only its outputs are queried.
         eps: radius of the ball.
@@ -124,9 +128,6 @@ class Square(Attack):
         n_restarts: runs from fresh starts on the examples not yet fooled.
         seed: seeds all the random choices.
         norm: "Linf" or "L2".
-
-        square = Square(model, eps=0.3, n_queries=1000, seed=0)
-        x_adv = square(x, y)
     """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, n_queries: int = 5000, p_init: float = 0.8,
