@@ -25,8 +25,11 @@ PACKAGES = {
     "cli": ["packages/ssm-layers", "packages/adv-train", "packages/ads", "packages/cli[test]"],
 }
 ALL = ["packages/ssm-layers[test]", "packages/adv-train[test]", "packages/ads[test]", "packages/cli[test]"]
-PYTEST = ["pytest", "-m", "not slow and not kernels", "-p", "no:cacheprovider"]
+PYTEST = ["pytest", "-m", "not slow and not kernels and not slurm", "-p", "no:cacheprovider"]
 WORKERS = ["-n", os.environ.get("ADVSSM_TEST_WORKERS", "2")]
+# One intra-op thread per test worker: two workers of two OpenMP threads each on two cores spin-wait for each
+# other (measured: tests about 10x slower on a loaded machine). Tests that need another count set it themselves.
+TEST_ENV = {"OMP_NUM_THREADS": os.environ.get("ADVSSM_TEST_THREADS", "1")}
 
 
 def _install(session: nox.Session, torch_version: str, *targets: str) -> None:
@@ -38,7 +41,7 @@ def _install(session: nox.Session, torch_version: str, *targets: str) -> None:
 def tests(session: nox.Session) -> None:
     """Every package's default test suite on the default torch."""
     _install(session, DEFAULT_TORCH, *ALL)
-    session.run(*PYTEST, *WORKERS, "packages", *session.posargs)
+    session.run(*PYTEST, *WORKERS, "packages", *session.posargs, env=TEST_ENV)
 
 
 @nox.session
@@ -47,7 +50,7 @@ def tests_matrix(session: nox.Session, torch_version: str) -> None:
     """The default suite against each supported torch version."""
     _install(session, torch_version, *ALL)
     session.run("python", "-c", "import torch; print('torch', torch.__version__)")
-    session.run(*PYTEST, *WORKERS, "packages", *session.posargs)
+    session.run(*PYTEST, *WORKERS, "packages", *session.posargs, env=TEST_ENV)
 
 
 @nox.session
@@ -56,7 +59,7 @@ def package(session: nox.Session, package: str) -> None:
     """One package installed with only what it declares, running its own tests."""
     _install(session, DEFAULT_TORCH, *PACKAGES[package])
     folder = "packages/" + package.replace("_", "-")
-    session.run(*PYTEST, *WORKERS, folder + "/tests", *session.posargs)
+    session.run(*PYTEST, *WORKERS, folder + "/tests", *session.posargs, env=TEST_ENV)
 
 
 @nox.session
@@ -64,7 +67,7 @@ def ssm_layers_alone(session: nox.Session) -> None:
     """advssm-ssm-layers alone in a fresh venv: it installs and works without the other packages."""
     _install(session, DEFAULT_TORCH, *PACKAGES["ssm_layers"])
     session.run("python", "-c", "import importlib.util as u; assert u.find_spec('advssm.ads') is None")
-    session.run(*PYTEST, *WORKERS, "packages/ssm-layers/tests", *session.posargs)
+    session.run(*PYTEST, *WORKERS, "packages/ssm-layers/tests", *session.posargs, env=TEST_ENV)
 
 
 @nox.session
