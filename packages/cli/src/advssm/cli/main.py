@@ -49,7 +49,7 @@ def cli(debug: bool) -> None:
 
     \b
     Examples:
-      advssm run                       # ST vs PGD-AT on the bundled digits, about a minute on a CPU
+      advssm run                       # ST vs PGD-AT on the bundled digits, a few minutes on a CPU
       advssm run exp.toml --epochs 5   # a TOML experiment, flags override it
       advssm eval runs/X/pgd-at/best.safetensors --attacks pgd,aa
       advssm sweep grid.toml           # models x methods x AdS x data sets

@@ -50,11 +50,11 @@ PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's val
 SECTIONS = ("data", "model", "train", "eval")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-# Defaults of the no-argument run: tuned so both cells finish in about a minute on 2 CPU cores (see README).
+# Defaults of the no-argument run: tuned so both cells finish in a few minutes on 2 CPU cores (see README).
 DEMO = {
     "model": {"layer": "s4d", "d_model": 32, "d_state": 16, "n_layers": 2},
     # 15 epochs of batch 32 at lr 1e-2: an S4D on 64 pixel tokens sits at chance for ~5 epochs of batch 64 at
-    # 3e-3 before it learns; these settings get past that plateau (ST ~95 % clean) in about a minute on 2 cores
+    # 3e-3 before it learns; these settings get past that plateau (ST ~95 % clean) within the 15 epochs
     "train": {"epochs": 15, "batch_size": 32, "lr": 1e-2, "eps": 0.1, "alpha": 0.025, "attack_steps": 5,
               "eval_pgd_steps": 10, "aa_every": 0, "aa_n": 200, "seed": 0},
     # a reduced AutoAttack so the demo stays within minutes, reported as such: the two APGD losses at 25 steps

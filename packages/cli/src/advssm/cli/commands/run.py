@@ -54,7 +54,7 @@ def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, prog
     """Train and evaluate: clean, PGD-10 and AutoAttack accuracy of the best and last checkpoints.
 
     With no arguments: a small S4D on scikit-learn's bundled 8x8 digits, standard training vs PGD-AT
-    (eps 0.1, 15 epochs), about a minute on 2 CPU cores, no download. CONFIG_FILE is a TOML experiment; flags
+    (eps 0.1, 15 epochs), a few minutes on 2 CPU cores, no download. CONFIG_FILE is a TOML experiment; flags
     override it. Ctrl-C leaves a resumable folder.
 
     \b
