@@ -112,9 +112,11 @@ def test_requeued_and_timed_out_cells_resume_from_their_last_finished_epoch(tmp_
     """Cell A is requeued by `scontrol requeue` (preemption), cell B gets submitit's timeout signal (USR2,
     the checkpoint hook requeues it); both continue from their last finished epoch and end with the results
     of an uninterrupted inline run."""
-    epochs, a, b = 8, "s4d-pgd-at-none", "s4d-pgd-at-relu"
-    # PGD-AT epochs of 32 batches: the 5 epochs still to go when a job is interrupted outlast the seconds Slurm
-    # waits between the SIGTERM of a requeue (which submitit ignores) and its SIGKILL
+    epochs, a, b = 20, "s4d-pgd-at-none", "s4d-pgd-at-relu"
+    left = 15  # epochs still to go, at least, when a job is interrupted
+    # PGD-AT epochs of 32 batches: the 15 epochs still to go when a job is interrupted outlast the seconds Slurm
+    # waits between the SIGTERM of a requeue (which submitit ignores) and its SIGKILL (KillWait=2) even on an idle
+    # machine (with 5 left, at about 0.3 s an epoch, a cell finished inside that grace on a clean CI run)
     path = grid(tmp_path, methods=["pgd-at"], ads=["none", "relu"], epochs=epochs, train_size=1024)
     reference = tmp_path / "inline"
     sweep(path, "--out", reference, "--executor", "inline")
@@ -123,7 +125,7 @@ def test_requeued_and_timed_out_cells_resume_from_their_last_finished_epoch(tmp_
 
     def mid_run(name):
         done = len(cell_folder.read_metrics(out / name))
-        return jobs.read_record(out, name).get("state") == "running" and 1 <= done <= epochs - 5
+        return jobs.read_record(out, name).get("state") == "running" and 1 <= done <= epochs - left
 
     interrupted = {}
     for name, how in ((a, ["scontrol", "requeue"]), (b, ["scancel", "--signal=USR2"])):
@@ -143,11 +145,13 @@ def test_requeued_and_timed_out_cells_resume_from_their_last_finished_epoch(tmp_
         record = jobs.read_record(out, name)
         assert record["state"] == "done" and record["restarts"] == 1, record
         log = open(record["stderr"]).read()
-        # every epoch line once: the second start began after the last epoch the first one finished
+        # no epoch twice: the second start began after the last epoch the first one finished (an epoch's log line
+        # can be missing: a job stopped between saving an epoch and printing its line resumes after that epoch)
         for epoch in range(1, epochs + 1):
-            assert log.count(f"{name} epoch {epoch}/{epochs}:") == 1, (epoch, log[-3000:])
+            assert log.count(f"{name} epoch {epoch}/{epochs}:") <= 1, (epoch, log[-3000:])
+        assert [m["epoch"] for m in cell_folder.read_metrics(out / name)] == list(range(1, epochs + 1))
         assert results(out / name) == results(reference / name), name
-    assert all(1 <= n <= epochs - 5 for n in interrupted.values())
+    assert all(1 <= n <= epochs - left for n in interrupted.values())
     assert "preempted" in open(jobs.read_record(out, b)["stdout"]).read()  # submitit's checkpoint hook ran
 
 
