@@ -43,8 +43,9 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_numbers(tmp_path, helpers, t
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
     metrics = out / "standard" / runs.METRICS_FILE
     deadline = time.monotonic() + 240
-    # interrupt after the first epoch: the rest of the run (another epoch, AA, a whole PGD-AT cell) is still ahead
-    while not (metrics.is_file() and metrics.read_text().strip()) and proc.poll() is None:
+    # interrupt once the first cell is training (its metrics file exists): the rest of the run (its epochs, AA, a
+    # whole PGD-AT cell) is still ahead. Waiting for a whole epoch let the tiny run finish first on an idle machine.
+    while not metrics.is_file() and proc.poll() is None:
         assert time.monotonic() < deadline, "the run wrote no epoch"
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
