@@ -60,7 +60,8 @@ def test_unknown_keys_are_named():
     ("scheduler", "step", "TrainConfig.scheduler must be 'cosine' or 'none'"),
     ("eval_n", 0, "TrainConfig.eval_n must be None"),
     ("aa_every", -1, "TrainConfig.aa_every must be >= 0"),
-    ("aa_version", "fast", "TrainConfig.aa_version must be 'standard' or 'custom'"),
+    ("aa_version", "fast", "TrainConfig.aa_version must be 'standard', 'rand' or 'custom', got 'fast'"),
+    ("aa_version", "random", "TrainConfig.aa_version must be 'standard', 'rand' or 'custom', got 'random'"),
     ("aa_version", "custom", "TrainConfig.aa_attacks must be a non-empty list of attack names"),
     ("aa_attacks", ["apgd-ce"], "TrainConfig.aa_attacks must be None when aa_version is 'standard'"),
     ("device", "tpu", "TrainConfig.device must be"),
@@ -111,6 +112,21 @@ def test_unknown_autoattack_names_fail_before_training():
     with pytest.raises(ValueError, match="TrainConfig.aa_attacks must be a list of names from apgd-ce.*unknown: apgd"):
         TrainConfig(aa_version="custom", aa_attacks=["apgd-ce", "apgd"])
     assert TrainConfig(aa_version="custom", aa_attacks=list(ATTACK_NAMES)).aa_attacks == list(ATTACK_NAMES)
+
+
+def test_rand_autoattack_is_a_version_that_fixes_its_attacks():
+    from advssm.adv_train.attacks.autoattack import VERSIONS
+    from advssm.adv_train.config import AA_VERSIONS
+
+    assert set(AA_VERSIONS) == set(VERSIONS)  # every version AutoAttack has, and no other
+    c = TrainConfig(aa_version="rand")
+    assert c.aa_version == "rand" and c.aa_attacks is None
+    assert TrainConfig.from_json(c.to_json()) == c
+    with pytest.raises(ValueError, match=r"TrainConfig.aa_attacks must be None when aa_version is 'rand' "
+                                         r"\(set aa_version='custom' to choose attacks\), got \['apgd-ce'\]"):
+        TrainConfig(aa_version="rand", aa_attacks=["apgd-ce"])
+    with pytest.raises(ValueError, match="TrainConfig.aa_version must be 'standard', 'rand' or 'custom'"):
+        TrainConfig(aa_version=["rand"])
 
 
 def test_attack_methods_need_attack_steps():

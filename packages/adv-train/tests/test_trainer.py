@@ -214,6 +214,32 @@ def test_autoattack_every_k_epochs_and_at_the_last(tmp_path):
     assert aa[2] <= clean20["clean_acc"]
 
 
+def test_autoattack_rand_runs_in_the_trainer(monkeypatch):
+    """aa_version="rand" reaches the trainer's AutoAttack: APGD-CE and APGD-DLR, each step 20 EOT samples."""
+    from advssm.adv_train.attacks import AutoAttack
+
+    seen, perturb = [], AutoAttack.perturb
+
+    def spy(self, x, y, generator):
+        out = perturb(self, x, y, generator)
+        seen.append((self.version, {name: (a.steps, a.eot_iter) for name, a in self.attacks.items()},
+                     self.sub_attacks()[0].passes()[1], len(x), self.last_n_correct))
+        return out
+
+    monkeypatch.setattr(AutoAttack, "perturb", spy)
+    train, test = shortcut_task(n=160)
+    torch.manual_seed(0)
+    model = nn.Linear(16, 3)  # three logits for APGD-DLR (labels 0 and 1 only)
+    trainer = Trainer(model, train, test, config(epochs=1, aa_every=1, aa_n=4, aa_version="rand"), callbacks=[Quiet()])
+    summary = trainer.fit()
+    assert len(seen) == 1
+    version, attacks, apgd_ce_backward, batch, correct = seen[0]
+    assert version == "rand" and attacks == {"apgd-ce": (100, 20), "apgd-dlr": (100, 20)} and batch == 4
+    # the random start and each of the 100 steps averaged 20 forward-backward samples per clean-correct example
+    assert correct > 0 and apgd_ce_backward == (1 + 100) * 20 * correct
+    assert summary["last"]["aa_acc"] is not None and 0 <= summary["last"]["aa_acc"] <= 1
+
+
 def test_default_saver_and_progress_line(tmp_path, capsys):
     train, test = shortcut_task(n=160)
     trainer = Trainer(MLP(), train, test, config(epochs=1), out_dir=tmp_path)

@@ -160,6 +160,43 @@ def test_trainer_autoattack_is_labelled_as_the_trainers(tmp_path, helpers):
     assert "AA: the trainer's AutoAttack (custom)" in (out / "report.md").read_text()
 
 
+RAND_PARTS = [{"name": "apgd-ce", "steps": 100, "restarts": 1, "eot_iter": 20},
+              {"name": "apgd-dlr", "steps": 100, "restarts": 1, "eot_iter": 20}]
+RAND_LABEL = "AutoAttack rand (APGD-CE 100 steps x 20 EOT samples, APGD-DLR 100 steps x 20 EOT samples)"
+
+
+def test_rand_autoattack_runs_in_the_final_evaluation_and_is_labelled(tmp_path, helpers):
+    """eval.aa_version = "rand": AutoAttack's version for randomised models, at its fixed budget (the custom list and
+    steps of TINY are for "custom" only), named with its EOT samples in the summary and the report."""
+    out = tmp_path / "rand"
+    result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--epochs", "1", "--set", "eval.train_n=0",
+                            "--set", "eval.aa_n=4", "--set", "eval.aa_version=rand", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = runs.read_summary(out / "standard")
+    assert summary["final_eval"] == {"aa": "rand", "n": 4, "components": RAND_PARTS, "eps": 0.1, "pgd_steps": 2,
+                                     "test_n": 32}
+    assert f"on the same first 4 test examples; AA: {RAND_LABEL}." in (out / "report.md").read_text()
+    # it ran: per clean-correct example, APGD-CE's random start and 100 steps of 20 forward-backward samples each,
+    # then APGD-DLR's on those APGD-CE left unbroken
+    final = json.loads((out / "standard" / "final_eval.json").read_text())["stages"]["best"]
+    records = [json.loads(line) for line in (out / "standard" / "final_eval_best.jsonl").read_text().splitlines()]
+    correct = sum(r["clean_correct"] for r in records)
+    left = correct - sum(r["broken_by"] == "apgd-ce" for r in records)
+    assert correct > 0 and final["backward_passes"]["aa"] == (1 + 100) * 20 * (correct + left)
+
+
+def test_the_trainers_rand_autoattack_is_labelled_with_its_attacks():
+    from advssm.cli.final_eval import describe, protocol
+    from advssm.cli.spec import resolve_experiment
+
+    cell = resolve_experiment({}, overrides={"eval.aa": False, "train.aa_every": 1, "train.aa_n": 8,
+                                             "train.aa_version": "rand"}).cells()[0]
+    assert cell.train_config().aa_version == "rand"
+    final = protocol(cell, 8, 32, None)
+    assert final["aa"] == "trainer" and final["version"] == "rand" and final["components"] == RAND_PARTS
+    assert f"AA: the trainer's AutoAttack (rand: {RAND_LABEL[len('AutoAttack rand ('):-1]}) every" in describe(final)
+
+
 def test_every_method_and_layer_trains_on_images(tmp_path, helpers):
     """One cell per training method and per layer on the digits images: the paper's grid at toy size.
 

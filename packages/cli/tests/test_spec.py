@@ -48,6 +48,10 @@ def test_specs_are_frozen_and_refuse_unknown_fields():
     ({"name": "a/b"}, {}, "invalid name 'a/b'"),
     ({}, {"eval.aa_attacks": ["apgd-ce", "apgd-xyz"]}, "invalid eval.aa_attacks entry 'apgd-xyz'"),
     ({}, {"train.select_by": "loss"}, "train.select_by must be 'auto', 'pgd' or 'clean'"),
+    ({}, {"eval.aa_version": "random"},
+     "invalid eval.aa_version 'random'; did you mean 'rand'? (choose one of standard, rand, custom)"),
+    ({"eval": {"aa_version": "plus"}}, {}, "invalid eval.aa_version 'plus' (choose one of standard, rand, custom)"),
+    ({}, {"train.aa_version": "random"}, "train.aa_version must be 'standard', 'rand' or 'custom', got 'random'"),
 ])
 def test_every_cell_is_validated_before_the_first_trains(raw, overrides, message):
     if "CUDA" in message:
@@ -57,6 +61,14 @@ def test_every_cell_is_validated_before_the_first_trains(raw, overrides, message
     with pytest.raises(ConfigError) as info:
         resolve_experiment(raw, overrides=overrides)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_rand_autoattack_is_accepted_and_reaches_every_cell():
+    spec = resolve_experiment({"eval": {"aa_version": "rand"}}, overrides={"train.aa_version": "rand"})
+    assert {(c.eval.aa_version, c.train_config().aa_version) for c in spec.cells()} == {("rand", "rand")}
+    import tomllib
+
+    assert resolve_experiment(tomllib.loads(spec.to_toml())) == spec
 
 
 def test_dry_run_catches_the_same_errors(helpers):

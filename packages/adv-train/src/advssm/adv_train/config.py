@@ -20,6 +20,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 METHOD_NAMES = ("standard", "pgd-at", "trades", "mart", "free-at", "yopo", "fast-at")
+#: The AutoAttack versions ``aa_version`` accepts (those of ``advssm.adv_train.attacks.AutoAttack``).
+AA_VERSIONS = ("standard", "rand", "custom")
 
 
 @dataclass
@@ -45,8 +47,10 @@ class TrainConfig:
         eval_pgd_steps: steps of the PGD evaluation attack each epoch.
         eval_n: evaluate on the first ``eval_n`` test examples (None = whole test set).
         aa_every, aa_n: AutoAttack every k epochs (0 = never; also at the last epoch) on the first aa_n examples.
-        aa_version, aa_attacks: ``"standard"`` (the four-attack ensemble), or ``"custom"`` with ``aa_attacks``
-            a list of attack names (e.g. ``["apgd-ce", "apgd-t"]``) for a cheaper run.
+        aa_version, aa_attacks: ``"standard"`` (the four-attack ensemble), ``"rand"`` (APGD-CE and APGD-DLR with
+            an expectation over 20 samples per step, for models that are random at evaluation time), or
+            ``"custom"`` with ``aa_attacks`` a list of attack names (e.g. ``["apgd-ce", "apgd-t"]``) for a cheaper
+            run; ``aa_attacks`` is None with the other two, which fix their attacks.
         select_on: where Best is chosen: ``"test"`` (the paper's choice; it flatters Best, as the test set
             then also picks the epoch) or ``"val"``, the last ``val_n`` training examples held out from training.
         select_by: by what: ``"pgd"`` or ``"clean"`` accuracy; ``"auto"`` = clean for standard training, PGD
@@ -136,8 +140,8 @@ class TrainConfig:
         if self.eval_n is not None and (isinstance(self.eval_n, bool) or not isinstance(self.eval_n, int)
                                         or self.eval_n < 1):
             fail("eval_n", "None (whole test set) or an int >= 1")
-        if self.aa_version not in ("standard", "custom"):
-            fail("aa_version", "'standard' or 'custom'")
+        if not isinstance(self.aa_version, str) or self.aa_version not in AA_VERSIONS:
+            fail("aa_version", "'standard', 'rand' or 'custom'")
         if self.aa_version == "custom":
             from .attacks.autoattack import ATTACK_NAMES  # imported here: the config itself needs no torch
 
@@ -147,8 +151,9 @@ class TrainConfig:
             unknown = [a for a in self.aa_attacks if a not in ATTACK_NAMES]
             if unknown:  # caught now rather than at the first AutoAttack epoch, hours into the run
                 fail("aa_attacks", f"a list of names from {', '.join(ATTACK_NAMES)} (unknown: {', '.join(unknown)})")
-        if self.aa_version == "standard" and self.aa_attacks is not None:
-            fail("aa_attacks", "None when aa_version is 'standard' (set aa_version='custom' to choose attacks)")
+        if self.aa_version in ("standard", "rand") and self.aa_attacks is not None:
+            fail("aa_attacks",
+                 f"None when aa_version is {self.aa_version!r} (set aa_version='custom' to choose attacks)")
         if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda", "auto")
                                                     or self.device.startswith("cuda:")):
             fail("device", "'cpu', 'cuda', 'cuda:N' or 'auto'")

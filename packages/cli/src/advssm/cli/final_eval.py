@@ -17,23 +17,37 @@ _BUDGET_KEYS = ("steps", "queries", "restarts", "n_restarts")
 
 
 def build_autoattack(model, eps: float, settings, seed: int):
-    """AutoAttack as ``settings`` (an ``EvalSpec``) describe: the standard ensemble, or a custom list at a custom
-    budget."""
+    """AutoAttack as ``settings`` (an ``EvalSpec``) describe: the standard ensemble, the rand version (APGD-CE and
+    APGD-DLR with EOT) at their fixed budgets, or a custom list at a custom budget."""
     from advssm.adv_train.attacks import AutoAttack, build_attack
 
-    if settings.aa_version == "standard":
-        return AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed)
+    if settings.aa_version in ("standard", "rand"):
+        return AutoAttack(model, norm="Linf", eps=eps, version=settings.aa_version, seed=seed)
+    if settings.aa_version != "custom":  # EvalSpec admits no other value; never build one in its place
+        raise ValueError(f"unknown eval.aa_version {settings.aa_version!r}")
     attacks = [build_attack(name, model, "Linf", eps, seed, steps=settings.aa_steps) for name in settings.aa_attacks]
     return AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=attacks, seed=seed)
 
 
 def components(attack, names=None) -> list[dict]:
-    """Each AutoAttack component's name (``names``: as the config lists them) and budget (steps or queries),
-    for the label beside the number."""
+    """Each AutoAttack component's name (``names``: as the config lists them) and budget (steps or queries, and
+    ``eot_iter``, the samples averaged per step, where it is more than one), for the label beside the number."""
     described = attack.describe().get("components", [])
     names = list(names) if names is not None else [c["name"] for c in described]
-    return [{"name": name, **{k: c[k] for k in _BUDGET_KEYS if c.get(k) is not None}}
+    return [{"name": name, **{k: c[k] for k in _BUDGET_KEYS if c.get(k) is not None},
+             **({"eot_iter": c["eot_iter"]} if c.get("eot_iter", 1) > 1 else {})}
             for name, c in zip(names, described)]
+
+
+def trainer_components(train) -> list[dict] | None:
+    """The components of the trainer's AutoAttack where its version fixes them ("rand"; "standard" and "custom" are
+    named by their version alone, as before), built as the trainer builds it but on no model."""
+    if train.aa_version != "rand":
+        return None
+    import torch
+    from advssm.adv_train.attacks import AutoAttack
+
+    return components(AutoAttack(torch.nn.Identity(), norm="Linf", eps=train.eps, version="rand"))
 
 
 def protocol(cell, n: int, test_n: int, parts: list[dict] | None) -> dict:
@@ -42,10 +56,12 @@ def protocol(cell, n: int, test_n: int, parts: list[dict] | None) -> dict:
     common = {"eps": train.eps, "pgd_steps": train.eval_pgd_steps, "test_n": test_n}
     if not settings.aa:
         if train.aa_every > 0:  # the AA numbers are the trainer's: say so instead of "not run"
-            return {"aa": "trainer", "version": train.aa_version, "n": min(train.aa_n, test_n), **common}
+            fixed = trainer_components(train)
+            return {"aa": "trainer", "version": train.aa_version, "n": min(train.aa_n, test_n),
+                    **({"components": fixed} if fixed else {}), **common}
         return {"aa": None, **common}
-    if settings.aa_version == "standard":
-        return {"aa": "standard", "n": n, "components": parts, **common}
+    if settings.aa_version in ("standard", "rand"):
+        return {"aa": settings.aa_version, "n": n, "components": parts, **common}
     return {"aa": "custom", "attacks": list(settings.aa_attacks), "steps": settings.aa_steps, "n": n,
             "components": parts, **common}
 
@@ -53,27 +69,40 @@ def protocol(cell, n: int, test_n: int, parts: list[dict] | None) -> dict:
 def _budget(part: dict) -> str:
     if "queries" in part:
         return f"{part['queries']} queries"
-    return f"{part['steps']} steps" if "steps" in part else "default budget"
+    if "steps" not in part:
+        return "default budget"
+    eot = f" x {part['eot_iter']} EOT samples" if part.get("eot_iter", 1) > 1 else ""
+    return f"{part['steps']} steps{eot}"
+
+
+def _listed(parts) -> str:
+    return ", ".join(f"{c['name'].upper()} {_budget(c)}" for c in parts or [])
 
 
 def describe(final_eval: dict) -> str:
     """``protocol`` in words, for report.md."""
     parts = []
-    same = final_eval.get("aa") in ("standard", "custom")
+    same = final_eval.get("aa") in ("standard", "rand", "custom")
     n = final_eval.get("n") if same else final_eval.get("test_n")
     if final_eval.get("pgd_steps") is not None:
         where = "the same first" if same else "the first"
         parts.append(f"clean and PGD-{final_eval['pgd_steps']} (eps {final_eval['eps']:.4g})"
                      + (", and AA, " if same else " ") + f"on {where} {n} test examples")
     if same:
-        listed = ", ".join(f"{c['name'].upper()} {_budget(c)}" for c in final_eval.get("components") or [])
+        listed = _listed(final_eval.get("components"))
         if final_eval["aa"] == "standard":
             parts.append(f"AA: standard AutoAttack ({listed})" if listed else "AA: standard AutoAttack")
+        elif final_eval["aa"] == "rand":
+            # EOT samples: forward-backward passes averaged per step, for a model that is random at evaluation
+            parts.append(f"AA: AutoAttack rand ({listed})" if listed else "AA: AutoAttack rand")
         else:
             listed = listed or ", ".join(a.upper() for a in final_eval["attacks"]) + f", {final_eval['steps']} steps"
             parts.append(f"AA: a reduced AutoAttack ({listed})")
     elif final_eval.get("aa") == "trainer":
-        parts.append(f"AA: the trainer's AutoAttack ({final_eval['version']}) every train.aa_every epochs, on the "
+        version = final_eval["version"]
+        if final_eval.get("components"):
+            version += ": " + _listed(final_eval["components"])
+        parts.append(f"AA: the trainer's AutoAttack ({version}) every train.aa_every epochs, on the "
                      f"first {final_eval['n']}")
     else:
         parts.append("AA: not run")

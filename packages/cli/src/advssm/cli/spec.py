@@ -108,9 +108,12 @@ class EvalSpec(_Frozen):
     Attributes:
         aa: run AutoAttack (the paper reports AA for both checkpoints; the trainer runs AA only every k epochs).
         aa_n: evaluate the first this many test examples (the paper: 2000).
-        aa_version: "standard" (APGD-CE, APGD-T, FAB-T, Square at their full budgets) or "custom".
+        aa_version: "standard" (APGD-CE, APGD-T, FAB-T, Square at their full budgets), "rand" (APGD-CE and
+            APGD-DLR, 100 steps each with an expectation over 20 samples per step (EOT), for models that are
+            random at evaluation time) or "custom".
         aa_attacks: for "custom", names among apgd-ce, apgd-dlr, apgd-t, fab-t, square, run in order.
-        aa_steps: for "custom", iterations of APGD / FAB (Square gets 50x as many queries).
+        aa_steps: for "custom", iterations of APGD / FAB (Square gets 50x as many queries). "standard" and
+            "rand" fix their attacks and budgets; the report lists them.
         train_n: after every epoch, clean and PGD accuracy of the first this many training examples
             (un-augmented, measured as the test set is) for the train curves of the plots; 0 = off.
         batch_size: examples per batch of the final evaluation (Square's query loop runs once per batch,
@@ -119,11 +122,19 @@ class EvalSpec(_Frozen):
 
     aa: bool = True
     aa_n: int = Field(default=2000, ge=1)
-    aa_version: Literal["standard", "custom"] = "standard"
+    aa_version: Literal["standard", "rand", "custom"] = "standard"
     aa_attacks: list[str] = Field(default_factory=lambda: ["apgd-ce", "apgd-t", "fab-t", "square"], min_length=1)
     aa_steps: int = Field(default=100, ge=1)
     train_n: int = Field(default=256, ge=0)
     batch_size: int = Field(default=256, ge=1)
+
+    @field_validator("aa_version", mode="before")
+    @classmethod
+    def _known_version(cls, value):
+        from advssm.adv_train.config import AA_VERSIONS
+
+        _choose("eval.aa_version", value, AA_VERSIONS)  # "random" -> did you mean 'rand'?, with the choices
+        return value
 
     @field_validator("aa_attacks")
     @classmethod
