@@ -10,7 +10,8 @@ elementwise torch ops, reduced to the broadcast shapes of a and h0.
 
 A time-invariant ``a`` (last dim 1, as for S5 and Mega's EMA) is passed as one value per row
 and loaded once (``A_PER_ROW``); otherwise it is expanded to b's shape. fp32 / complex64
-compute. Only verified under ``TRITON_INTERPRET=1`` so far.
+compute. Numerics verified under ``TRITON_INTERPRET=1`` so far; compiled for sm_80 / sm_90, without a GPU, by
+``benchmarks/compile_kernels.py``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK_R = 64  # rows per program
+# Compile options of every launch, explicit rather than the installed triton's default: FP fusion
+# (a*b+c as one FMA, rounded once) as CUDA and triton < 3.10 do by default; triton 3.10 turns
+# the default off, which would change the kernels' rounding with the triton version.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 
 
 @triton.jit
@@ -81,7 +86,7 @@ def _run(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: boo
     _diag_scan_kernel[(triton.cdiv(R, BLOCK_R),)](
         as_float(a), as_float(b), as_float(h0) if h0 is not None else as_float(b), as_float(out), R, L,
         HAS_H0=h0 is not None, IS_COMPLEX=is_complex, REVERSE=reverse, A_PER_ROW=a.shape[1] == 1,
-        BLOCK_R=BLOCK_R)
+        BLOCK_R=BLOCK_R, **LAUNCH_OPTIONS)
     return out
 
 

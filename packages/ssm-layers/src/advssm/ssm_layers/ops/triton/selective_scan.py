@@ -14,7 +14,8 @@ Gradients of the shared parameters (A, fixed B/C, D, delta_bias) are accumulated
 program and summed with torch afterwards; input-dependent B/C gradients are written per
 channel block and summed the same way, so no atomics are needed.
 
-All compute is fp32. Only verified under ``TRITON_INTERPRET=1`` on the CPU so far.
+All compute is fp32. Numerics verified under ``TRITON_INTERPRET=1`` so far;
+compiled for sm_80 / sm_90, without a GPU, by ``benchmarks/compile_kernels.py``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ import triton.language as tl
 
 CHUNK = 16  # time steps between stored boundary states
 MAX_BLOCK_D = 32  # channels per program
+# Compile options of every launch, explicit rather than the installed triton's default: FP fusion
+# (a*b+c as one FMA, rounded once) as CUDA and triton < 3.10 do by default; triton 3.10 turns
+# the default off, which would change the kernels' rounding with the triton version.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 
 
 @triton.jit
@@ -226,7 +231,7 @@ class SelectiveScanFn(torch.autograd.Function):
         _ssm_fwd_kernel[grid](*(t if t is not None else dummy for t in f), out, last, chunks, dim, L, N, n_chunks,
                               HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                               SOFTPLUS=bool(delta_softplus), VAR_B=B.dim() == 3, VAR_C=C.dim() == 3,
-                              CHUNK=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N)
+                              CHUNK=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, **LAUNCH_OPTIONS)
         ctx.save_for_backward(*(t if t is not None else dummy for t in f), chunks)
         ctx.present = tuple(t is not None for t in (D, z, delta_bias))
         ctx.softplus = bool(delta_softplus)
@@ -259,7 +264,7 @@ class SelectiveScanFn(torch.autograd.Function):
             u, delta, A, B, C, D, z, bias, dout, _f32(dlast) if dlast is not None else u, chunks, scratch,
             du, ddelta, dz, dA, dB, dC, dD, dbias, dim, L, N, n_chunks,
             HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, VAR_B=var_b, VAR_C=var_c,
-            HAS_DLAST=dlast is not None, CHUNK=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N)
+            HAS_DLAST=dlast is not None, CHUNK=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, **LAUNCH_OPTIONS)
         grads = (du, ddelta, dA.sum(0), dB.sum(1 if var_b else 0), dC.sum(1 if var_c else 0),
                  dD.sum(0) if has_d else None, dz if has_z else None, dbias.sum(0) if has_bias else None)
         grads = tuple(None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes))

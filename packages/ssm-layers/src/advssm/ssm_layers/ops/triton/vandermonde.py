@@ -6,7 +6,8 @@ Design: the forward tiles (h, block of l) per program and loops over blocks of n
 loops over blocks of l, accumulating ``S0 = sum_l dK_l conj(E_l)`` and
 ``S1 = sum_l dK_l l conj(E_l)`` with ``E_l = exp(dtA l)``; then (PyTorch's conjugate
 convention) ``dC = 2 S0`` and ``d dtA = 2 conj(C) S1``. Complex tensors are read and written
-as interleaved float32 pairs. Only verified under ``TRITON_INTERPRET=1`` so far.
+as interleaved float32 pairs. Numerics verified under ``TRITON_INTERPRET=1`` so far;
+compiled for sm_80 / sm_90, without a GPU, by ``benchmarks/compile_kernels.py``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ import triton.language as tl
 
 BLOCK_L = 64
 MAX_BLOCK_N = 32
+# Compile options of every launch, explicit rather than the installed triton's default: FP fusion
+# (a*b+c as one FMA, rounded once) as CUDA and triton < 3.10 do by default; triton 3.10 turns
+# the default off, which would change the kernels' rounding with the triton version.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 
 
 @triton.jit
@@ -88,7 +93,7 @@ class VandermondeFn(torch.autograd.Function):
         K = torch.empty(H, L, dtype=torch.float32, device=C.device)
         BLOCK_N = min(triton.next_power_of_2(N), MAX_BLOCK_N)
         _vandermonde_fwd_kernel[(H, triton.cdiv(L, BLOCK_L))](
-            torch.view_as_real(Cf), torch.view_as_real(Af), K, N, L, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L)
+            torch.view_as_real(Cf), torch.view_as_real(Af), K, N, L, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L, **LAUNCH_OPTIONS)
         ctx.save_for_backward(Cf, Af)
         ctx.dtypes = (C.dtype, dtA.dtype)
         return K.to(C.real.dtype)
@@ -103,7 +108,7 @@ class VandermondeFn(torch.autograd.Function):
         BLOCK_N = min(triton.next_power_of_2(N), MAX_BLOCK_N)
         _vandermonde_bwd_kernel[(H, triton.cdiv(N, BLOCK_N))](
             torch.view_as_real(Cf), torch.view_as_real(Af), dK.detach().to(torch.float32).contiguous(),
-            torch.view_as_real(dC), torch.view_as_real(ddtA), N, L, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L)
+            torch.view_as_real(dC), torch.view_as_real(ddtA), N, L, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L, **LAUNCH_OPTIONS)
         return dC.to(ctx.dtypes[0]), ddtA.to(ctx.dtypes[1]), None
 
 
