@@ -72,7 +72,8 @@ def ssm_layers_alone(session: nox.Session) -> None:
 
 @nox.session
 def kernels(session: nox.Session) -> None:
-    """Triton kernels against the float64 references, under TRITON_INTERPRET=1 on the CPU."""
+    """Triton kernels against the float64 references, under TRITON_INTERPRET=1 on the CPU, and every kernel
+    compiled for sm_80 / sm_90 by Triton's compiler (test_compile_kernels.py, without the interpreter)."""
     _install(session, DEFAULT_TORCH, "packages/ssm-layers[test,triton]")
     session.run("pytest", "-m", "kernels", "-p", "no:cacheprovider", *WORKERS,
                 "packages/ssm-layers/tests", *session.posargs, env={"TRITON_INTERPRET": "1"})
