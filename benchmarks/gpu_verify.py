@@ -5,6 +5,8 @@ training the paper's models, in one JSON file and the GPU rows of docs/performan
     nox -s gpu                                            # the same in a venv that sees the system torch + triton
     TRITON_INTERPRET=1 python benchmarks/gpu_verify.py --sizes tiny --device cpu --out v.json   # the CPU dry run
 
+The CPU dry run also needs numpy (Triton's interpreter imports it; compiled Triton does not).
+
 It needs only torch and triton: it imports advssm-ssm-layers and advssm-adv-train from the
 installed packages (``pip install --no-deps ./packages/ssm-layers ./packages/adv-train``) or,
 when they are not installed (no network, no build backend), straight from this source tree.
@@ -63,12 +65,18 @@ TINY_OP_SIZES = {
 }
 
 
-def _import_advssm():
-    """Import the two packages, from the source tree when they are not installed; say which."""
+_ADVSSM_FROM: list[str] = []  # where the first import found the packages (later imports find them anywhere)
+
+
+def _import_advssm() -> str:
+    """Import the two packages, from the source tree when they are not installed; say which (the answer of
+    the first call: after it has put the source tree on sys.path, the packages always import)."""
+    if _ADVSSM_FROM:
+        return _ADVSSM_FROM[0]
     try:
         import advssm.adv_train  # noqa: F401
         import advssm.ssm_layers  # noqa: F401
-        return "installed"
+        _ADVSSM_FROM.append("installed")
     except ImportError:
         for package in ("ssm-layers", "adv-train"):
             sys.path.insert(0, str(ROOT / "packages" / package / "src"))
@@ -76,7 +84,8 @@ def _import_advssm():
             del sys.modules[name]  # a half-found namespace package would hide the source tree
         import advssm.adv_train  # noqa: F401
         import advssm.ssm_layers  # noqa: F401
-        return f"source tree {ROOT / 'packages'}"
+        _ADVSSM_FROM.append(f"source tree {ROOT / 'packages'}")
+    return _ADVSSM_FROM[0]
 
 
 class Report:
