@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import cell_folder, jobs, runs
+from . import cell_folder, interrupts, jobs, runs
 from .cell_runner import is_main, run_cell
 from .errors import ConfigError
 from .spec import load_toml, resolve_experiment
@@ -47,6 +47,7 @@ def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_chan
         cells = spec.cells()
         summaries = {}
         for i, cell in enumerate(cells, 1):
+            interrupts.raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt Python swallowed stops here
             cell_dir = run_dir / cell.name
             if cell_folder.is_complete(cell_dir):
                 click.echo(f"[{i}/{len(cells)}] {cell.name}: finished, skipped", err=True)
@@ -55,6 +56,7 @@ def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_chan
                 click.echo(f"[{i}/{len(cells)}] {cell.name}: training", err=True)
                 with jobs.locked(jobs.lock_path(run_dir, cell.name)) if main else contextlib.nullcontext():
                     summaries[cell.name] = run_cell(cell, cell_dir, progress, callbacks, allow_changes=allow_changes)
+        interrupts.raise_if_interrupted()
         if main:
             with jobs.report_lock(run_dir):
                 runs.write_report(run_dir, {cell.name: run_dir / cell.name for cell in cells},

@@ -1,15 +1,13 @@
 """What ``run`` and ``sweep`` share: resolving the spec, the run folder, Ctrl-C / SIGTERM and the printed result."""
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from .. import runs
+from .. import interrupts, runs
 from ..cell_runner import join_process_group
 from ..errors import ConfigError
 from ..experiment import execute
@@ -42,23 +40,6 @@ def resolve_or_resume(config_file: str | None, resume: str | None, overrides: di
     return resolve_experiment(load_toml(config_file) if config_file else {}, overrides=overrides), None, ()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler, ``kill``) ends the run as Ctrl-C does: consistent folder, resume hint, exit 130."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. embedded): leave the signal alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run: bool, as_json: bool,
            progress: bool, command: str, changes=()) -> None:
     """Print the spec (``--dry-run``) or run its cells, turning Ctrl-C / SIGTERM into a resume hint and exit 130."""
@@ -73,8 +54,9 @@ def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run:
     if info.is_main:
         click.echo(f"run folder: {run_dir}", err=True)
     try:
-        with _sigterm_as_interrupt():
-            summaries = execute(spec, run_dir, progress=progress, allow_changes=changes, command=f"advssm {command}")
+        with interrupts.handled():  # Ctrl-C and SIGTERM (a scheduler, kill): KeyboardInterrupt, never lost
+            summaries = execute(spec, run_dir, progress=progress, callbacks=[interrupts.CHECK], allow_changes=changes,
+                                command=f"advssm {command}")
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; the run folder is consistent. Resume with:\n  advssm {command} --resume {run_dir}",
                    err=True)
