@@ -201,3 +201,31 @@ def test_eval_resume_and_robustbench_record(tiny_run, tmp_path, helpers):
 def test_eval_and_analyze_check_their_numbers(tiny_run, helpers, command, args, message):
     result = helpers.invoke(command, tiny_run / "pgd-at" / "best.safetensors", *args)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_eval_stops_at_a_swallowed_ctrl_c_and_resumes(tiny_run, tmp_path, helpers, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt Python dropped (it arrived in a __del__) still stops ``advssm eval`` at its
+    next progress step, with the resume hint; --resume then finishes the same evaluation."""
+    import contextlib
+    import signal as signals
+
+    from advssm.cli import interrupts
+
+    real = interrupts.handled
+
+    @contextlib.contextmanager
+    def swallowed_at_start():
+        with real():
+            interrupts._received.append(signals.SIGINT)  # what the handler records before its raise is dropped
+            yield
+
+    ckpt = tmp_path / "best.safetensors"
+    ckpt.write_bytes((tiny_run / "pgd-at" / "best.safetensors").read_bytes())
+    args = ["eval", ckpt, "--attacks", "pgd", "--batch-size", "4", "--json", "--no-progress"]
+    monkeypatch.setattr(interrupts, "handled", swallowed_at_start)
+    cut = helpers.invoke(*args)
+    assert cut.exit_code == 130 and "--resume" in cut.output, cut.output
+    monkeypatch.setattr(interrupts, "handled", real)
+    resumed = helpers.invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["n"] == 8

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from .. import interrupts
 from ..checkpoints import load_for_eval
 from ..errors import ConfigError
 from ..output import emit
@@ -104,10 +105,15 @@ def eval_command(checkpoint, attacks, n, eps, alpha, steps, dataset, data_dir, b
     if not resume and records.is_file():
         records.unlink()  # a new evaluation: the records of an earlier one would be refused by evaluate
     bar = TqdmProgress("eval", enabled=progress)
+
+    def on_progress(info):
+        interrupts.raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt Python swallowed stops here
+        bar.on_stage(info["stage"], info["done"], info["total"] or 0)
+
     try:
-        result = evaluate(model, TensorDataset(x, y), chosen, batch_size=batch_size, seed=seed, records=records,
-                          resume=resume,
-                          progress=lambda info: bar.on_stage(info["stage"], info["done"], info["total"] or 0))
+        with interrupts.handled():  # Ctrl-C and SIGTERM: KeyboardInterrupt, never lost
+            result = evaluate(model, TensorDataset(x, y), chosen, batch_size=batch_size, seed=seed, records=records,
+                              resume=resume, progress=on_progress)
     except KeyboardInterrupt:
         bar.close()
         click.echo(f"\ninterrupted; continue with: advssm eval {checkpoint} --resume (same options)", err=True)
