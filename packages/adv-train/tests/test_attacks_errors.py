@@ -74,3 +74,21 @@ def test_square_rejects_five_dimensional_inputs(seed):
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 5))
     with pytest.raises(ValueError, match=r"\(B, D\), \(B, L, C\) or \(B, C, H, W\)"):
         Square(model, 0.1, n_queries=2)(torch.rand(4, 1, 2, 2, 2), Y)
+
+
+def test_dlr_class_requirement_holds_even_when_every_example_is_already_misclassified():
+    """The check must not depend on the model's accuracy: an attack skips the examples it does not need to
+    attack, so a loss that is never evaluated would let a 3-class model through the targeted DLR attack."""
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(8, 3))
+    with torch.no_grad():
+        wrong[1].weight.zero_()
+        wrong[1].bias.copy_(torch.tensor([0.0, 0.0, 1.0]))  # always class 2
+    y = torch.zeros(len(X), dtype=torch.long)  # every label 0: every example is fooled before the attack
+    with pytest.raises(ValueError, match="dlr-targeted loss needs at least 4 classes"):
+        APGDT(wrong, eps=0.1, steps=2)(X, y)
+    two = nn.Sequential(nn.Flatten(), nn.Linear(8, 2))
+    with torch.no_grad():
+        two[1].weight.zero_()
+        two[1].bias.copy_(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="dlr loss needs at least 3 classes"):
+        APGD(two, eps=0.1, steps=2, loss="dlr")(X, torch.zeros(len(X), dtype=torch.long))

@@ -123,6 +123,7 @@ class APGD(Attack):
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
             logits = self.logits(x)
+            self.loss_fn(logits, y)  # the loss's own checks (DLR's class count), even if every example is fooled
         x_adv, fooled = x.clone(), logits.argmax(1) != y
         for _ in range(self.n_restarts):
             self.attack_remaining(x, y, x_adv, fooled, lambda z, idx: self.loss_fn(z, y[idx]), generator)

@@ -49,7 +49,9 @@ class APGDT(APGD):
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
             logits = self.logits(x)
-        ranked = logits.argsort(dim=1, descending=True)
+            ranked = logits.argsort(dim=1, descending=True)
+            # the loss's own checks (targeted DLR's class count), even if every example is already fooled
+            self.loss_fn(logits, y, ranked[:, min(1, logits.shape[1] - 1)])
         x_adv, fooled = x.clone(), logits.argmax(1) != y
         for rank in range(1, min(self.n_target_classes, logits.shape[1] - 1) + 1):
             target = ranked[:, rank]
