@@ -1,6 +1,8 @@
 """Shared fixtures: the tiny CLI settings and one tiny run reused by the read-only tests."""
 import json
 import os
+import time
+from types import SimpleNamespace
 
 # One torch thread per test process, set before torch is imported here and inherited by the subprocess tests:
 # the suite runs as 2 xdist workers on 2 cores, and more threads than free cores make these tiny models up to
@@ -10,6 +12,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
+from advssm.cli import cell_folder
 from advssm.cli.main import cli
 from click.testing import CliRunner
 
@@ -30,6 +33,35 @@ def invoke(*args):
 def metrics_without_timing(cell_dir):
     rows = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def sweep(*args):
+    """``advssm sweep ARGS --no-progress`` in-process; fails the test unless it exits 0."""
+    result = invoke("sweep", *args, "--no-progress")
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def cell_results(cell_dir) -> dict:
+    """What a cell computed: its per-epoch metrics (without timings) and its table row."""
+    metrics = [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in cell_folder.read_metrics(cell_dir)]
+    summary = cell_folder.read_summary(cell_dir)
+    return {"metrics": metrics, "best": summary["best"], "last": summary["last"]}
+
+
+def wait_until(predicate, timeout_s=240, what="condition", poll_s=0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def sweeps():
+    """The sweep tests' helpers (the executors' and the Slurm cluster's): invoke, sweep, results, wait_until."""
+    return SimpleNamespace(invoke=invoke, sweep=sweep, results=cell_results, wait_until=wait_until)
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from advssm.cli import cell_folder, jobs
-from advssm.cli.main import cli
-from click.testing import CliRunner
 
 GRID = """\
 name = "tiny-grid"
@@ -42,8 +39,6 @@ aa_steps = 2
 AXES = {"s4d-standard-none": ("standard", "none"), "s4d-standard-relu": ("standard", "relu"),
         "s4d-pgd-at-none": ("pgd-at", "none"), "s4d-pgd-at-relu": ("pgd-at", "relu")}
 CELLS = list(AXES)
-# what may differ between two runs of the same cell: the timings
-VOLATILE = {"train_time", "epoch_time"}
 
 
 def grid_file(tmp_path, methods=("standard", "pgd-at"), ads=("none", "relu"), epochs=2):
@@ -52,34 +47,8 @@ def grid_file(tmp_path, methods=("standard", "pgd-at"), ads=("none", "relu"), ep
     return path
 
 
-def results(cell_dir: Path) -> dict:
-    """What a cell computed: its per-epoch metrics (without timings) and its table row."""
-    metrics = [{k: v for k, v in row.items() if k not in VOLATILE} for row in cell_folder.read_metrics(cell_dir)]
-    summary = cell_folder.read_summary(cell_dir)
-    return {"metrics": metrics, "best": summary["best"], "last": summary["last"]}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
-
-
-def sweep(*args):
-    result = invoke("sweep", *args, "--no-progress")
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def wait_until(predicate, timeout_s=240, what="condition", poll_s=0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
-def inline(tmp_path_factory):
+def inline(tmp_path_factory, sweeps):
     """inline(cell name) -> the results of that cell run alone inline (today's executor), computed once: the
     reference every executor must reproduce (a cell spec is self-contained, so its grid does not matter)."""
     cache = {}
@@ -88,39 +57,39 @@ def inline(tmp_path_factory):
         if (name, epochs) not in cache:
             tmp = tmp_path_factory.mktemp("inline")
             method, ads = AXES[name]
-            sweep(grid_file(tmp, [method], [ads], epochs=epochs), "--out", tmp / "run")
-            cache[name, epochs] = results(tmp / "run" / name)
+            sweeps.sweep(grid_file(tmp, [method], [ads], epochs=epochs), "--out", tmp / "run")
+            cache[name, epochs] = sweeps.results(tmp / "run" / name)
         return cache[name, epochs]
 
     return reference
 
 
-def test_local_executor_matches_inline(tmp_path, inline):
+def test_local_executor_matches_inline(tmp_path, inline, sweeps):
     out = tmp_path / "run"
-    result = sweep(grid_file(tmp_path), "--out", out, "--executor", "local", "--max-parallel", "2", "--wait")
+    result = sweeps.sweep(grid_file(tmp_path), "--out", out, "--executor", "local", "--max-parallel", "2", "--wait")
     assert f"advssm status {out}" in result.output and "submitted 4 of 4 cells to local" in result.output
     for name in CELLS:
-        assert results(out / name) == inline(name), name
+        assert sweeps.results(out / name) == inline(name), name
         record = jobs.read_record(out, name)
         # 2 cells at once on this machine's cores: the threads are split between them
         assert record["state"] == "done" and record["threads"] == max(1, (os.cpu_count() or 1) // 2)
-    shown = json.loads(invoke("status", out, "--json").output)
+    shown = json.loads(sweeps.invoke("status", out, "--json").output)
     assert shown["counts"] == {"done": 4}
     for row in shown["cells"]:
         metrics = cell_folder.read_metrics(out / row["cell"])
         assert (row["epochs_done"], row["epochs_total"]) == (2, 2)
         assert row["best_pgd"] == max(m["pgd_acc"] for m in metrics)
         assert row["job_id"] == jobs.read_record(out, row["cell"])["job_id"] and row["last_line"]
-    text = invoke("status", out).output
+    text = sweeps.invoke("status", out).output
     assert "| s4d-pgd-at-relu | done | 2/2 |" in text and "4 done" in text
     assert "partial" not in (out / "report.md").read_text().lower()
 
 
-def test_kill_9_mid_epoch_then_rerun_gives_the_uninterrupted_results(tmp_path, inline):
+def test_kill_9_mid_epoch_then_rerun_gives_the_uninterrupted_results(tmp_path, inline, sweeps):
     # 12 tiny epochs (about 0.1 s each once the job is up): a wide enough window to land the kill mid-run
     epochs = 12
     out, grid = tmp_path / "run", grid_file(tmp_path, methods=["pgd-at"], epochs=epochs)
-    result = sweep(grid, "--out", out, "--executor", "local", "--max-parallel", "2")
+    result = sweeps.sweep(grid, "--out", out, "--executor", "local", "--max-parallel", "2")
     assert "submitted 2 of 2 cells to local" in result.output  # and returned: the jobs run on
     victim, other = "s4d-pgd-at-relu", "s4d-pgd-at-none"
 
@@ -130,61 +99,62 @@ def test_kill_9_mid_epoch_then_rerun_gives_the_uninterrupted_results(tmp_path, i
             raise AssertionError(f"{victim} finished before the test could kill it mid-run")
         return record.get("state") == "running" and 1 <= len(cell_folder.read_metrics(out / victim)) < epochs - 2
 
-    wait_until(mid_run, poll_s=0.02, what=f"{victim} to be past its first epoch and before its last")
+    sweeps.wait_until(mid_run, poll_s=0.02, what=f"{victim} to be past its first epoch and before its last")
     os.kill(jobs.read_record(out, victim)["pid"], signal.SIGKILL)
-    wait_until(lambda: not jobs.pid_alive(jobs.read_record(out, victim).get("controller_pid")),
+    sweeps.wait_until(lambda: not jobs.pid_alive(jobs.read_record(out, victim).get("controller_pid")),
                what="the killed job's controller to end")
-    rows = {row["cell"]: row for row in json.loads(invoke("status", out, "--json").output)["cells"]}
+    rows = {row["cell"]: row for row in json.loads(sweeps.invoke("status", out, "--json").output)["cells"]}
     assert rows[victim]["state"] == "failed" and "ended before the cell was complete" in rows[victim]["error"]
     assert not cell_folder.is_complete(out / victim)
     # with nobody waiting, the job that completes a cell rewrites the report: partial, with that cell in it
-    wait_until(lambda: "1 of 2 cells are complete" in (out / "report.md").read_text(),
+    sweeps.wait_until(lambda: "1 of 2 cells are complete" in (out / "report.md").read_text(),
                what=f"{other}'s job to rewrite the report")
     assert f"| {other} |" in (out / "report.md").read_text()
 
-    rerun = sweep(grid, "--out", out, "--executor", "local", "--wait")
+    rerun = sweeps.sweep(grid, "--out", out, "--executor", "local", "--wait")
     # only the killed cell: the other one is complete, or still handled by its first job
     assert "submitted 1 of 2 cells" in rerun.output, rerun.output
     assert jobs.read_record(out, victim)["job_id"] in rerun.output
     for name in (victim, other):
-        assert results(out / name) == inline(name, epochs=epochs), name
+        assert sweeps.results(out / name) == inline(name, epochs=epochs), name
     assert "partial" not in (out / "report.md").read_text().lower()
 
 
-def test_failing_cell_is_retried_then_failed_and_the_others_go_on(tmp_path):
+def test_failing_cell_is_retried_then_failed_and_the_others_go_on(tmp_path, sweeps):
     grid = grid_file(tmp_path, ads=["none"], epochs=1)
     out = tmp_path / "run"
     broken = out / "s4d-pgd-at-none"
     broken.mkdir(parents=True)
     (broken / cell_folder.STATE_FILE).write_bytes(b"not a training state")  # the resume must refuse it
-    result = invoke("sweep", grid, "--out", out, "--executor", "local", "--retries", "1", "--wait", "--no-progress")
+    result = sweeps.invoke("sweep", grid, "--out", out, "--executor", "local", "--retries", "1", "--wait",
+                           "--no-progress")
     assert result.exit_code == 1, result.output
     assert "1 failed" in result.output and "s4d-pgd-at-none" in result.output
     record = jobs.read_record(out, "s4d-pgd-at-none")
     assert record["state"] == "failed" and record["attempt"] == 2  # one retry, then failed
     assert "train_state.pt" in record["error"] and Path(record["stderr"]).is_file()
     assert cell_folder.is_complete(out / "s4d-standard-none")  # the other cell went on
-    shown = json.loads(invoke("status", out, "--json").output)
+    shown = json.loads(sweeps.invoke("status", out, "--json").output)
     assert shown["counts"] == {"done": 1, "failed": 1}
     report = (out / "report.md").read_text()
     assert "partial" in report.lower() and "s4d-pgd-at-none" in report
 
     (broken / cell_folder.STATE_FILE).unlink()
-    rerun = sweep(grid, "--out", out, "--executor", "local", "--wait")
+    rerun = sweeps.sweep(grid, "--out", out, "--executor", "local", "--wait")
     assert "submitted 1 of 2 cells" in rerun.output, rerun.output
     assert jobs.read_record(out, "s4d-standard-none")["job_id"] != jobs.read_record(out, "s4d-pgd-at-none")["job_id"]
     assert cell_folder.is_complete(broken) and "partial" not in (out / "report.md").read_text().lower()
 
 
-def test_two_sweeps_on_one_folder_refuse(tmp_path):
+def test_two_sweeps_on_one_folder_refuse(tmp_path, sweeps):
     grid = grid_file(tmp_path, methods=["standard"], ads=["none"], epochs=1)
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "advssm.cli", "sweep", str(grid), "--out", str(out),
                               "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until(lambda: jobs.is_locked(jobs.sweep_lock_path(out)), timeout_s=120,
+        sweeps.wait_until(lambda: jobs.is_locked(jobs.sweep_lock_path(out)), timeout_s=120,
                    what="the first sweep to take the folder")
-        second = invoke("sweep", grid, "--out", out, "--no-progress")
+        second = sweeps.invoke("sweep", grid, "--out", out, "--no-progress")
         assert second.exit_code == 1 and "in use by another advssm command" in second.output, second.output
         assert f"pid {first.pid}" in second.output
         assert first.wait(timeout=240) == 0, first.stdout.read()

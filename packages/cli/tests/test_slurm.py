@@ -7,12 +7,9 @@ the timeout is submitit's own USR2 signal through `scancel --signal`, and a 2-ra
 import json
 import os
 import subprocess
-import time
 
 import pytest
 from advssm.cli import cell_folder, jobs
-from advssm.cli.main import cli
-from click.testing import CliRunner
 
 pytestmark = [
     pytest.mark.slurm,
@@ -20,6 +17,7 @@ pytestmark = [
                        reason="needs the one-node Slurm cluster that `nox -s slurm` starts"),
 ]
 
+SLURM_WAIT_S = 600  # a job waits in the queue and starts a fresh interpreter: longer than the local waits
 GRID = """\
 name = "slurm-grid"
 [grid]
@@ -55,38 +53,12 @@ def grid(tmp_path, methods=("standard", "pgd-at"), ads=("none",), epochs=2, trai
     return path
 
 
-def results(cell_dir):
-    metrics = [{k: v for k, v in row.items() if k not in ("train_time", "epoch_time")}
-               for row in cell_folder.read_metrics(cell_dir)]
-    summary = cell_folder.read_summary(cell_dir)
-    return {"metrics": metrics, "best": summary["best"], "last": summary["last"]}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
-
-
-def sweep(*args):
-    result = invoke("sweep", *args, "--no-progress")
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def wait_until(predicate, timeout_s=600, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def slurm_state(job_id):
     return jobs.slurm_queue([job_id]).get(job_id, ("GONE", ""))[0]
 
 
-def statuses(out):
-    return {row["cell"]: row for row in json.loads(invoke("status", out, "--json").output)["cells"]}
+def statuses(out, sweeps):
+    return {row["cell"]: row for row in json.loads(sweeps.invoke("status", out, "--json").output)["cells"]}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,20 +67,20 @@ def cluster():
     assert done.returncode == 0 and done.stdout.strip(), f"no Slurm cluster answers: {done.stderr}"
 
 
-def test_two_cells_finish_as_a_job_array(tmp_path):
+def test_two_cells_finish_as_a_job_array(tmp_path, sweeps):
     out = tmp_path / "run"
-    result = sweep(grid(tmp_path), "--out", out, "--wait")
+    result = sweeps.sweep(grid(tmp_path), "--out", out, "--wait")
     assert "submitted 2 of 2 cells to slurm" in result.output
     ids = [jobs.read_record(out, name)["job_id"] for name in ("s4d-standard-none", "s4d-pgd-at-none")]
     assert ids[0].split("_")[0] == ids[1].split("_")[0] and ids[0] != ids[1]  # one array, two tasks
     for name in ("s4d-standard-none", "s4d-pgd-at-none"):
         assert cell_folder.is_complete(out / name)
         job_id = jobs.read_record(out, name)["job_id"]  # the job ends a moment after its cell is complete
-        wait_until(lambda job_id=job_id: slurm_state(job_id) == "COMPLETED", timeout_s=60, what=f"job {job_id}")
-    assert {row["state"] for row in statuses(out).values()} == {"done"}
+        sweeps.wait_until(lambda job_id=job_id: slurm_state(job_id) == "COMPLETED", timeout_s=60, what=f"job {job_id}")
+    assert {row["state"] for row in statuses(out, sweeps).values()} == {"done"}
 
 
-def test_requeued_and_timed_out_cells_resume_from_their_last_finished_epoch(tmp_path):
+def test_requeued_and_timed_out_cells_resume_from_their_last_finished_epoch(tmp_path, sweeps):
     """Cell A is requeued by `scontrol requeue` (preemption), cell B gets submitit's timeout signal (USR2,
     the checkpoint hook requeues it); both continue from their last finished epoch and end with the results
     of an uninterrupted inline run."""
@@ -119,9 +91,9 @@ def test_requeued_and_timed_out_cells_resume_from_their_last_finished_epoch(tmp_
     # machine (with 5 left, at about 0.3 s an epoch, a cell finished inside that grace on a clean CI run)
     path = grid(tmp_path, methods=["pgd-at"], ads=["none", "relu"], epochs=epochs, train_size=1024)
     reference = tmp_path / "inline"
-    sweep(path, "--out", reference, "--executor", "inline")
+    sweeps.sweep(path, "--out", reference, "--executor", "inline")
     out = tmp_path / "run"
-    sweep(path, "--out", out)  # returns once submitted
+    sweeps.sweep(path, "--out", out)  # returns once submitted
 
     def mid_run(name):
         done = len(cell_folder.read_metrics(out / name))
@@ -129,18 +101,20 @@ def test_requeued_and_timed_out_cells_resume_from_their_last_finished_epoch(tmp_
 
     interrupted = {}
     for name, how in ((a, ["scontrol", "requeue"]), (b, ["scancel", "--signal=USR2"])):
-        wait_until(lambda name=name: mid_run(name), what=f"{name} to be mid-run")
+        sweeps.wait_until(lambda name=name: mid_run(name), what=f"{name} to be mid-run", timeout_s=SLURM_WAIT_S)
         job_id = jobs.read_record(out, name)["job_id"]
         interrupted[name] = len(cell_folder.read_metrics(out / name))
         subprocess.run([*how, job_id], check=True, timeout=60)
     for name in (a, b):
         job_id = jobs.read_record(out, name)["job_id"]
-        wait_until(lambda job_id=job_id: slurm_state(job_id) == "PENDING", what=f"{name}'s job to be requeued")
+        sweeps.wait_until(lambda job_id=job_id: slurm_state(job_id) == "PENDING", what=f"{name}'s job to be requeued",
+                          timeout_s=SLURM_WAIT_S)
         assert not cell_folder.is_complete(out / name), f"{name} ended before its job was stopped"
-        assert statuses(out)[name]["state"] == "requeued"
+        assert statuses(out, sweeps)[name]["state"] == "requeued"
         # a requeued job waits about two minutes before Slurm starts it again; release it now
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=60)
-    wait_until(lambda: all(cell_folder.is_complete(out / name) for name in (a, b)), what="both cells to end")
+    sweeps.wait_until(lambda: all(cell_folder.is_complete(out / name) for name in (a, b)), what="both cells to end",
+                      timeout_s=SLURM_WAIT_S)
     for name in (a, b):
         record = jobs.read_record(out, name)
         assert record["state"] == "done" and record["restarts"] == 1, record
@@ -150,21 +124,21 @@ def test_requeued_and_timed_out_cells_resume_from_their_last_finished_epoch(tmp_
         for epoch in range(1, epochs + 1):
             assert log.count(f"{name} epoch {epoch}/{epochs}:") <= 1, (epoch, log[-3000:])
         assert [m["epoch"] for m in cell_folder.read_metrics(out / name)] == list(range(1, epochs + 1))
-        assert results(out / name) == results(reference / name), name
+        assert sweeps.results(out / name) == sweeps.results(reference / name), name
     assert all(1 <= n <= epochs - left for n in interrupted.values())
     assert "preempted" in open(jobs.read_record(out, b)["stdout"]).read()  # submitit's checkpoint hook ran
 
 
-def test_a_two_rank_cell_runs_under_srun_and_writes_one_folder(tmp_path):
+def test_a_two_rank_cell_runs_under_srun_and_writes_one_folder(tmp_path, sweeps):
     out = tmp_path / "run"
     path = grid(tmp_path, methods=["standard"], cpus=2, extra="ranks_per_cell = 2\n")
-    sweep(path, "--out", out, "--wait")
+    sweeps.sweep(path, "--out", out, "--wait")
     record = jobs.read_record(out, "s4d-standard-none")
     assert record["ranks"] == 2 and record["state"] == "done"
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["jobs", "s4d-standard-none"]
     reference = tmp_path / "inline"
-    sweep(path, "--out", reference, "--executor", "inline")
-    two, one = results(out / "s4d-standard-none"), results(reference / "s4d-standard-none")
+    sweeps.sweep(path, "--out", reference, "--executor", "inline")
+    two, one = sweeps.results(out / "s4d-standard-none"), sweeps.results(reference / "s4d-standard-none")
     assert len(two["metrics"]) == len(one["metrics"]) == 2
     for m2, m1 in zip(two["metrics"], one["metrics"]):
         # the 2-rank gradient is the 1-process one up to float32 summation order
