@@ -19,32 +19,9 @@ D, K = 64, 5
 LINF_EPS = 0.08
 
 
-def blobs(seed: int, n: int, d: int = 16, k: int = 4):
-    """The Gaussian blobs of test_attacks_trained: 4 classes in [0, 1]^16."""
-    g = torch.Generator().manual_seed(seed)
-    centers = 0.25 + 0.5 * torch.rand(k, d, generator=torch.Generator().manual_seed(0))
-    y = torch.randint(0, k, (n,), generator=g)
-    return (centers[y] + 0.12 * torch.randn(n, d, generator=g)).clamp(0, 1), y
-
-
 def accuracy(model, x, y) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
-
-
-@pytest.fixture(scope="module")
-def trained():
-    torch.manual_seed(0)
-    x, y = blobs(1, 400)
-    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    x_test, y_test = blobs(2, 100)
-    assert accuracy(model, x_test, y_test) > 0.9
-    return model.eval(), x_test, y_test
 
 
 class Flat(nn.Module):
