@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import os
@@ -65,18 +66,13 @@ TINY_OP_SIZES = {
 }
 
 
-_ADVSSM_FROM: list[str] = []  # where the first import found the packages (later imports find them anywhere)
-
-
+@functools.cache  # the first call's answer: once it has put the source tree on sys.path, the packages always import
 def _import_advssm() -> str:
-    """Import the two packages, from the source tree when they are not installed; say which (the answer of
-    the first call: after it has put the source tree on sys.path, the packages always import)."""
-    if _ADVSSM_FROM:
-        return _ADVSSM_FROM[0]
+    """Import the two packages, from the source tree when they are not installed; say which."""
     try:
         import advssm.adv_train  # noqa: F401
         import advssm.ssm_layers  # noqa: F401
-        _ADVSSM_FROM.append("installed")
+        return "installed"
     except ImportError:
         for package in ("ssm-layers", "adv-train"):
             sys.path.insert(0, str(ROOT / "packages" / package / "src"))
@@ -84,8 +80,7 @@ def _import_advssm() -> str:
             del sys.modules[name]  # a half-found namespace package would hide the source tree
         import advssm.adv_train  # noqa: F401
         import advssm.ssm_layers  # noqa: F401
-        _ADVSSM_FROM.append(f"source tree {ROOT / 'packages'}")
-    return _ADVSSM_FROM[0]
+        return f"source tree {ROOT / 'packages'}"
 
 
 class Report:
