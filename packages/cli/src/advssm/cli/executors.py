@@ -29,8 +29,9 @@ import click
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from . import jobs
+from . import cell_folder, jobs, runs
 from .cell_runner import run_cell
+from .errors import ConfigError
 from .executor_spec import EXECUTORS, ExecutorSpec
 from .spec import CellSpec, load_toml, resolve_experiment
 
@@ -132,8 +133,6 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def _report(self) -> None:
         """Rewrite the run's report with this cell in it (the last cell to end leaves the complete report)."""
-        from . import runs
-
         try:
             spec = resolve_experiment(load_toml(Path(self.run_dir) / runs.CONFIG_FILE))
             write_sweep_report(Path(self.run_dir), spec)
@@ -297,8 +296,6 @@ def settings_from(table: ExecutorSpec, flags: dict) -> ExecutorSpec:
     """The executor settings: the TOML's [executor] table with the given flags over it, validated once."""
     from pydantic import ValidationError
 
-    from .errors import ConfigError
-
     values = table.model_dump(exclude_unset=True)
     values.update({k: flags[k] for k in FLAG_KEYS if flags.get(k) is not None})
     if flags.get("sbatch"):
@@ -337,8 +334,6 @@ def write_sweep_report(run_dir: Path, spec) -> Path:
     """report.md over the cells that finished training, marked partial (with the others' progress) until every
     cell is complete. Taken under the run's report lock: the sweep command and each finishing job write it."""
     from advssm.ssm_layers.checkpoint import atomic_write
-
-    from . import cell_folder, runs
 
     run_dir = Path(run_dir)
     cells = spec.cells()
