@@ -39,7 +39,7 @@ def test_imports_point_one_way():
     assert {m for m in _imports(OPS_DIR / "_dispatch.py") if m.startswith(".")} == {"._backend"}
     # op modules: dispatch, the leaf, each other and their torch-only helpers; never a kernel module
     siblings = {"." + p.stem for p in OPS_DIR.glob("*.py") if p.stem not in ("__init__", "_dispatch", "_backend")}
-    for name in ("selective_scan.py", "diag_scan.py", "vandermonde.py", "fftconv.py"):
+    for name in ("selective_scan.py", "diag_scan.py", "vandermonde.py", "fftconv.py", "ssd.py"):
         local = {m for m in _imports(OPS_DIR / name) if m.startswith(".")}
         assert local <= {"._dispatch", "._backend"} | siblings, f"{name} imports {local}"
         assert not any("triton" in m for m in _imports(OPS_DIR / name)), name
@@ -48,7 +48,7 @@ def test_imports_point_one_way():
 
 
 def test_every_op_is_one_table_entry():
-    assert set(ops.OPS) == {"selective_scan", "diag_scan", "vandermonde_kernel", "fft_conv"}
+    assert set(ops.OPS) == {"selective_scan", "diag_scan", "vandermonde_kernel", "fft_conv", "ssd"}
     for name, op in ops.OPS.items():
         assert op.name == name and callable(op.check) and callable(op.reference) and callable(op.torch)
         if op.kernel is not None:
@@ -72,6 +72,8 @@ def test_the_torch_path_never_imports_a_kernel_module():
             sl.selective_scan(u, u.abs(), -torch.ones(2, 3), B, B, backend=backend)
             sl.diag_scan(torch.rand(2, 1), u, backend=backend)
             sl.vandermonde_kernel(torch.ones(2, 3, dtype=torch.complex64), -torch.ones(2, 3) + 0j, 4, backend=backend)
+            sl.ops.ssd(torch.randn(1, 5, 2, 3), torch.rand(1, 5, 2), -torch.ones(2), torch.randn(1, 5, 1, 4),
+                       torch.randn(1, 5, 1, 4), chunk_size=2, backend=backend)
         sl.backends()
         loaded = [m for m in sys.modules if m.startswith("advssm.ssm_layers.ops.triton.")]
         assert not loaded, loaded

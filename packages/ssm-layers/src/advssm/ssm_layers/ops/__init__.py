@@ -24,15 +24,16 @@ from ._dispatch import (
 from .diag_scan import DIAG_SCAN, diag_scan, diag_scan_ref
 from .fftconv import FFT_CONV, fft_conv, fft_conv_ref
 from .selective_scan import SELECTIVE_SCAN, selective_scan, selective_scan_ref
+from .ssd import SSD, ssd, ssd_reference
 from .vandermonde import VANDERMONDE_KERNEL, vandermonde_kernel, vandermonde_kernel_ref
 
 # The op table: every op, by public name.
-OPS: dict[str, Op] = {op.name: op for op in (SELECTIVE_SCAN, DIAG_SCAN, VANDERMONDE_KERNEL, FFT_CONV)}
+OPS: dict[str, Op] = {op.name: op for op in (SELECTIVE_SCAN, DIAG_SCAN, VANDERMONDE_KERNEL, FFT_CONV, SSD)}
 
 __all__ = [
     "BACKENDS", "BackendError", "KernelCheckWarning", "resolve_backend", "triton_status", "Op", "OPS",
     "FWD_TOL", "GRAD_TOL", "tolerance", "compare", "kernel_checks", "reset_kernel_checks", "kernel_entry_point",
     "kernel_override",
     "selective_scan", "selective_scan_ref", "diag_scan", "diag_scan_ref",
-    "vandermonde_kernel", "vandermonde_kernel_ref", "fft_conv", "fft_conv_ref",
+    "vandermonde_kernel", "vandermonde_kernel_ref", "fft_conv", "fft_conv_ref", "ssd", "ssd_reference",
 ]
