@@ -38,7 +38,26 @@ def build_attacks(names: str, model, eps: float, steps: int, seed: int, alpha: f
             for name in chosen}
 
 
-EPS = click.FloatRange(0, 1, min_open=True)  # inputs live in [0, 1]
+class EpsList(click.ParamType):
+    """``0.03`` or ``0.01,0.02,0.05``: Linf budgets in (0, 1] (inputs live in [0, 1]), each given once."""
+
+    name = "EPS[,EPS...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        values = []
+        for part in str(value).split(","):
+            try:
+                eps = float(part)
+            except ValueError:
+                self.fail(f"{part.strip()!r} is not a number (write e.g. 0.03 or 0.01,0.02,0.05)", param, ctx)
+            if not 0 < eps <= 1:
+                self.fail(f"{eps:g} is not in the range 0<x<=1", param, ctx)
+            if eps in values:
+                self.fail(f"{eps:g} is listed twice", param, ctx)
+            values.append(eps)
+        return tuple(values)
 
 
 def _architecture(model, cell) -> str:
@@ -48,14 +67,16 @@ def _architecture(model, cell) -> str:
 
 
 @click.command("eval")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--attacks", default="pgd,aa", show_default=True,
               help=f"Comma-separated: {', '.join(ATTACK_NAMES)}.")
 @click.option("--n", "n", type=click.IntRange(min=1),
               help="Evaluate the first N test examples (default: those of the run's table row; all without a run).")
-@click.option("--eps", type=EPS, help="Linf budget in (0, 1] (default: the run's).")
+@click.option("--eps", "eps_values", type=EpsList(),
+              help="Linf budget in (0, 1] (default: the run's); several, comma-separated, give a robustness "
+                   "curve: one clean pass, every attack at every eps on the same examples.")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True),
-              help="PGD step size (default: the run's with the run's eps, else eps/4).")
+              help="PGD step size at every eps (default: the run's with the run's eps, else eps/4).")
 @click.option("--steps", type=click.IntRange(min=1), help="PGD steps (default: the run's eval_pgd_steps, else 10).")
 @click.option("--dataset", help="Data set (default: the run's, recorded in the checkpoint).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
@@ -64,18 +85,25 @@ def _architecture(model, cell) -> str:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Seeds the attacks, per batch.")
 @click.option("--records", "records_path", type=click.Path(dir_okay=False),
-              help="Per-example results, JSONL (default: <checkpoint>.eval.jsonl beside it).")
+              help="Per-example results, JSONL (default: <checkpoint>.eval.jsonl beside it; one checkpoint only).")
+@click.option("--curves-out", type=click.Path(file_okay=False),
+              help="Several checkpoints: the folder for their curves on one plot, curves.json / .md / .png "
+                   "(default: the current folder).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation from its last finished batch.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Machine-readable output; also writes <checkpoint>.robustbench.json (RobustBench's model info).")
+              help="Machine-readable output; with one eps also writes <checkpoint>.robustbench.json "
+                   "(RobustBench's model info).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def eval_command(checkpoint, attacks, n, eps, alpha, steps, dataset, data_dir, batch_size, device, seed,
-                 records_path, resume, as_json, progress):
+def eval_command(checkpoints, attacks, n, eps_values, alpha, steps, dataset, data_dir, batch_size, device, seed,
+                 records_path, curves_out, resume, as_json, progress):
     """Clean and robust accuracy of a checkpoint under the chosen attacks (worst case over them too).
 
     One rule for every number: an example counts as robust under an attack when it is classified
     correctly both clean and attacked; all attacks run on the same examples. Each example's result
     goes to a records file; --resume continues an interrupted evaluation with the same result.
+
+    Several eps (--eps 0.01,0.02,0.05) give a robustness curve: accuracy against eps as a table, JSON and a
+    plot (<checkpoint>.curve.json / .md / .png); several checkpoints are compared on one plot (curves.*).
 
     \b
     Examples:
@@ -83,23 +111,57 @@ def eval_command(checkpoint, attacks, n, eps, alpha, steps, dataset, data_dir, b
       advssm eval model.safetensors --dataset mnist --data-dir data --eps 0.3 --attacks pgd,apgd-ce,square --n 1000
       advssm eval best.safetensors --attacks aa --json
       advssm eval best.safetensors --attacks aa --resume   # after Ctrl-C
+      advssm eval best.safetensors --eps 0.01,0.02,0.05,0.1 --attacks pgd,aa
+      advssm eval runs/X/standard/best.safetensors runs/X/pgd-at/best.safetensors --eps 0.02,0.05,0.1
     """
-    import json
     from pathlib import Path
 
+    if records_path and len(checkpoints) > 1:
+        raise ConfigError("--records names one file; with several checkpoints each one's records go to "
+                          "<checkpoint>.eval.jsonl beside it: drop --records")
+    options = {"attacks": attacks, "n": n, "alpha": alpha, "steps": steps, "dataset": dataset, "data_dir": data_dir,
+               "batch_size": batch_size, "device": device, "seed": seed, "resume": resume, "progress": progress}
+    curve_mode = len(checkpoints) > 1 or (eps_values is not None and len(eps_values) > 1)
+    done = []
+    try:
+        with interrupts.handled():  # Ctrl-C and SIGTERM: KeyboardInterrupt, never lost
+            for checkpoint in checkpoints:
+                records = Path(records_path) if records_path else Path(checkpoint).with_suffix(".eval.jsonl")
+                done.append(_evaluate_checkpoint(checkpoint, eps_values, records, **options))
+    except KeyboardInterrupt:
+        again = " ".join(str(c) for c in checkpoints)
+        click.echo(f"\ninterrupted; continue with: advssm eval {again} --resume (same options)", err=True)
+        raise SystemExit(130) from None
+    if not curve_mode:
+        _emit_one(*done[0], as_json)
+    else:
+        _emit_curves(done, checkpoints, curves_out, as_json)
+
+
+def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, n, alpha, steps, dataset, data_dir,
+                         batch_size, device, seed, resume, progress):
+    """(data, result, model, cell, eps list, attack names): one checkpoint evaluated at every eps in one
+    ``evaluate()`` call (the attacks of eps e are named ``name@e`` when there are several)."""
     from advssm.adv_train.evaluation import evaluate
-    from advssm.ssm_layers.checkpoint import atomic_write
     from torch.utils.data import TensorDataset
 
-    run_eps = eps is None
-    model, x, y, eps, cell, device = load_for_eval(checkpoint, dataset, data_dir, n, eps, device)
+    from ..curves import attack_at
+
+    run_eps = eps_values is None
+    model, x, y, first_eps, cell, device = load_for_eval(checkpoint, dataset, data_dir, n,
+                                                         None if run_eps else eps_values[0], device)
+    eps_list = [first_eps] if run_eps else list(eps_values)
     if cell is not None:  # the run's PGD, so its numbers can be reproduced
         steps = steps or int(cell.train.eval_pgd_steps)
-        if alpha is None and run_eps:
-            alpha = float(cell.train.alpha)
     steps = steps or 10
-    chosen = build_attacks(attacks, model, eps, steps, seed, alpha)
-    records = Path(records_path) if records_path else Path(checkpoint).with_suffix(".eval.jsonl")
+    chosen, names = {}, []
+    for eps in eps_list:
+        step = alpha
+        if step is None and cell is not None and run_eps:
+            step = float(cell.train.alpha)
+        built = build_attacks(attacks, model, eps, steps, seed, step)
+        names = list(built)
+        chosen.update(built if len(eps_list) == 1 else {attack_at(k, eps): a for k, a in built.items()})
     if resume and not records.is_file():
         raise ConfigError(f"--resume: no records at {records} to continue; run without --resume")
     if not resume and records.is_file():
@@ -111,28 +173,59 @@ def eval_command(checkpoint, attacks, n, eps, alpha, steps, dataset, data_dir, b
         bar.on_stage(info["stage"], info["done"], info["total"] or 0)
 
     try:
-        with interrupts.handled():  # Ctrl-C and SIGTERM: KeyboardInterrupt, never lost
-            result = evaluate(model, TensorDataset(x, y), chosen, batch_size=batch_size, seed=seed, records=records,
-                              resume=resume, progress=on_progress)
-    except KeyboardInterrupt:
-        bar.close()
-        click.echo(f"\ninterrupted; continue with: advssm eval {checkpoint} --resume (same options)", err=True)
-        raise SystemExit(130) from None
+        result = evaluate(model, TensorDataset(x, y), chosen, batch_size=batch_size, seed=seed, records=records,
+                          resume=resume, progress=on_progress)
     finally:
         bar.close()
-    data = {"checkpoint": str(checkpoint), "eps": eps, "n": len(x), "device": str(device), "records": str(records),
-            **result.to_dict()}
+    data = {"checkpoint": str(checkpoint), "eps": eps_list[0] if len(eps_list) == 1 else eps_list, "n": len(x),
+            "device": str(device), "records": str(records), **result.to_dict()}
+    return data, result, model, cell, eps_list, names, dataset
+
+
+def _emit_one(data, result, model, cell, eps_list, names, dataset, as_json) -> None:
+    """One checkpoint at one eps: the accuracies, and with --json the RobustBench record."""
+    import json
+    from pathlib import Path
+
+    from advssm.ssm_layers.checkpoint import atomic_write
+
+    checkpoint = data["checkpoint"]
     if as_json:
         info = {"architecture": _architecture(model, cell), "dataset": dataset or (cell.data.dataset if cell else None)}
         record = result.to_robustbench(**info)
         path = Path(checkpoint).with_suffix(".robustbench.json")
         atomic_write(path, json.dumps(record, indent=2).encode())
         data["robustbench"], data["robustbench_file"] = record, str(path)
-    lines = [f"checkpoint {checkpoint}  eps {eps:g}  n {len(x)}  device {device}",
+    lines = [f"checkpoint {checkpoint}  eps {eps_list[0]:g}  n {data['n']}  device {data['device']}",
              f"{'clean':10} {100 * result.clean_acc:6.2f}%"]
     lines += [f"{name:10} {100 * acc:6.2f}%" for name, acc in result.robust_acc.items()]
     if len(result.robust_acc) > 1:
         lines.append(f"{'worst':10} {100 * result.worst_acc:6.2f}%")
     lines += [f"warning: {w}" for w in result.warnings]
-    lines.append(f"per-example results: {records}")
+    lines.append(f"per-example results: {data['records']}")
     emit(data, as_json, "\n".join(lines))
+
+
+def _emit_curves(done, checkpoints, curves_out, as_json) -> None:
+    """Robustness curves: each checkpoint's beside it (<checkpoint>.curve.*), several on one plot (curves.*)."""
+    from pathlib import Path
+
+    from ..curves import COMPARISON_STEM, curve_of, curve_stem, curve_table, labels, write_curves
+
+    curves, files = [], {}
+    for (data, result, _, _, eps_list, names, _), label in zip(done, labels([d[0]["checkpoint"] for d in done])):
+        curve = curve_of(label, data["checkpoint"], result, eps_list, names, Path(data["records"]))
+        curve["device"] = data["device"]
+        curves.append(curve)
+        files[label] = write_curves([curve], curve_stem(data["checkpoint"]))
+    comparison = None
+    if len(curves) > 1:
+        comparison = write_curves(curves, Path(curves_out or ".") / COMPARISON_STEM)
+    lines = [f"{c['label']}: {c['checkpoint']}  n {c['n']}  device {c['device']}" for c in curves]
+    lines += ["", "accuracy (%) against eps (eps 0 = clean; worst = over the attacks at that eps)", "",
+              curve_table(curves), ""]
+    lines += [f"warning ({c['label']}): {w}" for c in curves for w in c["warnings"]]
+    lines += [f"curve of {label}: {f['json']} (.md, .png)" for label, f in files.items()]
+    if comparison:
+        lines.append(f"comparison: {comparison['png']} ({comparison['json']}, {comparison['md']})")
+    emit({"curves": curves, "files": files, "comparison": comparison}, as_json, "\n".join(lines))
