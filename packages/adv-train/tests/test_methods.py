@@ -58,7 +58,7 @@ def ce(logits, y):
 
 
 def test_registry_names_every_method():
-    assert set(METHODS) == {"standard", "pgd-at", "trades", "mart", "free-at", "yopo", "fast-at"}
+    assert set(METHODS) == {"standard", "pgd-at", "trades", "mart", "free-at", "yopo", "fast-at", "gaussian"}
     assert all(issubclass(c, TrainMethod) for c in METHODS.values())
     with pytest.raises(ValueError, match="unknown training method 'foo'; choose one of standard"):
         get_method("foo", TrainConfig())

@@ -19,7 +19,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "tinyimagenet": {"eps": 8 / 255, "alpha": 2 / 255, "epochs": 180, "trades_beta": 6.0},
 }
 
-METHOD_NAMES = ("standard", "pgd-at", "trades", "mart", "free-at", "yopo", "fast-at")
+METHOD_NAMES = ("standard", "pgd-at", "trades", "mart", "free-at", "yopo", "fast-at", "gaussian")
 #: The AutoAttack versions ``aa_version`` accepts (those of ``advssm.adv_train.attacks.AutoAttack``).
 AA_VERSIONS = ("standard", "rand", "custom")
 
@@ -43,6 +43,8 @@ class TrainConfig:
         free_replays: FreeAT's m (replays of each batch).
         yopo_m, yopo_n: YOPO's outer and inner step counts.
         fast_at_alpha: Fast-AT step size as a multiple of eps (Wong et al. 2020: 1.25).
+        noise_sigma: standard deviation of the ``gaussian`` method's input noise (Cohen et al. 2019 train with
+            the sigma they certify with: 0.12, 0.25, 0.5, 1.0 for [0, 1] pixels); only that method reads it.
         jacobian_weight, jacobian_projections: Jacobian regularisation (0 = off), added to any method.
         eval_pgd_steps: steps of the PGD evaluation attack each epoch.
         eval_n: evaluate on the first ``eval_n`` test examples (None = whole test set).
@@ -77,6 +79,7 @@ class TrainConfig:
     yopo_m: int = 5
     yopo_n: int = 3
     fast_at_alpha: float = 1.25
+    noise_sigma: float = 0.25
     jacobian_weight: float = 0.0
     jacobian_projections: int = 1
     eval_pgd_steps: int = 10
@@ -106,7 +109,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"TrainConfig.{name} must be an int, got {type(value).__name__} {value!r}")
         for name in ("lr", "weight_decay", "eps", "alpha", "trades_beta", "mart_beta", "fast_at_alpha",
-                     "jacobian_weight"):
+                     "jacobian_weight", "noise_sigma"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise TypeError(f"TrainConfig.{name} must be a finite number, got {value!r}")
@@ -116,7 +119,7 @@ class TrainConfig:
                      "eval_pgd_steps", "aa_n"):
             if getattr(self, name) < 1:
                 fail(name, ">= 1")
-        for name in ("lr", "alpha", "fast_at_alpha"):
+        for name in ("lr", "alpha", "fast_at_alpha", "noise_sigma"):
             if getattr(self, name) <= 0:
                 fail(name, "> 0")
         for name in ("weight_decay", "trades_beta", "mart_beta", "jacobian_weight", "attack_steps", "aa_every",

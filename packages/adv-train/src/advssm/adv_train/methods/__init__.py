@@ -8,6 +8,7 @@ from ..config import TrainConfig
 from .base import NonFiniteLossError, StepContext, TrainMethod, warmup_scale
 from .fast_at import FastAT
 from .free_at import FreeAT
+from .gaussian import GaussianNoise
 from .jacobian import jacobian_frobenius_sq
 from .mart import MART, mart_loss
 from .pgd_at import PGDAT
@@ -16,7 +17,7 @@ from .trades import TRADES
 from .yopo import YOPO
 
 METHODS: dict[str, type[TrainMethod]] = {
-    cls.name: cls for cls in (Standard, PGDAT, TRADES, MART, FreeAT, YOPO, FastAT)
+    cls.name: cls for cls in (Standard, PGDAT, TRADES, MART, FreeAT, YOPO, FastAT, GaussianNoise)
 }
 
 
@@ -28,4 +29,5 @@ def get_method(name: str, config: TrainConfig) -> TrainMethod:
 
 
 __all__ = ["METHODS", "get_method", "TrainMethod", "StepContext", "warmup_scale", "NonFiniteLossError",
-           "jacobian_frobenius_sq", "mart_loss", "Standard", "PGDAT", "TRADES", "MART", "FreeAT", "YOPO", "FastAT"]
+           "jacobian_frobenius_sq", "mart_loss", "Standard", "PGDAT", "TRADES", "MART", "FreeAT", "YOPO", "FastAT",
+           "GaussianNoise"]
