@@ -1,10 +1,17 @@
-"""The classifier backbone: pixels as tokens -> Linear embedding -> residual SSM blocks ->
-mean pooling -> linear head, configured by one JSON-serialisable ``ModelConfig``.
+"""The classifier backbone: pixels (or patches) as tokens -> Linear embedding -> residual SSM blocks ->
+mean pooling (or a class token) -> linear head, configured by one JSON-serialisable ``ModelConfig``.
 
 Images (B, C, H, W) become (B, H*W, C) with a permute (the paper's code uses
 ``x.view(B, H*W, C)``, which scrambles channels when C > 1; we do not). Sequences
 (B, L, C) pass through; (B, L) is read as one channel. Inputs stay in [0, 1]: any
 normalisation belongs inside the model so that attacks see [0, 1].
+
+Vision models (Vim, VMamba): ``patch_size = p`` cuts images into non-overlapping p x p patches, one
+token each ((H/p) * (W/p) tokens, row by row), embedded by ``Linear(C p p, d_model)``; ``pos_embed``
+adds a learned position embedding (it needs ``image_size``), ``cls_token`` appends a learned class
+token after the last patch and classifies from it (mean pooling otherwise). ``scan`` chooses the
+order(s) in which every block's layer reads the tokens: "causal" (first to last), "bidirectional"
+(Vim) or "cross2d" (VMamba's four directions over the patch grid); see ``layers/scans.py``.
 """
 from __future__ import annotations
 
@@ -19,7 +26,10 @@ import torch
 from torch import nn
 
 from .layers import LAYERS
+from .layers.scans import SCANS, ScanLayer, wrap_scan
 from .transforms import build_transform
+
+NORMS = ("layernorm", "rmsnorm")  # ModelConfig.norm
 
 
 @dataclass
@@ -38,6 +48,16 @@ class ModelConfig:
     transform_options: dict = field(default_factory=dict)
     transform_layers: list[int] | None = None
     layer_options: dict = field(default_factory=dict)
+    # pretrained Mamba backbones (advssm.ssm_layers.pretrained): RMSNorm blocks, no norm after the embedding
+    norm: str = "layernorm"  # the norm of the blocks and the final norm: "layernorm" or "rmsnorm"
+    norm_eps: float = 1e-5  # its epsilon (torch's LayerNorm default)
+    embed_norm: bool = True  # a norm right after the embedding (the paper's models); False in a pretrained Mamba
+    # vision models (None / False / "causal": the paper's pixel-token model)
+    patch_size: int | None = None  # p x p patches as tokens; None: pixels as tokens
+    image_size: int | None = None  # height = width of the input images; needed by pos_embed only
+    pos_embed: bool = False  # a learned position embedding added to the tokens
+    cls_token: bool = False  # a learned class token after the last patch, read by the head (else mean pooling)
+    scan: str = "causal"  # "causal", "bidirectional" (Vim) or "cross2d" (VMamba's SS2D)
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
@@ -57,6 +77,34 @@ class ModelConfig:
                     f"ModelConfig.transform_layers: block indices {bad} are outside 0..{self.n_layers - 1}"
                 )
             self.transform_layers = [int(i) for i in self.transform_layers]
+        if self.norm not in NORMS:
+            raise ValueError(f"ModelConfig.norm: unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            raise ValueError(f"ModelConfig.norm_eps must be a positive number, got {self.norm_eps!r}")
+        if not isinstance(self.embed_norm, bool):
+            raise ValueError(f"ModelConfig.embed_norm must be true or false, got {self.embed_norm!r}")
+        for name in ("patch_size", "image_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"ModelConfig.{name} must be a positive int or None, got {value!r}")
+        for name in ("pos_embed", "cls_token"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.scan not in SCANS:
+            raise ValueError(f"ModelConfig.scan: unknown scan {self.scan!r}; choose one of {', '.join(SCANS)}")
+        if self.pos_embed and self.image_size is None:
+            raise ValueError("ModelConfig.pos_embed needs ModelConfig.image_size (the images' height = width, "
+                             "e.g. 32 for CIFAR-10): the learned table has one row per token")
+        if self.image_size is not None and self.patch_size is not None and self.image_size % self.patch_size:
+            raise ValueError(f"ModelConfig.patch_size {self.patch_size} does not divide ModelConfig.image_size "
+                             f"{self.image_size}; choose a divisor of {self.image_size}")
+
+    @property
+    def n_tokens(self) -> int | None:
+        """Tokens per image of ``image_size`` (patches, plus the class token); None without image_size."""
+        if self.image_size is None:
+            return None
+        return (self.image_size // (self.patch_size or 1)) ** 2 + int(self.cls_token)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -86,13 +134,33 @@ PRESETS: dict[str, dict] = {
     "cifar10": dict(d_input=3, d_model=128, d_state=64, n_layers=4, n_classes=10),
     "tinyimagenet": dict(d_input=3, d_model=128, d_state=64, n_layers=4, n_classes=50),
 }
+# Small vision models in the spirit of Vim-Tiny (bidirectional Mamba over patches, class token, learned
+# positions, pre-norm) and VMamba-Tiny (the four SS2D directions over the patch grid, mean pooling, no
+# position embedding), flat (one stage, no downsampling) and scaled down to train in hours on one GPU;
+# docs/reproducing.md ("Vision presets") gives their measured cost per epoch.
+_VIM = dict(layer="s6", d_model=192, d_state=16, n_layers=12, prenorm=True, pos_embed=True, cls_token=True,
+            scan="bidirectional", patch_size=4)
+_VMAMBA = dict(layer="s6", d_model=128, d_state=16, n_layers=8, prenorm=True, scan="cross2d", patch_size=4)
+VISION_PRESETS: dict[str, dict] = {
+    "vim-cifar10": dict(_VIM, d_input=3, n_classes=10, image_size=32),
+    "vmamba-cifar10": dict(_VMAMBA, d_input=3, n_classes=10, image_size=32),
+    "vim-tinyimagenet": dict(_VIM, d_input=3, n_classes=50, image_size=64, patch_size=8),
+    "vmamba-tinyimagenet": dict(_VMAMBA, d_input=3, n_classes=50, image_size=64, patch_size=8),
+}
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-    """The paper's model for a data set ("mnist", "cifar10", "tinyimagenet"), with overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = dict(PRESETS[name])
+    """The paper's model for a data set ("mnist", "cifar10", "tinyimagenet"), or a vision model
+    ("vim-cifar10", "vmamba-cifar10", "vim-tinyimagenet", "vmamba-tinyimagenet"), with overrides.
+
+    Example:
+        >>> preset("vmamba-cifar10", n_layers=2).scan
+        'cross2d'
+    """
+    presets = {**PRESETS, **VISION_PRESETS}
+    if name not in presets:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(presets)}")
+    values = dict(presets[name])
     layer = overrides.get("layer")
     if "d_state" not in overrides and (layer == "mega" or (name == "cifar10" and layer == "s6")):
         values["d_state"] = 16
@@ -111,23 +179,35 @@ def _make_layer(config: ModelConfig) -> nn.Module:
         raise ValueError(f"ModelConfig.layer_options do not fit layer {config.layer!r}: {exc}") from exc
 
 
+def _make_norm(config: ModelConfig) -> nn.Module:
+    """The norm ``config.norm`` of width d_model (nn.RMSNorm has a weight only, as Mamba's RMSNorm)."""
+    norm = nn.LayerNorm if config.norm == "layernorm" else nn.RMSNorm
+    return norm(config.d_model, eps=float(config.norm_eps))
+
+
 class Block(nn.Module):
-    """x <- norm(x + layer(x)) (post-norm, the paper's) or x <- x + layer(norm(x)) (pre-norm)."""
+    """x <- norm(x + layer(x)) (post-norm, the paper's) or x <- x + layer(norm(x)) (pre-norm).
 
-    def __init__(self, layer: nn.Module, d_model: int, prenorm: bool):
+    ``grid``: the (H, W) token grid, passed to a scan wrapper (``layers/scans.py``) and to nothing else.
+    """
+
+    def __init__(self, layer: nn.Module, d_model: int, prenorm: bool, norm: nn.Module | None = None):
         super().__init__()
-        self.layer, self.norm, self.prenorm = layer, nn.LayerNorm(d_model), prenorm
+        self.layer, self.prenorm = layer, prenorm
+        self.norm = nn.LayerNorm(d_model) if norm is None else norm
 
-    def forward(self, x: torch.Tensor, trace: dict | None = None, prefix: str = "") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, trace: dict | None = None, prefix: str = "",
+                grid: tuple[int, int] | None = None) -> torch.Tensor:
         inner = self.norm(x) if self.prenorm else x
+        kw = {"grid": grid} if isinstance(self.layer, ScanLayer) else {}
         if trace is None:
-            out = self.layer(inner)
+            out = self.layer(inner, **kw)
         else:
             layer = self.layer
             layer._check_input(inner)
-            trace[prefix + "mix"] = y = layer.mix(inner)
+            trace[prefix + "mix"] = y = layer.mix(inner, **kw)
             trace[prefix + "transform"] = y = layer.output_transform(y)
-            trace[prefix + "project"] = out = layer.project(y, inner)
+            trace[prefix + "project"] = out = layer.project(y, inner, **kw)
         x = x + out
         if trace is not None:
             trace[prefix + "residual"] = x
@@ -155,10 +235,7 @@ class PixelEmbedding(nn.Linear):
         are refused, since [0, 255] pixels would silently be read as [0, 1] ones.
         """
         d = self.in_features
-        if not x.is_floating_point():
-            raise ValueError(f"expected floating inputs in [0, 1], got dtype {x.dtype}; convert images with "
-                             "x.float() / 255 (or torchvision's ToTensor)")
-        x = x.to(self.weight.dtype)
+        x = _float_input(x, self.weight.dtype)
         if x.dim() == 4:
             if x.shape[1] != d:
                 raise ValueError(f"expected images with {d} channel(s) (B, {d}, H, W), got {tuple(x.shape)}")
@@ -172,21 +249,89 @@ class PixelEmbedding(nn.Linear):
             f"the model was built with d_input={d}"
         )
 
+    def grid(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """The (H, W) token grid of images; None for sequences."""
+        return tuple(x.shape[-2:]) if x.dim() == 4 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.tokens(x))
+
+
+def _float_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` cast to the model's dtype; integer inputs refused (see ``PixelEmbedding.tokens``)."""
+    if not x.is_floating_point():
+        raise ValueError(f"expected floating inputs in [0, 1], got dtype {x.dtype}; convert images with "
+                         "x.float() / 255 (or torchvision's ToTensor)")
+    return x.to(dtype)
+
+
+class PatchEmbedding(nn.Linear):
+    """Non-overlapping p x p patches as tokens, then ``Linear(C p p, d_model)``: the first layer of a
+    patch model (ViT's and Vim's patch embedding, a stride-p convolution written as a Linear).
+
+    Like ``PixelEmbedding`` it takes the model's own input (images in [0, 1]), so YOPO's first-layer
+    protocol holds, and its parameters are ``embedding.weight`` / ``embedding.bias``. Tokens run row by
+    row over the (H/p, W/p) patch grid; a patch's features are ordered (channel, row, column).
+
+    Example:
+        >>> emb = PatchEmbedding(channels=3, patch_size=4, d_model=8)
+        >>> emb(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 64, 8])
+    """
+
+    def __init__(self, channels: int, patch_size: int, d_model: int):
+        super().__init__(channels * patch_size * patch_size, d_model)
+        self.channels, self.patch_size = channels, patch_size
+
+    def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The (H/p, W/p) patch grid of images (checked as ``tokens`` checks them)."""
+        self._check(x)
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+    def _check(self, x: torch.Tensor) -> None:
+        p, c = self.patch_size, self.channels
+        if x.dim() != 4:
+            raise ValueError(f"patch_size={p} needs images (B, {c}, H, W), got shape {tuple(x.shape)}; sequences "
+                             "have no patches: set model.patch_size to none")
+        if x.shape[1] != c:
+            raise ValueError(f"expected images with {c} channel(s) (B, {c}, H, W), got {tuple(x.shape)}")
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"patch_size={p} does not divide the {x.shape[-2]}x{x.shape[-1]} images; choose a "
+                             "patch size that divides both sides")
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, (H/p)(W/p), C p p): the patches, row by row."""
+        x = _float_input(x, self.weight.dtype)
+        self._check(x)
+        b, c, h, w = x.shape
+        p = self.patch_size
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return patches.reshape(b, (h // p) * (w // p), c * p * p)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(self.tokens(x))
 
 
 class SequenceClassifier(nn.Module):
-    """Pixel-token sequence classifier over a stack of zoo layers."""
+    """Token sequence classifier (pixels or patches as tokens) over a stack of zoo layers."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embedding = PixelEmbedding(config.d_input, config.d_model)
-        self.embed_norm = nn.LayerNorm(config.d_model)
-        self.blocks = nn.ModuleList(Block(_make_layer(config), config.d_model, config.prenorm)
+        d = config.d_model
+        if config.patch_size is None:
+            self.embedding = PixelEmbedding(config.d_input, d)
+        else:
+            self.embedding = PatchEmbedding(config.d_input, config.patch_size, d)
+        self.embed_norm = _make_norm(config) if config.embed_norm else nn.Identity()
+        # ViT's init of the class token and the position table: small normal values
+        self.register_parameter("cls_token", nn.Parameter(0.02 * torch.randn(1, 1, d)) if config.cls_token else None)
+        self.register_parameter("pos_embed", nn.Parameter(0.02 * torch.randn(1, config.n_tokens, d))
+                                if config.pos_embed else None)
+        self.blocks = nn.ModuleList(Block(wrap_scan(config.scan, lambda: _make_layer(config)), d, config.prenorm,
+                                          _make_norm(config))
                                     for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model) if config.prenorm else nn.Identity()
+        self.final_norm = _make_norm(config) if config.prenorm else nn.Identity()
         self.head = nn.Linear(config.d_model, config.n_classes)
         if config.transform != "identity":
             self.set_transform(config.transform, config.transform_options, config.transform_layers)
@@ -201,16 +346,36 @@ class SequenceClassifier(nn.Module):
         return self.embedding
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, H*W, C); (B, L, C) unchanged; (B, L) -> (B, L, 1) (see ``PixelEmbedding``)."""
+        """The embedding's input tokens: (B, C, H, W) -> (B, H*W, C) pixels, or (B, (H/p)(W/p), C p p)
+        patches; (B, L, C) unchanged; (B, L) -> (B, L, 1) (see ``PixelEmbedding``, ``PatchEmbedding``)."""
         return self.embedding.tokens(x)
+
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """The (H, W) grid of the tokens of ``x`` (pixels or patches) for images, None for sequences."""
+        return self.embedding.grid(x)
 
     def _run(self, x: torch.Tensor, trace: dict | None) -> torch.Tensor:
         h = self.embed_norm(self.embedding(x))
+        grid = self.token_grid(x)
+        if grid is None and self.config.scan == "cross2d":
+            raise ValueError(f"scan 'cross2d' reads a 2-D token grid and needs images (B, C, H, W), got shape "
+                             f"{tuple(x.shape)}; use scan 'bidirectional' or 'causal' for sequences")
+        if grid is None:
+            grid = (1, h.shape[1])  # a sequence is one row: a class token after it stays last in every direction
+        if self.cls_token is not None:
+            h = torch.cat([h, self.cls_token.expand(h.shape[0], -1, -1)], dim=1)
+        if self.pos_embed is not None:
+            if h.shape[1] != self.pos_embed.shape[1]:
+                raise ValueError(f"the position embedding has {self.pos_embed.shape[1]} tokens (image_size "
+                                 f"{self.config.image_size}, patch_size {self.config.patch_size}) but the input "
+                                 f"{tuple(x.shape)} gives {h.shape[1]}; set model.image_size to the images' size")
+            h = h + self.pos_embed
         if trace is not None:
             trace["input"], trace["embedding"] = self.tokens(x), h
         for i, block in enumerate(self.blocks):
-            h = block(h, trace, f"blocks.{i}.")
-        pooled = self.final_norm(h).mean(dim=1)
+            h = block(h, trace, f"blocks.{i}.", grid)
+        h = self.final_norm(h)
+        pooled = h[:, -1] if self.cls_token is not None else h.mean(dim=1)
         logits = self.head(pooled)
         if trace is not None:
             trace["pool"], trace["logits"] = pooled, logits
@@ -239,7 +404,8 @@ class SequenceClassifier(nn.Module):
             if not getattr(layer, "has_output_transform", False):
                 continue
             ref = next(layer.parameters(), torch.empty(0))
-            module = build_transform(name, layer.transform_dim, **options) if i in chosen else nn.Identity()
+            module = (layer.make_output_transform(lambda dim: build_transform(name, dim, **options)) if i in chosen
+                      else nn.Identity())
             layer.output_transform = module.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         self.config.transform = name
         self.config.transform_options = options if name != "identity" else {}

@@ -1,6 +1,7 @@
 """The contract every layer of the zoo keeps.
 
-A layer maps (batch, length, d_model) -> (batch, length, d_model), causally. SSM layers
+A layer maps (batch, length, d_model) -> (batch, length, d_model), causally (``is_causal``: output t
+depends on inputs 1..t only; every zoo layer is; the scan wrappers of ``scans.py`` are not). SSM layers
 split their forward into three named steps so that transforms and the error-propagation
 analysis can reach inside without knowing the layer:
 
@@ -15,8 +16,12 @@ gate mixes the input back in; most layers ignore it.)
 Linear time-invariant layers (S4, S4D, DSS, S5) set ``is_lti = True`` and implement
 ``conv_kernel(L)``, returning (K, D): K of shape (H, L) for per-channel (SISO) kernels
 or (H_out, H_in, L) for MIMO ones, and D of shape (H,) or (H_out, H_in) or None.
+``make_output_transform(build)`` builds the module for the transform slot from ``build(dim)``
+(``build(transform_dim)``; the scan wrappers build one per direction).
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -73,6 +78,7 @@ class SequenceLayer(nn.Module):
 
     has_output_transform = True
     is_lti = False
+    is_causal = True  # output t depends on inputs 1..t only
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -84,6 +90,10 @@ class SequenceLayer(nn.Module):
     @property
     def transform_dim(self) -> int:
         return self.d_model
+
+    def make_output_transform(self, build: Callable[[int], nn.Module]) -> nn.Module:
+        """The module for the transform slot, from ``build(feature_size)``: ``build(transform_dim)``."""
+        return build(self.transform_dim)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
