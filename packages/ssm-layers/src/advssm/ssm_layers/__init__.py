@@ -15,7 +15,8 @@ from .transforms import available_transforms, build_transform, get_transform, re
 
 _LAZY = {
     "LAYERS": "layers", "SequenceLayer": "layers", "S4": "layers", "S4D": "layers", "DSS": "layers",
-    "S5": "layers", "Mega": "layers", "S6": "layers", "Attention": "layers",
+    "S5": "layers", "Mega": "layers", "S6": "layers", "Mamba2": "layers",
+    "Attention": "layers",
     "ModelConfig": "model", "SequenceClassifier": "model", "build_model": "model", "preset": "model",
     "PRESETS": "model",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "read_metadata": "checkpoint",

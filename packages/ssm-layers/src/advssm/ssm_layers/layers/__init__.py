@@ -2,6 +2,7 @@
 from .attention import Attention
 from .base import SequenceLayer
 from .dss import DSS
+from .mamba2 import Mamba2
 from .mega import Mega
 from .s4 import S4
 from .s4d import S4D
@@ -15,7 +16,8 @@ LAYERS: dict[str, type[SequenceLayer]] = {
     "s5": S5,
     "mega": Mega,
     "s6": S6,
+    "mamba2": Mamba2,
     "attention": Attention,
 }
 
-__all__ = ["LAYERS", "SequenceLayer", "S4", "S4D", "DSS", "S5", "Mega", "S6", "Attention"]
+__all__ = ["LAYERS", "SequenceLayer", "S4", "S4D", "DSS", "S5", "Mega", "S6", "Mamba2", "Attention"]
