@@ -1,8 +1,15 @@
 """Jacobian regularisation (Hoffman, Roberts and Yaida 2019): a cheap unbiased estimate of ||J||_F^2."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
+
+try:  # the layer zoo's ops and attention take twice-differentiable paths inside this block
+    from advssm.ssm_layers.ops import double_backward
+except ImportError:  # adv-train without the zoo: any other model is differentiated as it is
+    double_backward = contextlib.nullcontext
 
 
 def jacobian_frobenius_sq(model: nn.Module, x: Tensor, n_projections: int, generator: torch.Generator) -> Tensor:
@@ -10,7 +17,15 @@ def jacobian_frobenius_sq(model: nn.Module, x: Tensor, n_projections: int, gener
 
     For v uniform on the unit sphere of the C-dimensional output space, ``C * E ||v^T J||^2 = ||J||_F^2``,
     so ``n_projections`` vector-Jacobian products replace the C a full Jacobian would take. The graph is
-    kept (``create_graph``) so the estimate can be minimised.
+    kept (``create_graph``) so the estimate can be minimised. The forward runs inside
+    ``advssm.ssm_layers.ops.double_backward()`` (when advssm-ssm-layers is installed), so every op and
+    layer of the zoo takes a path autograd differentiates twice (each substitution said once, with a
+    ``DoubleBackwardWarning``).
+
+    Example:
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> jacobian_frobenius_sq(model, torch.rand(2, 4), 1, torch.Generator().manual_seed(0)).shape
+        torch.Size([])
 
     Args:
         model: maps ``x`` to logits of shape (batch, classes).
@@ -21,7 +36,8 @@ def jacobian_frobenius_sq(model: nn.Module, x: Tensor, n_projections: int, gener
     if n_projections < 1:
         raise ValueError(f"n_projections must be >= 1, got {n_projections}")
     x = x.detach().requires_grad_(True)
-    logits = model(x)
+    with double_backward():
+        logits = model(x)
     batch, classes = logits.shape
     total = logits.new_zeros(())
     for _ in range(n_projections):

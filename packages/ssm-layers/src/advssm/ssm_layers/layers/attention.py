@@ -6,6 +6,10 @@
 
 ``mix`` returns y (before the output projection); ``project`` is dropout -> out_proj.
 No positional encoding: position enters only through the causal mask.
+
+``causal_attention`` (shared with Mega) runs ``scaled_dot_product_attention``; under
+``ops.double_backward()`` it pins SDPA's math backend, as the fused kernels (flash attention on
+the CPU, flash / memory-efficient on CUDA) have a first-order backward only.
 """
 from __future__ import annotations
 
@@ -13,7 +17,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import double_backward_enabled, say_double_backward
 from .base import SequenceLayer, check_backend, check_dropout
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, is_causal=True)``; on its math backend (differentiable
+    twice, L x L scores materialised) inside ``double_backward()``.
+
+    Example:
+        >>> q = torch.randn(2, 4, 16, 8)   # (batch, heads, L, d_head)
+        >>> causal_attention(q, q, q).shape
+        torch.Size([2, 4, 16, 8])
+    """
+    if not double_backward_enabled():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    say_double_backward("fused scaled_dot_product_attention", "SDPA's math backend")
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 class Attention(SequenceLayer):
@@ -44,7 +67,7 @@ class Attention(SequenceLayer):
         batch, L, _ = x.shape
         # (B, L, 3, heads, d_head) -> three tensors of shape (B, heads, L, d_head)
         q, k, v = self.qkv(x).view(batch, L, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = causal_attention(q, k, v)
         return y.transpose(1, 2).reshape(batch, L, self.d_model)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

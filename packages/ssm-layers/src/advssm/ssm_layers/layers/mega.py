@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import diag_scan, fft_conv
+from .attention import causal_attention
 from .base import SequenceLayer, at_least_fp32, autocast_off, check_backend, check_dropout, conv_backend
 
 EMA_MODES = ("fft", "scan")
@@ -117,6 +118,6 @@ class Mega(SequenceLayer):
         z, reset = F.silu(zr).split([self.z_dim, self.d_model], dim=-1)
         q, k = (z * self.qk_scale[i] + self.qk_offset[i] for i in range(2))
         # sdpa scales by 1/sqrt(z_dim) (the query width); a head dimension of 1 gives the single head.
-        attended = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], is_causal=True)[:, 0]
+        attended = causal_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         h = F.silu(candidate + self.h_proj(reset * attended))
         return self.dropout(torch.lerp(x, h, torch.sigmoid(update)))

@@ -8,17 +8,20 @@ probe) <- ``_dispatch`` (the ``Op`` record, the one ``dispatch`` function, the f
 kernel check) <- one module per op (input check, reference, PyTorch path, ``Op`` entry).
 The kernels in ``ops/triton`` import only torch and triton and are loaded by name on first use.
 """
-from ._backend import BACKENDS, BackendError, KernelCheckWarning, triton_status
+from ._backend import BACKENDS, BackendError, DoubleBackwardWarning, KernelCheckWarning, triton_status
 from ._dispatch import (
     FWD_TOL,
     GRAD_TOL,
     Op,
     compare,
+    double_backward,
+    double_backward_enabled,
     kernel_checks,
     kernel_entry_point,
     kernel_override,
     reset_kernel_checks,
     resolve_backend,
+    say_double_backward,
     tolerance,
 )
 from .diag_scan import DIAG_SCAN, diag_scan, diag_scan_ref
@@ -33,7 +36,7 @@ OPS: dict[str, Op] = {op.name: op for op in (SELECTIVE_SCAN, DIAG_SCAN, VANDERMO
 __all__ = [
     "BACKENDS", "BackendError", "KernelCheckWarning", "resolve_backend", "triton_status", "Op", "OPS",
     "FWD_TOL", "GRAD_TOL", "tolerance", "compare", "kernel_checks", "reset_kernel_checks", "kernel_entry_point",
-    "kernel_override",
+    "kernel_override", "double_backward", "double_backward_enabled", "say_double_backward", "DoubleBackwardWarning",
     "selective_scan", "selective_scan_ref", "diag_scan", "diag_scan_ref",
     "vandermonde_kernel", "vandermonde_kernel_ref", "fft_conv", "fft_conv_ref", "ssd", "ssd_reference",
 ]

@@ -20,6 +20,12 @@ class KernelCheckWarning(RuntimeWarning):
     """A Triton kernel disagreed with the PyTorch path on this device; ``backend="auto"`` runs the PyTorch path."""
 
 
+class DoubleBackwardWarning(UserWarning):
+    """Under ``double_backward()`` an op or layer runs its twice-differentiable path in place of the one it
+    would run otherwise (a Triton kernel, a fast path or fused attention with a first-order backward only).
+    Said once per process and substitution."""
+
+
 def interpreting() -> bool:
     """Whether Triton runs kernels in its interpreter on the CPU (``TRITON_INTERPRET=1``, read by
     triton when it is imported)."""

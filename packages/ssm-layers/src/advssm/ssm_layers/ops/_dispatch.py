@@ -16,6 +16,13 @@ Backend choice:
   inputs, the first-use check failed). Never a silent fallback.
 - ``torch``, ``reference``: the PyTorch path and the sequential reference, on any device.
 
+Double backward: inside ``double_backward()`` (Jacobian regularisation runs its forward there)
+every backend but ``reference`` runs the op's ``twice_differentiable`` path (its PyTorch path when
+that is already made of differentiable ops): the Triton kernels and the hand-written backward of a
+fast PyTorch path are first-order only. Each substitution is said once per process with a
+``DoubleBackwardWarning``; outside the block a hand-written backward asked for a second derivative
+raises an error that names ``double_backward()``.
+
 The first-use check: the first time a process would run a kernel for a (device, kernel,
 dtypes, shape class), the kernel and the PyTorch path run on a small seeded input of that
 shape class (forward, and the gradient of a random linear functional of the outputs with
@@ -36,7 +43,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ._backend import BACKENDS, BackendError, KernelCheckWarning, device_name, triton_status, triton_version
+from ._backend import (
+    BACKENDS,
+    BackendError,
+    DoubleBackwardWarning,
+    KernelCheckWarning,
+    device_name,
+    triton_status,
+    triton_version,
+)
 
 # Kernel modules live here; an Op names its entry point as "module:function" relative to it.
 _KERNEL_PACKAGE = "advssm.ssm_layers.ops.triton"
@@ -71,6 +86,9 @@ class Op:
             verdict holds for every call of the same class.
         example: ``(args, generator) -> args``: a small input of the same shape class, dtypes
             and device, drawn from ``generator``, for the first-use check.
+        twice_differentiable: the PyTorch path run under ``double_backward()``, made of ops autograd
+            differentiates twice, or None when ``torch`` itself is.
+        fast_path: what ``torch`` is, said when ``twice_differentiable`` replaces it.
     """
 
     name: str
@@ -80,6 +98,8 @@ class Op:
     kernel: str | None = None
     shape_class: Callable | None = None
     example: Callable | None = None
+    twice_differentiable: Callable | None = None
+    fast_path: str = "the PyTorch path"
 
 
 def _device(tensors) -> torch.device:
@@ -129,6 +149,64 @@ def _resolve(backend: str, device: torch.device, op: str, has_triton: bool) -> t
     return backend, False
 
 
+# --------------------------------------------------------------------------- double backward
+
+_double_backward_depth = 0  # process-wide: the flag is read at forward time, in whichever thread runs it
+_said: set[tuple[str, str]] = set()  # substitutions already announced
+
+
+@contextlib.contextmanager
+def double_backward():
+    """Inside this block every op (and the attention layers) runs a path that autograd differentiates
+    twice, so that ``torch.autograd.grad(..., create_graph=True)`` of the outputs can itself be
+    differentiated: Jacobian regularisation and other gradient penalties. Only the forward needs to
+    run inside. Each op or layer whose usual path is first-order only says once (``DoubleBackwardWarning``)
+    what runs instead.
+
+    Example:
+        >>> from advssm.ssm_layers.ops import diag_scan, double_backward
+        >>> u = torch.randn(1, 2, 5, requires_grad=True)
+        >>> with double_backward():
+        ...     y = diag_scan(torch.full((2, 1), 0.9), u)
+        >>> (g,) = torch.autograd.grad(y.pow(2).sum(), u, create_graph=True)
+        >>> g.pow(2).sum().backward()  # the second derivative
+    """
+    global _double_backward_depth
+    with _lock:
+        _double_backward_depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _double_backward_depth -= 1
+
+
+def double_backward_enabled() -> bool:
+    """Whether a ``double_backward()`` block is open (the ops then run twice-differentiable paths)."""
+    return _double_backward_depth > 0
+
+
+def say_double_backward(what: str, instead: str) -> None:
+    """Warn once per process that under ``double_backward()`` ``what`` is replaced by ``instead``."""
+    with _lock:
+        if (what, instead) in _said:
+            return
+        _said.add((what, instead))
+    warnings.warn(f"double backward (Jacobian regularisation): {what} has a first-order backward only; "
+                  f"{instead} runs instead (said once per process)", DoubleBackwardWarning, stacklevel=3)
+
+
+def _twice_differentiable(op: Op, name: str, device: torch.device):
+    """The path ``dispatch`` runs under ``double_backward()`` for the resolved backend ``name``."""
+    path = op.twice_differentiable or op.torch
+    if name == "triton":
+        say_double_backward(f"{op.name}'s Triton kernel on {device.type}",
+                            f"its twice-differentiable PyTorch path ({path.__name__})")
+    elif op.twice_differentiable is not None:
+        say_double_backward(f"{op.name}'s {op.fast_path}", f"its twice-differentiable path ({path.__name__})")
+    return path
+
+
 def dispatch(op: Op, backend: str, *args):
     """Run ``op`` on ``args`` with ``backend`` (see the module docstring for the rules)."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -136,6 +214,10 @@ def dispatch(op: Op, backend: str, *args):
     name, explicit = _resolve(backend, device, op.name, op.kernel is not None)
     if name == "reference":
         return op.reference(*args)
+    if double_backward_enabled():
+        if name == "triton":
+            op.check(*args)
+        return _twice_differentiable(op, name, device)(*args)
     if name == "torch":
         return op.torch(*args)
     op.check(*args)  # the kernels take validated inputs

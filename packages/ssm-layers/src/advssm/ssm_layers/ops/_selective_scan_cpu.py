@@ -26,6 +26,9 @@ figures in docs/performance.md):
   again one ``addcmul_`` per step. Memory held for backward: time-major copies of the inputs
   and one state per block (at most 1/``_MIN_STEPS`` of all states).
 - Forward and backward run on one intra-op thread (``_one_intra_op_thread``).
+- The backward is first-order only (``out=`` and in-place ops record no graph); a second
+  derivative raises an error naming ``double_backward()``, under which ``selective_scan`` runs
+  its twice-differentiable path instead.
 """
 from __future__ import annotations
 
@@ -143,6 +146,11 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlast):
+        if torch.is_grad_enabled():  # create_graph: the out= and in-place ops below record no graph
+            raise RuntimeError(
+                "selective_scan's block-wise PyTorch scan has a first-order backward only, and a second derivative "
+                "was asked for (create_graph=True); run the forward inside advssm.ssm_layers.ops.double_backward() "
+                "(Jacobian regularisation does), where selective_scan runs its twice-differentiable path")
         u_t, delta_t, A_t, B_t, C_t, starts, D, z_t, y_t, pre_t = ctx.saved_tensors
         with torch.autocast(device_type=u_t.device.type, enabled=False), _one_intra_op_thread(u_t.device):
             dy_t = _time_major(dout.to(u_t.dtype))

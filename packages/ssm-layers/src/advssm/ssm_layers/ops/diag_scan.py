@@ -121,10 +121,19 @@ class _DiagScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h):
         a, b, h0, h = ctx.saved_tensors
+        # With create_graph (grad mode on here) the backward is built from differentiable ops, the
+        # scans from this Function itself, so it can be differentiated again; otherwise the
+        # in-place scans run, with no graph to record.
+        graph = torch.is_grad_enabled()
+        if graph:  # the states as a function of the inputs (the saved ones are detached)
+            h = _DiagScan.apply(a, b, h0).to(h.dtype)
         a_full = a.to(h.dtype).expand(b.shape)
         # adjoint: g_t = grad_h_t + conj(a_{t+1}) g_{t+1}, run backwards in time
         a_next = torch.cat([a_full[..., 1:], torch.ones_like(a_full[..., :1])], dim=-1).conj()
-        g = linear_scan(a_next, grad_h.to(h.dtype), reverse=True)
+        if graph:
+            g = _DiagScan.apply(a_next.flip(-1), grad_h.to(h.dtype).flip(-1), None).flip(-1)
+        else:
+            g = linear_scan(a_next, grad_h.to(h.dtype), reverse=True)
         h_first = torch.zeros_like(h[..., :1])
         if h0 is not None:
             h_first = h0.to(b.dtype).to(h.dtype).expand(b.shape[:-1])[..., None]
@@ -146,7 +155,8 @@ def _reduce_to(grad, like):
 
 
 def diag_scan_torch(a, b, h0=None):
-    """Fast PyTorch path: log-step scan forwards, adjoint log-step scan backwards."""
+    """Fast PyTorch path: log-step scan forwards, adjoint log-step scan backwards (differentiable
+    again under ``create_graph``: the path ``double_backward()`` runs too)."""
     _check(a, b, h0)
     return _DiagScan.apply(a, b, h0)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ._dispatch import Op, dispatch
 from ._selective_scan_cpu import selective_scan_cpu
+from .diag_scan import diag_scan_torch
 
 
 def _check(u, delta, A, B, C, D=None, z=None, delta_bias=None, *flags):
@@ -116,6 +117,38 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return (y, last) if return_last_state else y
 
 
+def selective_scan_twice_differentiable(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                        return_last_state=False):
+    """The path ``double_backward()`` runs: every state materialised as (batch, dim, N, L) and the
+    recurrence run by ``diag_scan``'s PyTorch path (a log-step scan whose backward is differentiable
+    again), so autograd can take second derivatives. Memory: a few (batch, dim, N, L) tensors, where
+    ``selective_scan_torch`` keeps one state per block; the Jacobian regulariser needs it only for the
+    forward of its clean batch.
+
+    Example:
+        >>> u, delta = torch.randn(2, 4, 10, requires_grad=True), torch.rand(2, 4, 10)
+        >>> A, B, C = -torch.rand(4, 3), torch.randn(2, 3, 10), torch.randn(2, 3, 10)
+        >>> y = selective_scan_twice_differentiable(u, delta, A, B, C, delta_softplus=True)
+        >>> (g,) = torch.autograd.grad(y.pow(2).sum(), u, create_graph=True)
+        >>> g.pow(2).sum().backward()
+    """
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    work = torch.float64 if u.dtype == torch.float64 else torch.float32
+    with _autocast_off(u.device):
+        u, delta, A, B, C, D, z, delta_bias = (None if t is None else t.to(work)
+                                               for t in (u, delta, A, B, C, D, z, delta_bias))
+        delta = _prepare_delta(delta, delta_bias, delta_softplus)
+
+        def per_step(M):  # (batch, N, L) -> (batch, 1, N, L); fixed (dim, N) -> (1, dim, N, 1)
+            return M[:, None] if M.dim() == 3 else M[None, :, :, None]
+
+        decay = torch.exp(delta[:, :, None, :] * A[None, :, :, None])  # (batch, dim, N, L)
+        states = diag_scan_torch(decay, (delta * u)[:, :, None, :] * per_step(B))
+        y = _finish((states * per_step(C)).sum(2), u, D, z).to(dtype_in)
+    return (y, states[..., -1]) if return_last_state else y
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -148,7 +181,9 @@ def _example(args, gen):
 
 
 SELECTIVE_SCAN = Op("selective_scan", _check, selective_scan_ref, selective_scan_torch,
-                    kernel="selective_scan:selective_scan_fn", shape_class=_shape_class, example=_example)
+                    kernel="selective_scan:selective_scan_fn", shape_class=_shape_class, example=_example,
+                    twice_differentiable=selective_scan_twice_differentiable,
+                    fast_path="block-wise PyTorch scan (selective_scan_torch)")
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
