@@ -7,7 +7,9 @@
     y = selective_scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus=True)   # gated by silu(z)
 
 ``mix`` returns y (B, L, d_inner), the SSM output where a transform (AdS) attaches;
-``project`` is dropout -> out_proj. B, C and delta depend on the input, so S6 is not LTI.
+``project`` is dropout -> out_proj. B, C and delta depend on the input, so S6 is not LTI but selective
+(``is_selective``); ``selective_internals(x)`` exposes delta and the state's energy for the internal attacks of
+``advssm.ads.internal_attacks``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
 
 class S6(SequenceLayer):
     """The Mamba block: selective SSM with a causal depthwise convolution and a SiLU gate.
+
+    Example:
+        >>> layer = S6(d_model=8, d_state=4)
+        >>> layer(torch.rand(2, 16, 8)).shape
+        torch.Size([2, 16, 8])
 
     Args:
         d_model: model width H.
@@ -76,17 +83,24 @@ class S6(SequenceLayer):
         for param in (self.A_log, self.D):
             param._optim = {"weight_decay": 0.0}
 
+    is_selective = True
+
     @property
     def transform_dim(self) -> int:
         return self.d_inner
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """Gated selective-scan output, (B, L, d_inner)."""
+    def _scan_inputs(self, x: torch.Tensor):
+        """(u, z, delta before bias and softplus, B, C): u, z, delta (B, d_inner, L), B and C (B, L, N)."""
         L = x.shape[1]
         u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         u = F.silu(self.conv1d(u)[..., :L])  # padding d_conv - 1 then truncation keeps the conv causal
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # bias added inside the scan, before softplus
+        return u, z, delta, B, C
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Gated selective-scan output, (B, L, d_inner)."""
+        u, z, delta, B, C = self._scan_inputs(x)
         y = selective_scan(
             u, delta, -torch.exp(at_least_fp32(self.A_log)), B.transpose(1, 2), C.transpose(1, 2),
             at_least_fp32(self.D), z=z, delta_bias=at_least_fp32(self.dt_proj.bias), delta_softplus=True,
@@ -97,3 +111,29 @@ class S6(SequenceLayer):
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Dropout, then out_proj back to (B, L, d_model); ``x`` is unused."""
         return self.out_proj(self.dropout(y))
+
+    def selective_internals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The input-dependent internals for the layer input ``x`` (B, L, d_model):
+
+        - ``delta``: the step sizes softplus(dt_proj(dt) + bias) the scan uses, (B, L, d_inner);
+        - ``state_energy``: the squared norm of the state after each step, summed over the channels, (B, L),
+          from the plain recurrence h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t (differentiable; one step
+          at a time, so slow on long sequences).
+
+        Example:
+            >>> internals = S6(d_model=8, d_state=4).selective_internals(torch.randn(2, 5, 8))
+            >>> internals["delta"].shape, internals["state_energy"].shape
+            (torch.Size([2, 5, 16]), torch.Size([2, 5]))
+        """
+        self._check_input(x)
+        u, _, delta, B, _ = self._scan_inputs(x)
+        delta = F.softplus(at_least_fp32(delta) + at_least_fp32(self.dt_proj.bias)[:, None])  # (B, d_inner, L)
+        u, B = at_least_fp32(u), at_least_fp32(B)
+        A = -torch.exp(at_least_fp32(self.A_log))  # (d_inner, N)
+        h = u.new_zeros(u.shape[0], self.d_inner, self.d_state)
+        energy = []
+        for t in range(u.shape[-1]):
+            d = delta[..., t, None]  # (B, d_inner, 1)
+            h = torch.exp(d * A) * h + (d * u[..., t, None]) * B[:, t, None, :]
+            energy.append(h.pow(2).sum(dim=(1, 2)))
+        return {"delta": delta.transpose(1, 2), "state_energy": torch.stack(energy, dim=1)}
