@@ -6,7 +6,9 @@ norm; then pooling and logits), measures the relative error ``||h(x+d) - h(x)|| 
 the hidden-state MSE and the KL divergence of the point's outputs, and the change rate of
 each across the component, ``(after - before) / before`` (the paper's component analysis,
 arXiv 2406.05532). For linear time-invariant layers it also checks the measured mix error
-against the bound their parameters imply.
+against the bound their parameters imply; it is the bound of a causal convolution, so it applies to the
+causal scan (pixels or patches as tokens) and not to a bidirectional or cross2d scan, whose report says so
+(``meta["lti_bound"]``, also printed above the table).
 """
 from __future__ import annotations
 
@@ -72,6 +74,8 @@ class PropagationReport:
                  f"||x_adv - x||_inf = {self.perturbation_linf:.4g}"]
         if self.clean_accuracy is not None:
             lines[0] += f", accuracy clean {self.clean_accuracy:.2%} / perturbed {self.adv_accuracy:.2%}"
+        if self.meta.get("lti_bound"):
+            lines.append(f"LTI bound: {self.meta['lti_bound']}")
         lines += ["", "| point | block | component | rel. error | change rate | MSE | MSE change | KL | KL change "
                       "| measured / bound |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -185,11 +189,33 @@ def propagation_analysis(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor 
     kl = _feature_kl(clean["logits"], adv["logits"])
     accuracies = [None, None] if y is None else [float((t["logits"].argmax(-1) == y).double().mean())
                                                  for t in (clean, adv)]
+    meta = {"layer": getattr(getattr(model, "config", None), "layer", None),
+            "transform": getattr(getattr(model, "config", None), "transform", None)}
+    note = lti_bound_note(model)
+    if note is not None:  # LTI layers whose bound is not checked: say why
+        meta["lti_bound"] = note
     return PropagationReport(rows=rows, kl=kl, n_examples=x.shape[0],
                              perturbation_linf=float((x_adv - x).abs().max()),
-                             clean_accuracy=accuracies[0], adv_accuracy=accuracies[1],
-                             meta={"layer": getattr(getattr(model, "config", None), "layer", None),
-                                   "transform": getattr(getattr(model, "config", None), "transform", None)})
+                             clean_accuracy=accuracies[0], adv_accuracy=accuracies[1], meta=meta)
+
+
+def lti_bound_note(model: nn.Module) -> str | None:
+    """Why the LTI bound is not checked although the layers are LTI (a non-causal scan), else None.
+
+    Example:
+        >>> from advssm.ssm_layers import ModelConfig, build_model
+        >>> lti_bound_note(build_model(ModelConfig(d_model=8, d_state=4, scan="bidirectional")))[:14]
+        'not applicable'
+    """
+    layers = [block.layer for block in model.blocks]
+    wrapped = [layer for layer in layers if not getattr(layer, "is_causal", True)
+               and getattr(getattr(layer, "directions", [None])[0], "is_lti", False)]
+    if not wrapped:
+        return None
+    scan = getattr(wrapped[0], "scan", type(wrapped[0]).__name__)
+    return (f"not applicable: the layers are LTI but the {scan} scan is not causal (each token's output sums "
+            "directions that read it in different orders), so the causal-convolution bound does not hold for the "
+            "mix step; use scan 'causal' for the bound")
 
 
 def _locate(name: str) -> tuple[int | None, str]:

@@ -42,8 +42,8 @@ from .executor_spec import ExecutorSpec
 
 ADS_CHOICES = ("none", "relu", "sigmoid", "tanh")
 # grid axis -> (section, key) of the setting it varies, in the order cell names list them
-GRID_AXES = {"dataset": ("data", "dataset"), "layer": ("model", "layer"), "method": ("train", "method"),
-             "ads": ("", "ads")}
+GRID_AXES = {"dataset": ("data", "dataset"), "layer": ("model", "layer"), "patch_size": ("model", "patch_size"),
+             "scan": ("model", "scan"), "method": ("train", "method"), "ads": ("", "ads")}
 FROM_DATA = ("d_input", "n_classes")  # ModelConfig fields the data set decides
 CLI_TRAIN_KEYS = ("init_from",)  # [train] keys the CLI handles itself (not TrainConfig fields)
 PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's value for each cell's layer
@@ -67,6 +67,9 @@ PRESETS = {
     "paper-tinyimagenet": {"data": {"dataset": "tinyimagenet", "tiny_classes": 50}, "model_preset": "tinyimagenet",
                            "train_dataset": "tinyimagenet"},
 }
+# the vision models (advssm.ssm_layers.model.VISION_PRESETS owns their architecture) under the paper's protocol
+PRESETS.update({f"{family}-{dataset}": {**PRESETS[f"paper-{dataset}"], "model_preset": f"{family}-{dataset}"}
+                for family in ("vim", "vmamba") for dataset in ("cifar10", "tinyimagenet")})
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -151,6 +154,8 @@ class GridSpec(_Frozen):
 
     dataset: list[str] | None = Field(default=None, min_length=1)
     layer: list[str] | None = Field(default=None, min_length=1)
+    patch_size: list[int | Literal["none"]] | None = Field(default=None, min_length=1)
+    scan: list[str] | None = Field(default=None, min_length=1)
     method: list[str] | None = Field(default=None, min_length=1)
     ads: list[str] | None = Field(default=None, min_length=1)
 
@@ -161,9 +166,16 @@ class GridSpec(_Frozen):
             raise ValueError(f"lists a value twice: {value!r}")
         return value
 
-    def axes(self) -> dict[str, list[str]]:
+    def axes(self) -> dict[str, list]:
         """The varied axes in cell-name order."""
         return {axis: getattr(self, axis) for axis in GRID_AXES if getattr(self, axis) is not None}
+
+
+def axis_label(axis: str, value) -> str:
+    """A grid value as its cell name writes it: patch_size 4 -> "patch4", "none" -> "pixels"; others as given."""
+    if axis == "patch_size":
+        return "pixels" if value == "none" else f"patch{value}"
+    return str(value)
 
 
 def _section_model(name: str, cls, drop=(), extra: dict | None = None, replace: dict | None = None):
@@ -318,9 +330,10 @@ def _make_cell(spec, values: dict[str, str]):
         section, key = GRID_AXES[axis]
         if axis == "ads":
             ads = value
-        else:
+        else:  # a patch_size axis writes "none" (pixels as tokens), as TOML has no null
+            value = None if axis == "patch_size" and value == "none" else value
             {"data": data, "model": model, "train": train}[section][key] = value
-    name = "-".join(values.values()) or "cell"
+    name = "-".join(axis_label(axis, value) for axis, value in values.items()) or "cell"
     where = f" (cell {name})" if values else ""
     if model["d_state"] == PAPER_D_STATE:
         if spec.preset not in PRESETS:

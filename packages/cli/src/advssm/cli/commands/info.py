@@ -39,6 +39,16 @@ def _backend_lines(report: dict) -> list[str]:
     return lines + [f"  {name} not available: {reason}" for name, reason in missing.items()]
 
 
+def _models() -> dict:
+    """The layers, scan orders and model presets this advssm-ssm-layers builds."""
+    from advssm.ssm_layers import LAYERS
+    from advssm.ssm_layers.layers.scans import SCANS
+    from advssm.ssm_layers.model import PRESETS, VISION_PRESETS
+
+    return {"layers": list(LAYERS), "scans": list(SCANS), "presets": [*PRESETS, *VISION_PRESETS],
+            "tokens": "pixels (default) or p x p patches (model.patch_size, --patch-size)"}
+
+
 def collect() -> dict:
     """Everything ``info`` prints, as a dict."""
     import torch
@@ -50,6 +60,7 @@ def collect() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "backends": _backends(device),
+        "models": _models(),
         "device": {"cuda": cuda, "name": torch.cuda.get_device_name(0) if cuda else "cpu",
                    "cpu_threads": torch.get_num_threads()},
     }
@@ -58,7 +69,8 @@ def collect() -> dict:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(as_json: bool) -> None:
-    """Versions of the advssm packages, torch and triton; kernel backends; the device.
+    """Versions of the advssm packages, torch and triton; kernel backends; the device; the layers, scan
+    orders (causal, bidirectional, cross2d), tokens (pixels or patches) and model presets.
 
     \b
     Examples:
@@ -69,5 +81,7 @@ def info(as_json: bool) -> None:
     lines = [f"{dist:18} {ver or 'not installed'}" for dist, ver in data["versions"].items()]
     lines += [f"{'python':18} {data['python']} ({data['platform']})",
               f"{'device':18} {data['device']['name']} (torch threads: {data['device']['cpu_threads']})",
+              *(f"{key:18} {value if isinstance(value, str) else ', '.join(value)}"
+                for key, value in data["models"].items()),
               *_backend_lines(data["backends"])]
     emit(data, as_json, "\n".join(lines))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import click
+from advssm.ssm_layers.layers.scans import SCANS
 
 from ..spec import PRESETS, parse_assignment
 from ._experiment import common_options, launch, resolve_or_resume
@@ -14,13 +15,28 @@ FLAG_SETTINGS = {
     "train_size": "data.train_size", "test_size": "data.test_size", "seed": "train.seed", "device": "train.device",
     "name": "name", "tiny_classes": "data.tiny_classes", "lr": "train.lr", "batch_size": "train.batch_size",
     "eps_warmup_epochs": "train.eps_warmup_epochs", "init_from": "train.init_from", "select_on": "train.select_on",
-    "select_by": "train.select_by",
+    "select_by": "train.select_by", "patch_size": "model.patch_size", "scan": "model.scan",
 }
+
+
+class PatchSize(click.ParamType):
+    """--patch-size: a positive int, or none (pixels as tokens)."""
+
+    name = "INT|none"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() == "none":
+            return value if isinstance(value, int) else "none"
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a patch size (an int such as 4) nor none", param, ctx)
 
 
 @click.command()
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="The paper's model and protocol for a data set.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="The paper's model and protocol for a data set "
+              "(paper-*), or a small vision model (vim-*, vmamba-*) under that protocol.")
 @click.option("--model", help="Layer: s4, s4d, dss, s5, mega, s6, attention.")
 @click.option("--method", help="Training method: standard, pgd-at, trades, mart, free-at, yopo, fast-at; "
               "comma-separated for one cell each (standard,pgd-at).")
@@ -31,6 +47,9 @@ FLAG_SETTINGS = {
 @click.option("--download", is_flag=True, default=None, help="Fetch MNIST / CIFAR-10 with torchvision.")
 @click.option("--eps", type=float, help="Linf budget of training and evaluation attacks.")
 @click.option("--alpha", type=float, help="PGD step size.")
+@click.option("--patch-size", type=PatchSize(), help="Images as non-overlapping PxP patch tokens (none: pixels).")
+@click.option("--scan", type=click.Choice(SCANS), help="Token order(s) of every layer: causal, bidirectional (Vim), "
+              "cross2d (VMamba's four 2-D directions).")
 @click.option("--d-model", type=int)
 @click.option("--n-layers", type=int)
 @click.option("--d-state", type=int)
@@ -63,6 +82,8 @@ def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, prog
       advssm run --model s6 --method trades --ads relu --epochs 5
       advssm run --method standard,trades --dataset mnist --data-dir ~/data --train-size 4000 --test-size 500
       advssm run --preset paper-mnist --data-dir ~/data --model s4
+      advssm run --patch-size 2 --scan cross2d
+      advssm run --preset vim-cifar10 --data-dir ~/data
       advssm run exp.toml --set train.aa_every=2 --out runs/exp1
       advssm run --dry-run --dataset cifar10
       advssm run --resume runs/20260101-120000-run
