@@ -1,5 +1,5 @@
 """Sessions: tests (the README's test command), per-package installs, kernels, slow, slurm (a real
-one-node Slurm cluster), lint, docs and the torch-version matrix.
+one-node Slurm cluster), browser (the HTML report in Chromium), lint, docs and the torch-version matrix.
 
 torch is pinned in every session so that pip never resolves an unpinned ``torch`` to a
 multi-GB CUDA download. nox's default virtualenv + pip backend is used on purpose: pip
@@ -25,7 +25,7 @@ PACKAGES = {
     "cli": ["packages/ssm-layers", "packages/adv-train", "packages/ads", "packages/cli[test]"],
 }
 ALL = ["packages/ssm-layers[test]", "packages/adv-train[test]", "packages/ads[test]", "packages/cli[test]"]
-PYTEST = ["pytest", "-m", "not slow and not kernels and not slurm", "-p", "no:cacheprovider"]
+PYTEST = ["pytest", "-m", "not slow and not kernels and not slurm and not browser", "-p", "no:cacheprovider"]
 WORKERS = ["-n", os.environ.get("ADVSSM_TEST_WORKERS", "2")]
 # One intra-op thread per test worker: two workers of two OpenMP threads each on two cores spin-wait for each
 # other (measured: tests about 10x slower on a loaded machine). Tests that need another count set it themselves.
@@ -120,6 +120,19 @@ def slurm(session: nox.Session) -> None:
                     env={"SLURM_CONF": os.path.join(state, "slurm.conf"), "ADVSSM_SLURM_TESTS": "1"})
     finally:
         session.run("bash", ".ci/slurm/stop.sh", state, external=True)
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """report.html in a real headless Chromium: no console error, every plot visible, sorting, the sweep's grid.
+
+    .ci/browser/install.sh installs Debian's chromium when it is missing (root, apt-get); each test module
+    starts Chromium with an empty profile and stops it by its PID.
+    """
+    _install(session, DEFAULT_TORCH, *PACKAGES["cli"])
+    session.run("bash", ".ci/browser/install.sh", external=True)
+    session.run("pytest", "-m", "browser", "-p", "no:cacheprovider", "packages/cli/tests", *session.posargs,
+                env=TEST_ENV)
 
 
 @nox.session

@@ -105,8 +105,10 @@ def _grouped(label: str, texts: list, names: list[str]) -> list[str]:
     return [f"{label}{'' if every else ' (' + ', '.join(cells) + ')'}: {text}." for text, cells in groups.items()]
 
 
-def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config_text: str | None = None) -> Path:
-    """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells`` (table row name -> folder)."""
+def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config_text: str | None = None,
+                 html: bool = True) -> Path:
+    """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells`` (table row name -> folder),
+    and with ``html`` the same as one self-contained page, ``run_dir/report.html`` (``report_html``)."""
     from .cell_folder import read_train_eval
     from .final_eval import describe
     from .plots import plot_comparison, plot_metrics
@@ -145,4 +147,8 @@ def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config
         parts += ["## Configuration", "", "```toml", config_text.strip(), "```", ""]
     path = run_dir / REPORT_FILE
     path.write_text("\n".join(parts))
+    if html:
+        from .report_html import write_html
+
+        write_html(run_dir, dict(zip([name for name, _ in rows], cells)), title, config_text)
     return path

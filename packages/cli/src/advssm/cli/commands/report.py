@@ -1,4 +1,4 @@
-"""``advssm report``: compare finished runs in one markdown table and one plot."""
+"""``advssm report``: compare finished runs in one markdown table and one plot (and one HTML page)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,7 @@ import click
 from .. import runs
 from ..errors import ConfigError
 from ..output import emit
+from ..report_html import REPORT_HTML
 
 
 @click.command()
@@ -15,8 +16,11 @@ from ..output import emit
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for report.md and accuracy.png "
               "(default: the run folder when there is one, whose report.md is regenerated with its configuration; "
               "else the current folder).")
+@click.option("--html", is_flag=True, help="Also write report.html: one self-contained page (sortable table, "
+              "curves, AutoAttack components, warnings, the sweep's grid; opens offline). A report.html already "
+              "in the folder is always rewritten, so it never disagrees with report.md.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def report(run_dirs, out, as_json):
+def report(run_dirs, out, html, as_json):
     """Paper-style table (clean / PGD-10 / AA, best and last, Diff) and accuracy plots across runs.
 
     Each RUN_DIR is a run folder (all its finished cells are listed) or one cell folder.
@@ -25,6 +29,7 @@ def report(run_dirs, out, as_json):
     Examples:
       advssm report runs/20260101-120000-run
       advssm report runs/a runs/b/pgd-at --out comparison
+      advssm report runs/zoo --html
     """
     cells = []
     for run_dir in map(Path, run_dirs):
@@ -45,7 +50,10 @@ def report(run_dirs, out, as_json):
     # writing into a run folder regenerates its report.md: keep the configuration section `run` wrote there
     config_file = out_dir / runs.CONFIG_FILE
     config_text = config_file.read_text() if config_file.is_file() else None
-    path = runs.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs), config_text=config_text)
+    html = html or (out_dir / REPORT_HTML).is_file()
+    path = runs.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs), config_text=config_text,
+                             html=html)
     summaries = {name: runs.read_summary(cell) for name, cell in named.items()}
-    emit({"report": str(path), "cells": summaries}, as_json,
-         f"{runs.summary_table(list(summaries.items()))}\n\nreport: {path}")
+    page = out_dir / REPORT_HTML if html else None
+    emit({"report": str(path), "html": str(page) if page else None, "cells": summaries}, as_json,
+         f"{runs.summary_table(list(summaries.items()))}\n\nreport: {path}" + (f"\nhtml: {page}" if page else ""))

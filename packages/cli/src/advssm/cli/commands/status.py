@@ -10,6 +10,7 @@ import click
 from .. import jobs
 from ..errors import ConfigError
 from ..output import emit
+from ..report_html import REPORT_HTML
 from ..runs import CONFIG_FILE
 from ..spec import load_toml, resolve_experiment
 
@@ -44,6 +45,13 @@ def summary_line(rows: list[jobs.CellStatus]) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts(rows).items())
 
 
+def report_link(page: Path) -> str:
+    """The line naming the sweep's HTML report (a file:// link a terminal can open), or "" before there is one."""
+    if not page.is_file():
+        return ""
+    return f"\nreport: {page.resolve().as_uri()} (rewritten as cells end; partial cells are marked)"
+
+
 def read_status(run_dir: Path) -> list[jobs.CellStatus]:
     """The status of every cell of the sweep in ``run_dir`` (its config.toml names the cells)."""
     path = run_dir / CONFIG_FILE
@@ -63,6 +71,7 @@ def status(run_dir, as_json, watch, interval):
     the best PGD accuracy so far, its job and the last line of its log (or its error).
 
     Reads the run folder only; it works while the sweep runs, under any executor, and after it ended.
+    The last line links the sweep's report.html once one is written.
 
     \b
     Examples:
@@ -73,13 +82,15 @@ def status(run_dir, as_json, watch, interval):
     run_dir = Path(run_dir)
     while True:
         rows = read_status(run_dir)
-        payload = {"run_dir": str(run_dir), "counts": counts(rows), "cells": [row.to_dict() for row in rows]}
+        page = run_dir / REPORT_HTML
+        payload = {"run_dir": str(run_dir), "counts": counts(rows), "cells": [row.to_dict() for row in rows],
+                   "report_html": str(page) if page.is_file() else None}
         if watch and as_json:
             click.echo(json.dumps(payload))  # one compact document per refresh (JSON lines)
         else:
             if watch and click.get_text_stream("stdout").isatty():
                 click.clear()
-            emit(payload, as_json, f"{status_table(rows)}\n\n{summary_line(rows)}")
+            emit(payload, as_json, f"{status_table(rows)}\n\n{summary_line(rows)}{report_link(page)}")
         if not watch or all(row.state in FINAL for row in rows):
             break
         time.sleep(interval)

@@ -1,0 +1,30 @@
+"""A layer x method sweep folder for the HTML report's tests, built from the tiny run's finished cells.
+
+Two cells (s4d-standard, s4d-pgd-at) are complete copies of the tiny run's; s6-standard has trained two
+epochs but has no summary yet, s6-pgd-at has not started. Nothing is trained here.
+"""
+import shutil
+import sys
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+def partial_sweep(tiny_run, folder):
+    """``folder`` as a 2 x 2 sweep (layer s4d, s6 x method standard, pgd-at) that is half done."""
+    config = tomllib.loads((tiny_run / "config.toml").read_text())
+    config["model"].pop("layer")
+    config["grid"] = {"layer": ["s4d", "s6"], "method": ["standard", "pgd-at"]}
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(tomli_w.dumps(config))
+    for method in ("standard", "pgd-at"):
+        shutil.copytree(tiny_run / method, folder / f"s4d-{method}")
+    running = folder / "s6-standard"
+    running.mkdir()
+    for name in ("metrics.jsonl", "cell.json", "train_eval.jsonl"):
+        shutil.copy(tiny_run / "standard" / name, running / name)
+    return folder
