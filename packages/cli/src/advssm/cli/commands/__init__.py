@@ -1,6 +1,7 @@
 """One file per command; ``COMMANDS`` is what the group registers."""
 from .analyze import analyze
 from .bench import bench
+from .certify import certify
 from .convert import convert
 from .eval import eval_command
 from .info import info
@@ -9,4 +10,4 @@ from .run import run
 from .status import status
 from .sweep import sweep
 
-COMMANDS = [run, eval_command, sweep, status, report, analyze, convert, bench, info]
+COMMANDS = [run, eval_command, sweep, status, report, analyze, certify, convert, bench, info]

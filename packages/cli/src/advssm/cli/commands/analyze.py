@@ -21,16 +21,22 @@ from ..output import emit
               help="PNG of the error per component (default: next to the checkpoint).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", help="cpu, cuda or cuda:N (default: the run's device where it exists, else cpu).")
+@click.option("--internals/--no-internals", default=True, show_default=True,
+              help="Also attack the selective layers' internals (step size Delta, state energy): one PGD of --steps "
+                   "per selective block and objective, against random noise of the same eps.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, device, as_json):
+def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, device, internals, as_json):
     """Error propagation under a PGD perturbation: relative error and change rate per component
     (SSM mix, AdS, projection, residual, norm), the output KL divergence and, for LTI layers, the
-    bound their parameters imply.
+    bound their parameters imply. For selective layers (S6, Mamba-2) a second table gives how far an
+    attack at the same eps moves each layer's step size Delta and state energy, relative to random
+    noise (the amplification; n/a for the other layers).
 
     \b
     Examples:
       advssm analyze runs/X/pgd-at/best.safetensors
       advssm analyze model.safetensors --dataset digits --eps 0.1 --json
+      advssm analyze runs/X/s6/best.safetensors --no-internals   # the error propagation only
     """
     import torch
     from advssm.ads import propagation_analysis
@@ -46,4 +52,11 @@ def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, devic
     plot_path = Path(plot_path) if plot_path else Path(checkpoint).with_suffix(".propagation.png")
     report.plot(plot_path)
     text = f"{report.to_markdown().strip()}\n\nplot: {plot_path}"
-    emit({**report.to_dict(), "plot": str(plot_path)}, as_json, text)
+    data = {**report.to_dict(), "plot": str(plot_path)}
+    if internals:
+        from advssm.ads.internal_attacks import internal_attack_report
+
+        internal = internal_attack_report(model, x, eps, steps=steps, seed=seed)
+        text += f"\n\n{internal.to_markdown().strip()}"
+        data["internals"] = internal.to_dict()
+    emit(data, as_json, text)
