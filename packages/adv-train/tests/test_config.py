@@ -90,7 +90,7 @@ BAD_VALUE_PER_FIELD = {
     "trades_beta": (float("inf"), TypeError), "mart_beta": (-6.0, ValueError), "free_replays": (0, ValueError),
     "yopo_m": (0, ValueError), "yopo_n": (1.5, TypeError), "fast_at_alpha": (0.0, ValueError),
     "noise_sigma": (0.0, ValueError),
-    "jacobian_weight": (-0.1, ValueError), "jacobian_projections": (0, ValueError),
+    "jacobian_weight": (-0.1, ValueError), "jacobian_projections": (0, ValueError), "precision": ("half", ValueError),
     "eval_pgd_steps": (0, ValueError), "eval_n": (-3, ValueError), "aa_every": (-2, ValueError),
     "aa_n": (0, ValueError), "aa_version": ("plus", ValueError), "aa_attacks": (["apgd-ce"], ValueError),
     "seed": (-1, ValueError), "device": ("gpu", ValueError), "num_workers": (-1, ValueError),

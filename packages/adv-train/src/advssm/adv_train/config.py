@@ -20,6 +20,10 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 METHOD_NAMES = ("standard", "pgd-at", "trades", "mart", "free-at", "yopo", "fast-at", "gaussian")
+#: Names a user may try for Jacobian regularisation, which is a term added to any method, not a method.
+JACOBIAN_NAMES = ("jr", "jacobian", "jacobian-reg", "jacobian-regularisation", "jacobian-regularization", "jreg")
+#: ``precision`` values: the autocast dtype of the model's forward in training and evaluation (fp32 = none).
+PRECISIONS = ("fp32", "bf16", "fp16")
 #: The AutoAttack versions ``aa_version`` accepts (those of ``advssm.adv_train.attacks.AutoAttack``).
 AA_VERSIONS = ("standard", "rand", "custom")
 
@@ -45,7 +49,12 @@ class TrainConfig:
         fast_at_alpha: Fast-AT step size as a multiple of eps (Wong et al. 2020: 1.25).
         noise_sigma: standard deviation of the ``gaussian`` method's input noise (Cohen et al. 2019 train with
             the sigma they certify with: 0.12, 0.25, 0.5, 1.0 for [0, 1] pixels); only that method reads it.
-        jacobian_weight, jacobian_projections: Jacobian regularisation (0 = off), added to any method.
+        jacobian_weight, jacobian_projections: Jacobian regularisation (0 = off), added to any method: the loss
+            gains ``jacobian_weight * ||d logits / d x||_F^2`` on the clean batch (Hoffman et al. 2019), estimated
+            with ``jacobian_projections`` random projections.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model's forward runs under autocast in that
+            dtype in training and evaluation (the SSM cores stay fp32; logits, losses and the attacks' arithmetic
+            are fp32); fp16 scales the loss (GradScaler) and needs a CUDA device (on the CPU use bf16).
         eval_pgd_steps: steps of the PGD evaluation attack each epoch.
         eval_n: evaluate on the first ``eval_n`` test examples (None = whole test set).
         aa_every, aa_n: AutoAttack every k epochs (0 = never; also at the last epoch) on the first aa_n examples.
@@ -82,6 +91,7 @@ class TrainConfig:
     noise_sigma: float = 0.25
     jacobian_weight: float = 0.0
     jacobian_projections: int = 1
+    precision: str = "fp32"
     eval_pgd_steps: int = 10
     eval_n: int | None = None
     aa_every: int = 4
@@ -114,7 +124,16 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise TypeError(f"TrainConfig.{name} must be a finite number, got {value!r}")
         if self.method not in METHOD_NAMES:
+            if isinstance(self.method, str) and self.method.lower().replace("_", "-") in JACOBIAN_NAMES:
+                raise ValueError(f"TrainConfig.method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}: "
+                                 "Jacobian regularisation is not a method; add it to any method with "
+                                 "TrainConfig.jacobian_weight = W (advssm run --jacobian-weight W, e.g. 0.01)")
             fail("method", f"one of {', '.join(METHOD_NAMES)}")
+        if self.precision not in PRECISIONS:
+            fail("precision", f"one of {', '.join(PRECISIONS)}")
+        if self.precision == "fp16" and self.device == "cpu":
+            fail("precision", "'bf16' or 'fp32' on the CPU (fp16 autocast is for CUDA, with loss scaling; "
+                              "the CPU has no fast fp16 matmuls): set precision = 'bf16' or device = 'cuda'")
         for name in ("epochs", "batch_size", "free_replays", "yopo_m", "yopo_n", "jacobian_projections",
                      "eval_pgd_steps", "aa_n"):
             if getattr(self, name) < 1:

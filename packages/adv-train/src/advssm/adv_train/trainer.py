@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import distributed as D
 from .config import TrainConfig
 from .methods import NonFiniteLossError, StepContext, get_method
+from .precision import autocast_forward, grad_scaler
 
 __all__ = ["Trainer", "NonFiniteLossError", "save_state_dict", "robust_overfitting_summary", "eval_seed",
            "ResumeWarning", "remove_stale_temps"]
@@ -195,6 +196,10 @@ class Trainer:
             ``on_eval(trainer, epoch, stage, done, total)``, ``on_epoch_end(trainer, epoch, metrics)``.
             With none, one line per epoch goes to stderr.
 
+    With ``config.precision`` "bf16" or "fp16" every forward of the model during ``fit`` (training, evaluation,
+    callbacks) runs under autocast and returns fp32 logits (``precision.autocast_forward``); fp16 also scales the
+    loss (``torch.amp.GradScaler``, its state saved for resume).
+
     With ``config.select_on = "val"`` the last ``config.val_n`` training examples are held out: the model
     never trains on them, and Best is the epoch that does best on them (the test numbers of that epoch are
     reported beside). ``config.select_by`` ("pgd", "clean"; "auto" = clean for standard training, PGD for
@@ -236,6 +241,7 @@ class Trainer:
         self.dist = D.init_from_env(use_cuda=config.device.startswith("cuda") or
                                     (config.device == "auto" and torch.cuda.is_available()))
         self.device = _resolve_device(config.device, self.dist)
+        self.scaler = grad_scaler(config.precision, self.device)  # checks the precision on this device too
         self.model = model.to(self.device)
         self.method = get_method(config.method, config)
         self.optimizers = {k: torch.optim.AdamW(optimizer_groups(ps), lr=config.lr, weight_decay=config.weight_decay)
@@ -289,6 +295,16 @@ class Trainer:
         if self.out_dir is not None and self.dist.is_main:
             lines = "".join(json.dumps(m) + "\n" for m in self.history)
             _atomic_write(self._path(METRICS_FILE), lambda tmp: Path(tmp).write_text(lines))
+        with autocast_forward(self.model, cfg.precision, self.device):  # every forward, callbacks' included
+            self._fit_epochs()
+        summary = self.summary()
+        if self.out_dir is not None and self.dist.is_main:
+            text = json.dumps(summary, indent=2)
+            _atomic_write(self._path(SUMMARY_FILE), lambda tmp: Path(tmp).write_text(text))
+        return summary
+
+    def _fit_epochs(self) -> None:
+        cfg = self.config
         for epoch in range(self.epoch + 1, cfg.epochs + 1):
             self._emit("on_epoch_start", epoch)
             start = time.perf_counter()
@@ -304,11 +320,6 @@ class Trainer:
             self.history.append(metrics)
             self._save_epoch(metrics)
             self._emit("on_epoch_end", epoch, metrics)
-        summary = self.summary()
-        if self.out_dir is not None and self.dist.is_main:
-            text = json.dumps(summary, indent=2)
-            _atomic_write(self._path(SUMMARY_FILE), lambda tmp: Path(tmp).write_text(text))
-        return summary
 
     def summary(self) -> dict[str, Any]:
         """Best / Last / Diff of the epochs so far, with how Best was selected and any settings changed."""
@@ -360,7 +371,7 @@ class Trainer:
         batches, global_sizes = self._batches(epoch)
         loader = DataLoader(self.train_set, batch_sampler=batches, num_workers=self.config.num_workers)
         aug_gen = torch.Generator().manual_seed(self._seed(2, epoch))
-        ctx = StepContext(self.model, self.optimizers, self.config, self.generator, epoch=epoch)
+        ctx = StepContext(self.model, self.optimizers, self.config, self.generator, epoch=epoch, scaler=self.scaler)
         totals = {"loss": 0.0, "n": 0.0, "clean_correct": 0.0, "adv_correct": 0.0}
         seen: set[str] = set()
         self.model.train()
@@ -464,7 +475,8 @@ class Trainer:
                  "world_size": self.dist.world_size, "ranks": ranks,
                  "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                  "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
-                 "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
+                 "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                 "scaler": None if self.scaler is None else self.scaler.state_dict()}
         _atomic_write(self._path(STATE_FILE), lambda tmp: torch.save(state, tmp))
         try:
             with open(self._path(METRICS_FILE), "a") as f:
@@ -507,6 +519,8 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][k])
         for k, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][k])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         mine = state["ranks"][self.dist.rank]
         torch.set_rng_state(mine["torch_rng"])
         if mine["cuda_rng"] and torch.cuda.is_available():

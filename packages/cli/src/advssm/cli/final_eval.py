@@ -117,6 +117,7 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
     import torch
     from advssm.adv_train.attacks import PGD
     from advssm.adv_train.evaluation import evaluate
+    from advssm.adv_train.precision import autocast_forward
     from advssm.adv_train.trainer import eval_seed
     from advssm.ssm_layers import load_checkpoint
 
@@ -142,15 +143,17 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
             records = cell_folder.records_file(cell_dir, stage)
             hook = (lambda info, s=stage: progress(s, info)) if progress else None
             # AA first: an example both break is recorded as broken by the AutoAttack component that did
-            result = evaluate(model, test_set, {"aa": aa, "pgd": pgd}, n_examples=n, batch_size=settings.batch_size,
-                              progress=hook, check_masking=True, seed=seed, records=records,
-                              resume=records.is_file() and records.stat().st_size > 0)
+            with autocast_forward(model, train.precision, torch.device(device)):  # as the trainer evaluated
+                result = evaluate(model, test_set, {"aa": aa, "pgd": pgd}, n_examples=n,
+                                  batch_size=settings.batch_size, progress=hook, check_masking=True, seed=seed,
+                                  records=records, resume=records.is_file() and records.stat().st_size > 0)
             stages[stage] = {"epoch": summary[stage]["epoch"], "clean_acc": result.clean_acc,
                              "pgd_acc": result.robust_acc["pgd"], "aa_acc": result.robust_acc["aa"], "n": result.n,
                              "warnings": list(result.warnings), "forward_passes": result.forward_passes,
                              "backward_passes": result.backward_passes, "seconds": result.seconds,
                              "records": records.name}
-    final = {"protocol": protocol(cell, n, test_n, parts), "stages": stages, "device": str(device)}
+    final = {"protocol": protocol(cell, n, test_n, parts), "stages": stages, "device": str(device),
+             "precision": train.precision}
     if train.init_from:
         final["init_from"] = train.init_from
     if is_main:

@@ -9,6 +9,7 @@ so the model's weights and their ``.grad`` are never touched.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import numbers
 from collections.abc import Callable, Iterator
 
@@ -149,6 +150,16 @@ def check_positive_int(value: int, name: str) -> int:
     return int(value)
 
 
+# (device type, enabled, dtype) of the autocast around the outermost attack call: its model forwards run under it
+_CALLER_AUTOCAST: contextvars.ContextVar[tuple[str, bool, torch.dtype | None] | None] = contextvars.ContextVar(
+    "advssm_attack_caller_autocast", default=None)
+
+
+def _autocast_state(device: torch.device) -> tuple[str, bool, torch.dtype | None]:
+    enabled = torch.is_autocast_enabled(device.type)
+    return device.type, enabled, torch.get_autocast_dtype(device.type) if enabled else None
+
+
 class Attack:
     """Base class: ``attack = SomeAttack(model, eps=...); x_adv = attack(x, y)``.
 
@@ -190,14 +201,19 @@ class Attack:
         y = self._check_inputs(x, y)
         x = x.detach()
         generator = self.make_generator(x.device)
+        # the caller's autocast (e.g. bf16) is kept for the model's forward (``logits``) alone: the attack's
+        # losses, margins, steps and projections run in fp32 (an attack run by another keeps the outer caller's)
+        outer = _CALLER_AUTOCAST.get()
+        token = _CALLER_AUTOCAST.set(outer if outer is not None else _autocast_state(x.device))
         try:
-            with eval_mode(self.model):
+            with eval_mode(self.model), torch.autocast(device_type=x.device.type, enabled=False):
                 with torch.enable_grad():
                     x_adv = self.perturb(x, y, generator)
                 if self._label_range is not None and x.shape[0]:  # perturb never queried the model
                     with torch.no_grad():
                         self.logits(x[:1])
         finally:
+            _CALLER_AUTOCAST.reset(token)
             self._label_range = None
         return project(x_adv.detach(), x, self.eps, self.norm)
 
@@ -235,11 +251,18 @@ class Attack:
         return torch.Generator(device=device).manual_seed(seed)
 
     def logits(self, x: Tensor) -> Tensor:
-        """The model's logits, checked for the (batch, classes) shape and counted as forward passes."""
-        out = self.model(x)
+        """The model's logits, checked for the (batch, classes) shape and counted as forward passes.
+
+        The model runs under the autocast of the attack's caller (if any); the logits come back in fp32 at
+        least, so every loss, margin and step of the attack is computed in fp32."""
+        device_type, enabled, dtype = _CALLER_AUTOCAST.get() or (x.device.type, False, None)
+        with torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled):
+            out = self.model(x)
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the model must return logits of shape (batch, classes); got {shape}")
+        if out.is_floating_point() and out.dtype != torch.float64:
+            out = out.float()
         self.forward_passes += x.shape[0]
         if self._label_range is not None:
             low, high = self._label_range

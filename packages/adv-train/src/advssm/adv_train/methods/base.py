@@ -57,6 +57,7 @@ class StepContext:
         generator: the run's seeded CPU generator for the method's own randomness.
         epoch, batch_idx: where the run is, epoch 1-based (error messages, and the eps warm-up).
         sync_grads: reduces gradients across ranks (no-op in a single process).
+        scaler: the fp16 loss scaler (``TrainConfig.precision = "fp16"``), or None.
 
     Methods read the training attack's budget from ``eps`` and ``alpha`` here, never from the config, so
     that ``TrainConfig.eps_warmup_epochs`` holds for every method through this one place.
@@ -69,6 +70,7 @@ class StepContext:
     epoch: int = 0
     batch_idx: int = 0
     sync_grads: Callable[[Sequence[Tensor]], None] = field(default=lambda params: None)
+    scaler: torch.amp.GradScaler | None = None
 
     @property
     def eps_scale(self) -> float:
@@ -106,15 +108,24 @@ class StepContext:
         return cfg.jacobian_weight * jacobian_frobenius_sq(self.model, x, cfg.jacobian_projections, self.generator)
 
     def step(self, loss: Tensor, names: Sequence[str] = ("main",)) -> None:
-        """Check ``loss``, backpropagate it, reduce gradients across ranks and step the named optimisers."""
+        """Check ``loss``, backpropagate it, reduce gradients across ranks and step the named optimisers
+        (under fp16: the loss scaled, the gradients unscaled before the reduction, a step with inf/NaN
+        gradients skipped and the scale lowered, as ``torch.amp.GradScaler`` does)."""
         self.check_finite(loss)
         opts = [self.optimizers[n] for n in names if n in self.optimizers]
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         for opt in opts:
+            if self.scaler is not None:
+                self.scaler.unscale_(opt)
             self.sync_grads([p for g in opt.param_groups for p in g["params"]])
-            opt.step()
+            if self.scaler is None:
+                opt.step()
+            else:
+                self.scaler.step(opt)
+        if self.scaler is not None:
+            self.scaler.update()
 
 
 class TrainMethod:

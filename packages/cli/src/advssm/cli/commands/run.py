@@ -15,7 +15,7 @@ FLAG_SETTINGS = {
     "train_size": "data.train_size", "test_size": "data.test_size", "seed": "train.seed", "device": "train.device",
     "name": "name", "tiny_classes": "data.tiny_classes", "lr": "train.lr", "batch_size": "train.batch_size",
     "eps_warmup_epochs": "train.eps_warmup_epochs", "init_from": "train.init_from", "select_on": "train.select_on",
-    "select_by": "train.select_by", "patch_size": "model.patch_size", "scan": "model.scan",
+    "select_by": "train.select_by", "jacobian_weight": "train.jacobian_weight", "precision": "train.precision", "patch_size": "model.patch_size", "scan": "model.scan",
 }
 
 
@@ -67,6 +67,10 @@ class PatchSize(click.ParamType):
               "or on a slice held out from the training set (train.val_n examples).")
 @click.option("--select-by", type=click.Choice(["auto", "pgd", "clean"]),
               help="Choose Best by PGD or clean accuracy (auto: clean for standard training, PGD otherwise).")
+@click.option("--jacobian-weight", type=float, metavar="W", help="Jacobian regularisation, added to any method: "
+              "the loss gains W x ||d logits / d x||_F^2 on the clean batch (0 = off; e.g. 0.01).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Autocast dtype of the model's "
+              "forward in training and evaluation (SSM cores, losses and attacks stay fp32); fp16 needs CUDA.")
 @click.option("--name", help="Experiment name (used in the run folder's name).")
 @common_options
 def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, progress, **flags):
@@ -80,6 +84,7 @@ def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, prog
     Examples:
       advssm run
       advssm run --model s6 --method trades --ads relu --epochs 5
+      advssm run --model s6 --method pgd-at --jacobian-weight 0.01 --precision bf16
       advssm run --method standard,trades --dataset mnist --data-dir ~/data --train-size 4000 --test-size 500
       advssm run --preset paper-mnist --data-dir ~/data --model s4
       advssm run --patch-size 2 --scan cross2d
