@@ -66,6 +66,15 @@ def test_layer_norm_box_holds_narrow_and_wide(width):
     check(lambda b: ibp.layer_norm(b, norm), norm, random_box((2, 5, 6), 2, width=width), n=256)
 
 
+@pytest.mark.parametrize("width", [0.01, 3.0])
+def test_rms_norm_box(width):
+    torch.manual_seed(0)
+    norm = nn.RMSNorm(6, eps=1e-5).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+    check(lambda b: ibp.rms_norm(b, norm), norm, random_box((2, 5, 6), 2, width=width), n=256)
+
+
 @pytest.mark.parametrize("cls, kwargs", [(S4, {}), (S4D, {}), (DSS, {}), (S5, {}), (S4D, {"glu": False})])
 def test_each_lti_layer_mix_and_whole_layer(cls, kwargs):
     torch.manual_seed(0)
@@ -96,10 +105,13 @@ def _sample_inputs(x, eps, n, seed):
 
 @pytest.mark.parametrize("layer, overrides", [
     ("s4d", {}), ("s4", {"prenorm": True}), ("dss", {}), ("s5", {}), ("s4d", {"transform": "ads"}),
+    ("s4d", {"prenorm": True, "norm": "rmsnorm", "embed_norm": False}),
+    ("s4d", {"prenorm": True, "cls_token": True, "pos_embed": True, "image_size": 4, "patch_size": 2, "d_input": 1}),
 ])
 def test_model_logit_bounds_hold_inside_the_box(tiny_model, layer, overrides):
     model = tiny_model(layer, **overrides).double().eval()
-    x = torch.rand(3, 10, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    shape = (3, 1, 4, 4) if "patch_size" in overrides else (3, 10, 1)  # patches need images
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     lower, upper = ibp.logit_bounds(model, x, eps=0.05)
     with torch.no_grad():
         for point in _sample_inputs(x, 0.05, 40, 6):

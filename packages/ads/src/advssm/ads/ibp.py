@@ -12,8 +12,9 @@ Every input x' with ``|x' - x|_inf <= eps`` and ``x'`` in [0, 1] is pushed throu
   factors come from the same input (sound, loose);
 * LayerNorm: the centred value ``x_i - mean(x)`` is linear (its interval is exact), the variance is bounded
   term by term (each ``(x_i - mean)^2`` over its own interval), so ``1 / sqrt(var + eps)`` lies in an interval
-  and the normalised value in an interval product. Sound, and the loosest step of the chain: when the box is
-  wide the variance's lower bound collapses to 0 and the bound grows like ``1 / sqrt(eps_LN)``;
+  and the normalised value in an interval product (RMSNorm likewise, without the centring). Sound, and the
+  loosest step of the chain: when the box is wide the variance's lower bound collapses to 0 and the bound grows
+  like ``1 / sqrt(eps_LN)``;
 * the residual sum and mean pooling: centre and radius add / average (the residual forgets the dependency);
 * the head's margins ``z_y - z_j = (w_y - w_j) . pooled + (b_y - b_j)`` are bounded in one affine step (tighter
   than subtracting the two logits' bounds).
@@ -136,9 +137,8 @@ def layer_norm(box: Box, norm: nn.LayerNorm) -> Box:
     # x_i - mean(x) = (1 - 1/d) x_i - (1/d) sum_{j != i} x_j: a linear map, so its interval is exact
     centred = Box(box.center - box.center.mean(-1, keepdim=True),
                   box.radius * (1 - 2 / d) + box.radius.sum(-1, keepdim=True) / d)
-    lo, hi = centred.lower, centred.upper
-    sq_low = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo * lo, hi * hi))
-    sq_high = torch.maximum(lo * lo, hi * hi)
+    lo = centred.lower
+    sq_low, sq_high = _square_bounds(centred)
     var_low, var_high = sq_low.mean(-1, keepdim=True), sq_high.mean(-1, keepdim=True)
     inv_std = Box.from_bounds(torch.rsqrt(var_high + norm.eps), torch.rsqrt(var_low + norm.eps))
     out = product(centred, Box(inv_std.center.expand_as(lo), inv_std.radius.expand_as(lo)))
@@ -148,6 +148,39 @@ def layer_norm(box: Box, norm: nn.LayerNorm) -> Box:
     if norm.bias is not None:
         out = Box(out.center + norm.bias.detach().double(), out.radius)
     return out
+
+
+def _square_bounds(box: Box) -> tuple[Tensor, Tensor]:
+    """Elementwise bounds of x^2 over the box (0 at the bottom when the interval holds 0)."""
+    lo, hi = box.lower, box.upper
+    low = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo * lo, hi * hi))
+    return low, torch.maximum(lo * lo, hi * hi)
+
+
+def rms_norm(box: Box, norm: nn.Module) -> Box:
+    """A sound box for RMSNorm ``x / sqrt(mean(x^2) + eps) * weight``: the mean square bounded term by term, then
+    an interval product, as for LayerNorm."""
+    sq_low, sq_high = _square_bounds(box)
+    eps = norm.eps if norm.eps is not None else torch.finfo(box.center.dtype).eps
+    low, high = sq_low.mean(-1, keepdim=True) + eps, sq_high.mean(-1, keepdim=True) + eps
+    inv = Box.from_bounds(torch.rsqrt(high).expand_as(box.center), torch.rsqrt(low).expand_as(box.center))
+    out = product(box, inv)
+    if norm.weight is not None:
+        weight = norm.weight.detach().double()
+        out = Box(out.center * weight, out.radius * weight.abs())
+    return out
+
+
+def normalization(box: Box, norm: nn.Module, owner: str) -> Box:
+    """The model's norms: LayerNorm, RMSNorm or none (identity)."""
+    if isinstance(norm, nn.Identity):
+        return box
+    if isinstance(norm, nn.LayerNorm):
+        return layer_norm(box, norm)
+    if isinstance(norm, nn.RMSNorm):
+        return rms_norm(box, norm)
+    raise IBPUnsupportedError(f"IBP has no bound for the norm {type(norm).__name__} of {owner}; "
+                              "it bounds LayerNorm, RMSNorm and none")
 
 
 def lti_mix(box: Box, layer: nn.Module) -> Box:
@@ -244,7 +277,7 @@ def pooled_box(model: nn.Module, x: Tensor, eps: float) -> Box:
     box = input_box(x, eps)
     embedding = model.embedding
     tokens = Box(*(_tokens(embedding, t) for t in (box.center, box.radius)))
-    box = layer_norm(affine(tokens, embedding.weight, embedding.bias), model.embed_norm)
+    box = normalization(affine(tokens, embedding.weight, embedding.bias), model.embed_norm, "the embedding")
     cls_token, pos_embed = getattr(model, "cls_token", None), getattr(model, "pos_embed", None)
     if cls_token is not None:
         cls = cls_token.detach().double().expand(box.center.shape[0], -1, -1)
@@ -252,14 +285,11 @@ def pooled_box(model: nn.Module, x: Tensor, eps: float) -> Box:
     if pos_embed is not None:
         box = Box(box.center + pos_embed.detach().double(), box.radius)
     for i, block in enumerate(model.blocks):
-        inner = layer_norm(box, block.norm) if block.prenorm else box
+        inner = normalization(box, block.norm, f"block {i}") if block.prenorm else box
         box = box + lti_layer(inner, block.layer, f"block {i}")
         if not block.prenorm:
-            box = layer_norm(box, block.norm)
-    if isinstance(model.final_norm, nn.LayerNorm):
-        box = layer_norm(box, model.final_norm)
-    elif not isinstance(model.final_norm, nn.Identity):
-        raise IBPUnsupportedError(f"IBP cannot bound the final norm {type(model.final_norm).__name__}")
+            box = normalization(box, block.norm, f"block {i}")
+    box = normalization(box, model.final_norm, "the final norm")
     if cls_token is not None:
         return Box(box.center[:, -1], box.radius[:, -1])
     return Box(box.center.mean(1), box.radius.mean(1))
