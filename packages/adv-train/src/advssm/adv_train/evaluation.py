@@ -77,19 +77,24 @@ class EvalResult:
         ``number_forward_passes`` is RobustBench's: the model's forward passes per prediction (1 unless
         ``model_info`` says otherwise); the attacks' own counts are ``attack_forward_passes`` and
         ``attack_backward_passes`` (per example evaluated). Any ``model_info`` key (``architecture``,
-        ``dataset``, ``name``, ...) is added or overrides.
+        ``dataset``, ``name``, ...) is added or overrides. ``threat_model`` is the norm, followed by the mask's
+        name where the attacks have one (``"Linf:window(start=100,length=64)"``).
 
             record = evaluate(model, test, {"aa": AutoAttack(model, eps=0.3)}).to_robustbench(architecture="S4D")
         """
         norms = {a["norm"] for a in self.attacks.values()}
         radii = {a["eps"] for a in self.attacks.values()}
-        if len(norms) != 1 or len(radii) != 1:
+        masks = {a.get("threat_model") for a in self.attacks.values()}
+        if len(norms) != 1 or len(radii) != 1 or len(masks) != 1:
             raise ValueError(f"a RobustBench record has one threat model and one eps; these attacks use norms "
-                             f"{sorted(norms)} and eps {sorted(radii)}")
+                             f"{sorted(norms)}, eps {sorted(radii)} and masks {sorted(map(str, masks))}")
+        mask = masks.pop()
         versions = [a["version"] for a in self.attacks.values() if a["attack"] == "AutoAttack"]
         record = {
             "link": None, "name": None, "authors": None, "additional_data": None, "number_forward_passes": 1,
-            "dataset": None, "venue": None, "architecture": None, "eps": radii.pop(), "threat_model": norms.pop(),
+            "dataset": None, "venue": None, "architecture": None, "eps": radii.pop(),
+            # a masked threat model (advssm.adv_train.threat_models) is named after the norm: "Linf:prefix(k=16)"
+            "threat_model": norms.pop() + (f":{mask}" if mask else ""),
             "n_examples": self.n, "clean_acc": f"{100 * self.clean_acc:.2f}", "reported": None,
             "autoattack_acc": f"{100 * self.worst_acc:.2f}",
             "autoattack_version": versions[0] if len(versions) == 1 else None,

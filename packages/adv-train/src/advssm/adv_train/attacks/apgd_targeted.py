@@ -19,7 +19,8 @@ class APGDT(APGD):
     """Targeted Auto-PGD (APGD-T): for each of the ``n_target_classes`` classes with the highest
     clean logits after the top one, an APGD run maximising the targeted loss towards that class,
     on the examples not yet fooled. Success means misclassification (any class), as in AutoAttack.
-    ``model``, ``norm``, ``eps``, ``steps``, ``rho``, ``seed`` and ``eot_iter`` mean what they mean for ``APGD``.
+    ``model``, ``norm``, ``eps``, ``steps``, ``rho``, ``seed``, ``eot_iter`` and ``large_reps`` mean what they
+    mean for ``APGD``.
 
     Args:
         loss: "dlr-targeted" (default, needs >= 4 classes) or "ce-targeted" (minus the CE to the target).
@@ -31,9 +32,9 @@ class APGDT(APGD):
 
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, steps: int = 100,
                  n_restarts: int = 1, n_target_classes: int = 9, loss: str = "dlr-targeted", rho: float = 0.75,
-                 seed: int | None = 0, eot_iter: int = 1):
+                 seed: int | None = 0, eot_iter: int = 1, large_reps: bool = False):
         super().__init__(model, norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, loss=loss, rho=rho,
-                         seed=seed, eot_iter=eot_iter)
+                         seed=seed, eot_iter=eot_iter, large_reps=large_reps)
         self.n_target_classes = check_positive_int(n_target_classes, "n_target_classes")
 
     def _loss_function(self, loss: str) -> Callable:

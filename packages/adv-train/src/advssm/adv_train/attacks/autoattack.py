@@ -3,8 +3,11 @@ other, each only on the examples the previous ones did not break.
 
 The standard version (Linf or L2): APGD-CE (100 iterations, no restarts), APGD-T (100 iterations,
 9 target classes), FAB-T (100 iterations, 9 target classes), Square (5000 queries, p_init 0.8), all
-in the threat model's norm. The "rand" version, for randomised models: APGD-CE and APGD-DLR
-(100 iterations) with an expectation over 20 transformations per step (EOT).
+in the threat model's norm. For L1, as the AutoAttack code sets it: APGD-CE with 5 restarts and
+APGD-T with 5 target classes, both sparse L1-APGD with the three-stage radius schedule (``large_reps``),
+and FAB-T (L1); the code also runs its L1 Square, which advssm does not have (a warning says so).
+The "rand" version, for randomised models: APGD-CE and APGD-DLR (100 iterations) with an expectation
+over 20 transformations per step (EOT). A call's mask (``aa(x, y, mask=m)``) goes to every component.
 
     aa = AutoAttack(model, norm="L2", eps=0.5)            # standard
     x_adv = aa(x, y)
@@ -12,6 +15,7 @@ in the threat model's norm. The "rand" version, for randomised models: APGD-CE a
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -24,19 +28,23 @@ from .fab import FAB
 from .square import Square
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+STANDARD_L1 = ("apgd-ce", "apgd-t", "fab-t")  # the AutoAttack code adds its L1 Square
 RAND = ("apgd-ce", "apgd-dlr")
 EOT_ITER = 20  # samples per step in the "rand" version
 VERSIONS = ("standard", "rand", "custom")
 
 
-# Each of AutoAttack's attacks by name; at steps=100 these are the AutoAttack paper's budgets.
+# Each of AutoAttack's attacks by name; at steps=100 these are the AutoAttack paper's budgets (for L1 those the
+# AutoAttack code sets: APGD with 5 restarts, APGD-T with 5 targets, both with the large_reps schedule).
 _BUILDERS: dict[str, Callable[[nn.Module, str, float, int | None, int], Attack]] = {
-    "apgd-ce": lambda model, norm, eps, seed, steps: APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1,
-                                                          loss="ce", seed=seed),
+    "apgd-ce": lambda model, norm, eps, seed, steps: APGD(model, norm=norm, eps=eps, steps=steps,
+                                                          n_restarts=5 if norm == "L1" else 1, loss="ce", seed=seed,
+                                                          large_reps=norm == "L1"),
     "apgd-dlr": lambda model, norm, eps, seed, steps: APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1,
                                                            loss="dlr", seed=seed),
     "apgd-t": lambda model, norm, eps, seed, steps: APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1,
-                                                          n_target_classes=9, seed=seed),
+                                                          n_target_classes=5 if norm == "L1" else 9, seed=seed,
+                                                          large_reps=norm == "L1"),
     "fab-t": lambda model, norm, eps, seed, steps: FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=1,
                                                        targeted=True, n_target_classes=9, seed=seed),
     "fab": lambda model, norm, eps, seed, steps: FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=5,
@@ -62,17 +70,29 @@ def build_attack(name: str, model: nn.Module, norm: str, eps: float, seed: int |
     return _BUILDERS[name](model, norm, eps, seed, steps)
 
 
+_warned: set[str] = set()
+
+
+def _warn_no_l1_square() -> None:
+    """Once per process: the L1 standard version runs without the AutoAttack code's L1 Square."""
+    if "l1-square" not in _warned:
+        _warned.add("l1-square")
+        warnings.warn("AutoAttack L1 standard: running APGD-CE, APGD-T and FAB-T (L1); the AutoAttack code also "
+                      "runs an L1 Square, which advssm does not have", stacklevel=3)
+
+
 class AutoAttack(Attack):
     """The AutoAttack ensemble.
 
     Args:
         model: classifier mapping [0, 1] inputs to logits.
-        norm: "Linf" or "L2".
+        norm: "Linf", "L2" or "L1".
         eps: radius of the threat model's ball.
         version: "standard" (the four attacks above, paper budgets), "rand" (APGD-CE and APGD-DLR with
             EOT over 20 samples, for randomised models) or "custom" (``attacks``).
         attacks: for "custom", a list of names ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "fab",
-            "square") or ``Attack`` instances with the same eps and norm, run in that order.
+            "square"), ``Attack`` instances with the same eps and norm, or (name, Attack) pairs (the name
+            labels it in ``last_broken`` and the records), run in that order.
         seed: seeds every attack built by name.
 
     After a call, ``last_broken`` maps each attack's name to how many examples it broke
@@ -82,12 +102,15 @@ class AutoAttack(Attack):
     """
 
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, version: str = "standard",
-                 attacks: list[str | Attack] | None = None, seed: int | None = 0):
+                 attacks: list[str | Attack | tuple[str, Attack]] | None = None, seed: int | None = 0):
         super().__init__(model, eps, norm=norm, seed=seed)
         if version in ("standard", "rand"):
             if attacks is not None:
                 raise ValueError(f"version={version!r} fixes its attacks; pass attacks=... with version='custom'")
-            attacks = list(STANDARD) if version == "standard" else [
+            if version == "standard" and norm == "L1":
+                _warn_no_l1_square()
+            standard = STANDARD_L1 if norm == "L1" else STANDARD
+            attacks = list(standard) if version == "standard" else [
                 APGD(model, norm=norm, eps=self.eps, steps=100, n_restarts=1, loss=loss, seed=seed, eot_iter=EOT_ITER)
                 for loss in ("ce", "dlr")]
         elif version == "custom":
@@ -98,14 +121,15 @@ class AutoAttack(Attack):
         self.version = version
         self.attacks: dict[str, Attack] = {}
         for position, entry in enumerate(attacks):
+            label, entry = entry if isinstance(entry, tuple) and len(entry) == 2 else (None, entry)
             attack = build_attack(entry, model, norm, self.eps, seed) if isinstance(entry, str) else entry
             if not isinstance(attack, Attack):
                 raise TypeError(f"attacks must be names or Attack instances, got {type(entry).__name__}")
             if attack.eps != self.eps or attack.norm != self.norm:
                 raise ValueError(f"{attack!r} has eps={attack.eps:g}, norm={attack.norm!r}; AutoAttack has "
                                  f"eps={self.eps:g}, norm={self.norm!r}: they must agree")
-            name = entry if isinstance(entry, str) else RAND[position] if version == "rand" else \
-                type(attack).__name__.lower()
+            name = label if isinstance(label, str) else entry if isinstance(entry, str) else \
+                RAND[position] if version == "rand" else type(attack).__name__.lower()
             while name in self.attacks:
                 name += "'"
             self.attacks[name] = attack
@@ -136,7 +160,7 @@ class AutoAttack(Attack):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            candidate = attack(x[idx], y[idx])
+            candidate = attack(x[idx], y[idx], mask=None if self.mask is None else self.mask[idx])
             with torch.no_grad():
                 broken = self.logits(candidate).argmax(1) != y[idx]
             x_adv[idx[broken]] = candidate[broken]

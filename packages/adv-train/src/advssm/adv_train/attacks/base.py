@@ -3,8 +3,11 @@ handling, seeded randomness, eps-ball projections, per-example norms and losses.
 
 An attack maps a clean batch ``x`` in [0, 1] (any shape ``(batch, ...)``) and integer labels
 ``y`` of shape ``(batch,)`` to an adversarial batch inside the eps-ball of its norm and inside
-[0, 1]. Gradients are taken with respect to the input only, through ``torch.autograd.grad``,
-so the model's weights and their ``.grad`` are never touched.
+[0, 1]. An optional mask (``attack(x, y, mask=m)``, 0/1 or bool, broadcastable to ``x``) restricts the
+threat model to some coordinates: the perturbation is exactly zero where ``m == 0`` and the norm bound
+holds over the others. The geometry below (projection, steepest ascent, random start) takes the mask,
+so every attack searches only the masked coordinates. Gradients are taken with respect to the input
+only, through ``torch.autograd.grad``, so the model's weights and their ``.grad`` are never touched.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-NORMS = ("Linf", "L2")
+NORMS = ("Linf", "L2", "L1")
 # Keeps divisions by a norm or a logit gap finite; the value the AutoAttack paper uses.
 TINY = 1e-12
 
@@ -78,9 +81,11 @@ def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
 # Geometry of the threat model.
 # ---------------------------------------------------------------------------------------
 def per_example_norm(t: Tensor, norm: str) -> Tensor:
-    """The ``norm`` ("Linf" or "L2") of each example of ``t``, shape (batch,)."""
+    """The ``norm`` ("Linf", "L2" or "L1") of each example of ``t``, shape (batch,)."""
     flat = t.flatten(1)
-    return flat.abs().amax(dim=1) if norm == "Linf" else flat.norm(dim=1)
+    if norm == "Linf":
+        return flat.abs().amax(dim=1)
+    return flat.norm(dim=1) if norm == "L2" else flat.abs().sum(dim=1)
 
 
 def _per_example(v: Tensor, like: Tensor) -> Tensor:
@@ -88,37 +93,124 @@ def _per_example(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def project(x_adv: Tensor, x: Tensor, eps: float | Tensor, norm: str) -> Tensor:
-    """Projects ``x_adv`` onto the ``norm`` ball of radius ``eps`` around ``x``, then onto [0, 1].
+def apply_mask(t: Tensor, mask: Tensor | None) -> Tensor:
+    """``t`` with the coordinates outside ``mask`` (a bool tensor shaped like ``t``) set to exactly 0."""
+    return t if mask is None else torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def check_mask(mask, x: Tensor) -> Tensor | None:
+    """Validates a threat-model mask for inputs ``x`` and returns it as a bool tensor of ``x``'s shape.
+
+    ``mask`` must be a tensor broadcastable to ``x`` holding only 0 and 1 (bool, integer or float); None
+    means every coordinate may change.
+
+        m = check_mask(torch.tensor([1, 1, 0, 0])[None, :, None], torch.rand(8, 4, 3))   # the first 2 positions
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a torch.Tensor of 0/1 (or bool) broadcastable to x, got {type(mask).__name__}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the inputs' shape "
+                         f"{tuple(x.shape)}; give it the inputs' shape or size-1 dims where it is shared "
+                         "(e.g. (1, L, 1) for positions of a (B, L, C) batch)")
+    mask = mask.to(x.device)
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or bool(((mask != 0) & (mask != 1)).any()):
+            raise ValueError("mask must hold only 0 and 1 (or be a bool tensor); got other values")
+        mask = mask != 0
+    return mask.expand(x.shape)
+
+
+def project_l1_box(delta: Tensor, x: Tensor, eps: float | Tensor) -> Tensor:
+    """The Euclidean projection of ``delta`` onto {d : ||d||_1 <= eps, 0 <= x + d <= 1}, per example.
+
+    The minimiser is ``sign(delta_i) * clip(|delta_i| - lam, 0, room_i)`` with ``room_i`` the distance from
+    ``x_i`` to the box along ``sign(delta_i)`` and ``lam >= 0`` the smallest value whose L1 norm is at most eps
+    (0 when clipping ``delta`` to the box already is). That norm, f(lam), is piecewise linear and
+    non-increasing, with breakpoints at ``|delta_i| - room_i`` (coordinate i leaves the box) and ``|delta_i|``
+    (it reaches 0): sorting them gives f at every breakpoint by a prefix sum, and lam by linear interpolation
+    on the segment where f crosses eps. Computed in float64; a last rescaling absorbs rounding so the result
+    never exceeds eps.
+    """
+    shape, dtype = delta.shape, delta.dtype
+    d = delta.flatten(1).double()
+    room = torch.where(d > 0, 1 - x.flatten(1).double(), x.flatten(1).double()).clamp(min=0)
+    size = d.abs()
+    eps_ = torch.as_tensor(eps, dtype=torch.float64, device=d.device).reshape(-1, 1).expand(d.shape[0], 1)
+    points, order = torch.cat([size - room, size], 1).sort(dim=1)
+    events = torch.cat([-torch.ones_like(size), torch.ones_like(size)], 1).gather(1, order)
+    slope = events.cumsum(1)  # f's slope right of each breakpoint (minus the coordinates strictly inside)
+    f = room.sum(1, keepdim=True) + torch.cat([torch.zeros_like(eps_), (slope[:, :-1] * points.diff(dim=1)).cumsum(1)],
+                                              1)
+    k = (f > eps_).sum(1, keepdim=True).clamp(1, points.shape[1] - 1)  # f crosses eps between b_{k-1} and b_k
+    lam = points.gather(1, k - 1) + (f.gather(1, k - 1) - eps_) / (-slope.gather(1, k - 1)).clamp(min=TINY)
+    within = torch.minimum(size, room).sum(1, keepdim=True) <= eps_  # lam = 0: the box alone keeps the ball
+    lam = torch.where(within, torch.zeros_like(lam), lam.clamp(min=0))
+    out = d.sign() * torch.minimum((size - lam).clamp(min=0), room)
+    norm = out.abs().sum(1, keepdim=True)
+    out = out * (eps_ / norm).clamp(max=1).nan_to_num(1.0)
+    return out.to(dtype).reshape(shape)
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float | Tensor, norm: str, mask: Tensor | None = None) -> Tensor:
+    """Projects ``x_adv`` onto the ``norm`` ball of radius ``eps`` around ``x``, then onto [0, 1];
+    with ``mask`` (bool, ``x``'s shape) the perturbation outside the mask is set to exactly 0 first.
 
     Clipping to the box after the ball cannot leave the ball: ``x`` is in the box, so clipping
-    only moves each coordinate of the perturbation towards zero.
+    only moves each coordinate of the perturbation towards zero. For L1 the projection is onto the
+    intersection of the ball and the box (``project_l1_box``), as in the AutoAttack paper's L1 threat model.
     """
-    delta = x_adv - x
+    delta = apply_mask(x_adv - x, mask)
     if norm == "Linf":
         delta = delta.clamp(-eps, eps)
-    else:
+    elif norm == "L2":
         scale = (eps / (per_example_norm(delta, "L2") + TINY)).clamp(max=1.0)
         delta = delta * _per_example(scale, delta)
+    else:
+        delta = project_l1_box(delta, x, eps)
     return (x + delta).clamp(0.0, 1.0)
 
 
-def steepest_ascent(grad: Tensor, norm: str) -> Tensor:
-    """The unit-norm direction of steepest ascent: ``sign(grad)`` for Linf, ``grad / ||grad||`` for L2."""
+def steepest_ascent(grad: Tensor, norm: str, mask: Tensor | None = None, x_adv: Tensor | None = None) -> Tensor:
+    """The unit-norm direction of steepest ascent within ``mask``: ``sign(grad)`` for Linf, ``grad / ||grad||``
+    for L2, and for L1 a signed unit vector on the coordinate of largest ``|grad|``; given the current point
+    ``x_adv``, L1 skips the coordinates that the box stops from moving along the gradient."""
+    grad = apply_mask(grad, mask)
     if norm == "Linf":
         return grad.sign()
-    return grad / _per_example(per_example_norm(grad, "L2") + TINY, grad)
+    if norm == "L2":
+        return grad / _per_example(per_example_norm(grad, "L2") + TINY, grad)
+    score = grad.abs()
+    if x_adv is not None:
+        blocked = ((grad > 0) & (x_adv >= 1)) | ((grad < 0) & (x_adv <= 0))
+        score = score.masked_fill(blocked, 0.0)
+    flat = score.flatten(1)
+    one_hot = torch.zeros_like(flat).scatter_(1, flat.argmax(1, keepdim=True), 1.0).reshape(grad.shape)
+    return one_hot * grad.sign()
 
 
-def random_in_ball(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
-    """A perturbation drawn uniformly from the ``norm`` ball of radius ``eps`` (shape of ``x``)."""
+def random_in_ball(x: Tensor, eps: float, norm: str, generator: torch.Generator,
+                   mask: Tensor | None = None) -> Tensor:
+    """A perturbation drawn uniformly from the ``norm`` ball of radius ``eps`` (shape of ``x``), over the
+    coordinates of ``mask`` (zero elsewhere; the ball's dimension is the number of masked coordinates)."""
+    kwargs = {"generator": generator, "device": x.device, "dtype": x.dtype}
     if norm == "Linf":
-        return (2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1) * eps
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    direction = direction / _per_example(per_example_norm(direction, "L2") + TINY, x)
-    # Radius with density proportional to r^(d-1): uniform in volume.
-    u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-    radius = eps * u ** (1.0 / x[0].numel())
+        return apply_mask((2 * torch.rand(x.shape, **kwargs) - 1) * eps, mask)
+    if norm == "L2":
+        direction = apply_mask(torch.randn(x.shape, **kwargs), mask)
+    else:  # Laplace coordinates normalised by their L1 norm: uniform on the L1 sphere
+        direction = apply_mask(-torch.rand(x.shape, **kwargs).clamp(min=TINY).log()
+                               * (2 * (torch.rand(x.shape, **kwargs) < 0.5).to(x.dtype) - 1), mask)
+    direction = direction / _per_example(per_example_norm(direction, norm) + TINY, x)
+    # Radius with density proportional to r^(d-1): uniform in volume (d: the coordinates that may move).
+    dims = x[0].numel() if mask is None else mask.flatten(1).sum(1).clamp(min=1).to(x.dtype)
+    u = torch.rand(x.shape[0], **kwargs)
+    radius = eps * u ** (1.0 / dims)
     return direction * _per_example(radius, x)
 
 
@@ -166,7 +258,7 @@ class Attack:
     Args:
         model: any ``nn.Module`` mapping inputs in [0, 1] to logits of shape (batch, classes).
         eps: radius of the threat model's ball (>= 0).
-        norm: "Linf" or "L2".
+        norm: "Linf", "L2" or "L1" (the L1 ball intersected with the [0, 1] box).
         seed: seeds the attack's own ``torch.Generator`` (created on the input's device at each
             call, so a call is a pure function of its inputs). ``None`` draws a fresh seed from
             torch's global RNG at each call, so a globally seeded program stays reproducible.
@@ -195,11 +287,26 @@ class Attack:
         self.forward_passes = 0
         self.backward_passes = 0
         self._label_range: tuple[int, int] | None = None  # labels still to check against the classes
+        #: the current call's mask (bool, the inputs' shape) while ``perturb`` runs, else None
+        self.mask: Tensor | None = None
+        #: a default mask for every call: any object with ``mask(x)`` and ``name`` (see
+        #: ``advssm.adv_train.threat_models``); None perturbs every coordinate
+        self.threat_model = None
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
-        """Returns adversarial examples for ``x`` (labels ``y``), detached, same shape and dtype."""
+    def __call__(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Returns adversarial examples for ``x`` (labels ``y``), detached, same shape and dtype.
+
+        ``mask`` (0/1 or bool, broadcastable to ``x``; default: the attack's ``threat_model``'s mask for ``x``,
+        else none) restricts the perturbation to its coordinates: where it is 0, the result equals ``x``
+        bitwise, and the norm bound holds over the rest.
+
+            x_adv = PGD(model, eps=0.1, alpha=0.025)(x, y, mask=window(start=10, length=4).mask(x))
+        """
         y = self._check_inputs(x, y)
         x = x.detach()
+        if mask is None and self.threat_model is not None:
+            mask = self.threat_model.mask(x)
+        self.mask = check_mask(mask, x)
         generator = self.make_generator(x.device)
         # the caller's autocast (e.g. bf16) is kept for the model's forward (``logits``) alone: the attack's
         # losses, margins, steps and projections run in fp32 (an attack run by another keeps the outer caller's)
@@ -212,13 +319,16 @@ class Attack:
                 if self._label_range is not None and x.shape[0]:  # perturb never queried the model
                     with torch.no_grad():
                         self.logits(x[:1])
+            # the final projection zeroes the perturbation outside the mask whatever perturb did
+            return project(x_adv.detach(), x, self.eps, self.norm, self.mask)
         finally:
             _CALLER_AUTOCAST.reset(token)
             self._label_range = None
-        return project(x_adv.detach(), x, self.eps, self.norm)
+            self.mask = None
 
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        """The attack itself; runs in eval mode with gradients enabled."""
+        """The attack itself; runs in eval mode with gradients enabled. ``self.mask`` holds the call's mask
+        (bool, ``x``'s shape) or None; attacks pass it (indexed like ``x``) to the shared geometry."""
         raise NotImplementedError
 
     def budget(self) -> dict:
@@ -227,7 +337,10 @@ class Attack:
 
     def describe(self) -> dict:
         """What this attack is, JSON-ready: name, norm, eps and its budget (steps or queries, restarts, ...)."""
-        return {"attack": type(self).__name__, "norm": self.norm, "eps": self.eps, **self.budget()}
+        described = {"attack": type(self).__name__, "norm": self.norm, "eps": self.eps, **self.budget()}
+        if self.threat_model is not None:
+            described["threat_model"] = self.threat_model.name
+        return described
 
     def sub_attacks(self) -> tuple[Attack, ...]:
         """Attacks this one runs (AutoAttack's components); their passes and seeds belong to it."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import TINY, Attack, check_positive_int, per_example_norm, random_in_ball
+from .base import TINY, Attack, apply_mask, check_positive_int, per_example_norm, random_in_ball
 
 # Newton iterations before the remaining rows (if any) are solved by sorting; 2 to 4 suffice in practice.
 NEWTON_STEPS = 16
@@ -62,14 +62,33 @@ def _solve_by_sorting(slope: Tensor, t: Tensor, target: Tensor) -> Tensor:
     return torch.where(inside, s, t[:, -1:]).squeeze(1)
 
 
+def _project_l1(z: Tensor, w: Tensor, c: Tensor) -> Tensor:
+    """The minimal-L1 step onto ``<w, delta> = c`` inside the box: the coordinates in order of decreasing
+    |w_i| (the most margin per unit of L1 norm), each moved along ``sign(c w_i)`` as far as the box lets it,
+    until the hyperplane is reached (the last one partly); every coordinate on the box where it is not."""
+    sigma = c.sign()[:, None]
+    direction = sigma * w.sign()
+    room = 0.5 + direction * (0.5 - z)  # 1 - z where the coordinate moves up, z where it moves down
+    weight = w.abs()
+    weight, order = weight.sort(dim=1, descending=True)
+    room = room.gather(1, order)
+    gain = weight * room  # margin each coordinate can give
+    before = gain.cumsum(1) - gain
+    target = c.abs()[:, None]
+    amount = ((target - before) / weight.clamp(min=TINY)).clamp(min=0)
+    amount = torch.minimum(amount, room) * (weight > 0)
+    step = torch.zeros_like(z).scatter_(1, order, amount)
+    return step * direction
+
+
 def project_onto_hyperplane_in_box(z: Tensor, w: Tensor, c: Tensor, norm: str) -> Tensor:
     """Minimal-``norm`` steps ``delta`` with ``<w, delta> = c`` and ``z + delta`` in [0, 1], per row.
 
     Args:
         z: points, (batch, d), inside [0, 1].
-        w: hyperplane normals, (batch, d).
+        w: hyperplane normals, (batch, d); a coordinate with w_i = 0 (e.g. outside a mask) never moves.
         c: offsets, (batch,).
-        norm: "Linf" or "L2".
+        norm: "Linf", "L2" or "L1" (L1: the greedy ``_project_l1``, exact for this linear program).
 
     The minimiser has the form ``delta(s) = clip(s v, -z, 1 - z)`` with ``v = sign(c) w`` (L2) or
     ``sign(c) sign(w)`` (Linf). Coordinate i then contributes ``a_i min(s, t_i)`` to
@@ -81,6 +100,8 @@ def project_onto_hyperplane_in_box(z: Tensor, w: Tensor, c: Tensor, norm: str) -
     cannot reach the hyperplane, the result is the feasible step that gets closest to it (every
     coordinate on the box).
     """
+    if norm == "L1":
+        return _project_l1(z, w, c)
     v, slope, t = _breakpoints(z, w, c, norm)
     target = c.abs()
     s = torch.zeros_like(target)
@@ -102,11 +123,12 @@ def project_onto_hyperplane_in_box(z: Tensor, w: Tensor, c: Tensor, norm: str) -
 
 
 class FAB(Attack):
-    """FAB, targeted by default (FAB-T, as in AutoAttack), Linf or L2.
+    """FAB, targeted by default (FAB-T, as in AutoAttack), Linf, L2 or L1; with a mask, every projection is
+    onto the hyperplane within the masked coordinates (the gradient is zeroed outside them).
 
     Args:
         model: classifier mapping [0, 1] inputs to logits.
-        norm: "Linf" or "L2".
+        norm: "Linf", "L2" or "L1".
         eps: an example counts as broken when the smallest perturbation found has norm <= eps.
         steps: iterations per run (100 in AutoAttack).
         n_restarts: runs per target (the first from x itself, later ones from random points).
@@ -152,28 +174,31 @@ class FAB(Attack):
                 if idx.numel() == 0:
                     return x_adv
                 x_found, found_norm = self.run(x[idx], y[idx], None if target is None else target[idx],
-                                               generator if restart > 0 else None)
+                                               generator if restart > 0 else None,
+                                               None if self.mask is None else self.mask[idx])
                 broken = found_norm <= self.eps
                 x_adv[idx[broken]] = x_found[broken]
                 robust[idx[broken]] = False
         return x_adv
 
-    def boundary(self, x: Tensor, y: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """The boundary function f = z_y - z_target at ``x``, its input gradient and the logits (targeted), or,
-        untargeted, those of the class whose linearised boundary is closest."""
+    def boundary(self, x: Tensor, y: Tensor, target: Tensor | None,
+                 mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The boundary function f = z_y - z_target at ``x``, its input gradient (zero outside ``mask``) and the
+        logits (targeted), or, untargeted, those of the class whose linearised boundary is closest."""
         if target is not None:
             f, g, logits = self.loss_and_grad(x, lambda z: z.gather(1, y[:, None]).squeeze(1)
                                               - z.gather(1, target[:, None]).squeeze(1))
-            return f, g, logits
+            return f, apply_mask(g, mask), logits
         x = x.detach().requires_grad_(True)
         logits = self.logits(x)
-        dual = "L2" if self.norm == "L2" else "L1"
+        dual = {"Linf": "L1", "L2": "L2", "L1": "Linf"}[self.norm]  # distance to a hyperplane: |f| / ||g||_dual
         best_f = best_g = best_dist = None
         for j in range(logits.shape[1]):
             f = logits.gather(1, y[:, None]).squeeze(1) - logits[:, j]
             (g,) = torch.autograd.grad(f.sum(), x, retain_graph=j + 1 < logits.shape[1])
             self.backward_passes += x.shape[0]
-            g_norm = g.flatten(1).abs().sum(1) if dual == "L1" else g.flatten(1).norm(dim=1)
+            g = apply_mask(g, mask)
+            g_norm = per_example_norm(g, dual)
             dist = torch.where(y == j, torch.full_like(f, float("inf")), f.detach().abs() / (g_norm + 1e-12))
             if best_dist is None:
                 best_f, best_g, best_dist = f.detach(), g, dist
@@ -184,8 +209,8 @@ class FAB(Attack):
             best_dist = torch.where(closer, dist, best_dist)
         return best_f, best_g, logits.detach()
 
-    def run(self, x0: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    def run(self, x0: Tensor, y: Tensor, target: Tensor | None, generator: torch.Generator | None,
+            mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One FAB run: (smallest adversarial point found, its norm; inf where none was found).
 
         Each iteration costs a forward pass (does the new iterate fool the model?) and a forward+backward
@@ -198,12 +223,12 @@ class FAB(Attack):
         rows = (-1, *([1] * (x0.dim() - 1)))
         x1 = x0
         if generator is not None:  # random restart on the sphere of radius eps / 2
-            noise = random_in_ball(x0, 1.0, self.norm, generator)
+            noise = random_in_ball(x0, 1.0, self.norm, generator, mask)
             noise = noise / (per_example_norm(noise, self.norm) + 1e-12).reshape(rows)
             x1 = (x0 + self.eps / 2 * noise).clamp(0, 1)
         best, best_norm = x0.clone(), torch.full((x0.shape[0],), float("inf"), device=x0.device, dtype=x0.dtype)
         for _ in range(self.steps):
-            f, g, _ = self.boundary(x1, y, target)
+            f, g, _ = self.boundary(x1, y, target, mask)
             with torch.no_grad():
                 x1 = self._step(flat0, x1.flatten(1).double(), f.double(), g.flatten(1).double()).to(x0.dtype)
                 x1 = x1.reshape(shape)

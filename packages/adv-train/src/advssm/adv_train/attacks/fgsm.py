@@ -8,12 +8,13 @@ from .base import Attack, get_loss, steepest_ascent
 
 
 class FGSM(Attack):
-    """Fast Gradient Sign Method: ``x + eps * sign(grad_x loss)`` (Linf), or ``x + eps * g / ||g||`` (L2).
+    """Fast Gradient Sign Method: ``x + eps * sign(grad_x loss)`` (Linf), ``x + eps * g / ||g||`` (L2), or eps on
+    the coordinate of largest ``|g|`` that the box lets move (L1); within the call's mask.
 
     Args:
         model: classifier mapping [0, 1] inputs to logits.
         eps: perturbation radius.
-        norm: "Linf" (the classical FGSM) or "L2" (fast gradient method).
+        norm: "Linf" (the classical FGSM), "L2" (fast gradient method) or "L1".
         loss: "ce", "margin" or "dlr".
         seed: accepted so every attack takes the same arguments; FGSM draws no random numbers.
     """
@@ -28,4 +29,4 @@ class FGSM(Attack):
 
     def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         _, grad, _ = self.loss_and_grad(x, lambda z: self.loss_fn(z, y))
-        return x + self.eps * steepest_ascent(grad, self.norm)
+        return x + self.eps * steepest_ascent(grad, self.norm, self.mask, x)

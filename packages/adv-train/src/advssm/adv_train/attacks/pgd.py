@@ -17,7 +17,8 @@ def keep_worst(best: Tensor, best_fooled: Tensor, best_loss: Tensor,
 
 
 class PGD(Attack):
-    """Projected Gradient Descent on the loss, Linf (sign steps) or L2 (normalised-gradient steps).
+    """Projected Gradient Descent on the loss, Linf (sign steps), L2 (normalised-gradient steps) or L1 (a step
+    on the coordinate of largest gradient that the box lets move, then the projection onto ball and box).
 
     Args:
         model: classifier mapping [0, 1] inputs to logits.
@@ -25,7 +26,7 @@ class PGD(Attack):
         alpha: step size (in the units of ``norm``).
         steps: number of gradient steps.
         random_start: start from a point drawn uniformly from the eps-ball (else from ``x``).
-        norm: "Linf" or "L2".
+        norm: "Linf", "L2" or "L1".
         restarts: independent runs; per example the worst (fooling first, then highest loss) is kept.
         loss: "ce", "margin" or "dlr".
         seed: seeds the random starts (see ``Attack``).
@@ -53,13 +54,14 @@ class PGD(Attack):
         def loss(logits: Tensor) -> Tensor:
             return self.loss_fn(logits, y)
 
-        best = None
+        best, mask = None, self.mask
         for _ in range(self.restarts):
-            x_adv = x + random_in_ball(x, self.eps, self.norm, generator) if self.random_start else x
-            x_adv = project(x_adv, x, self.eps, self.norm)
+            x_adv = x + random_in_ball(x, self.eps, self.norm, generator, mask) if self.random_start else x
+            x_adv = project(x_adv, x, self.eps, self.norm, mask)
             for _ in range(self.steps):
                 _, grad, _ = self.loss_and_grad(x_adv, loss)
-                x_adv = project(x_adv + self.alpha * steepest_ascent(grad, self.norm), x, self.eps, self.norm)
+                x_adv = project(x_adv + self.alpha * steepest_ascent(grad, self.norm, mask, x_adv), x, self.eps,
+                                self.norm, mask)
             if self.restarts == 1:
                 return x_adv
             with torch.no_grad():

@@ -19,6 +19,11 @@ of a 10000-query budget (rescaled to ``n_queries``).
 
 Layouts: (B, C, H, W) images get square windows over (H, W); (B, L, C) sequences get windows
 of length p * L over L, with one sign per channel; (B, D) vectors windows of length p * D.
+
+Masks: each window is drawn where it overlaps the mask's bounding box (per example: inside the box when
+it fits, covering it when it is larger), and the perturbation is zeroed outside the mask before the
+query (L2: before it is rescaled to norm eps), so no query is spent on coordinates that may not move.
+L1 is not available: the AutoAttack code has an L1 Square (Croce & Hein, 2021) that this one does not.
 Unlike the AutoAttack code, which draws one window and one sign per channel for the whole batch
 at each query, every example gets its own (as in the paper's own code): a little stronger.
 """
@@ -29,7 +34,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import TINY, Attack, check_positive_int, margin_loss
+from .base import TINY, Attack, apply_mask, check_positive_int, margin_loss
 
 # Query indices (of a 10000-query budget) after which p halves once more.
 P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -83,9 +88,11 @@ class _Windows:
         self.generator, self.device = generator, device
         self._bases: dict[tuple, tuple[Tensor, ...]] = {}
 
-    def draw(self, n: int, channels: int, space: list[int], side: int, windows: int) -> tuple[list[tuple], Tensor]:
+    def draw(self, n: int, channels: int, space: list[int], side: int, windows: int,
+             bounds: list[tuple[Tensor, Tensor]] | None = None) -> tuple[list[tuple], Tensor]:
         """``windows`` advanced-indexing tuples into (n, channels, *space), each giving (n, channels, side, ...),
-        and a random sign per (example, channel), shaped (n, channels, 1, ...)."""
+        and a random sign per (example, channel), shaped (n, channels, 1, ...). ``bounds``: per spatial axis,
+        the (n,) first and past-the-last index of the region each window must overlap (None: all of it)."""
         d = len(space)
         u = torch.rand((n, windows * d + channels), generator=self.generator, device=self.device)
         key = (n, channels, tuple(space), side)
@@ -100,12 +107,34 @@ class _Windows:
                                 torch.arange(channels, device=self.device).reshape(1, channels, *[1] * d), *offsets)
         positions, batch_index, channel_index, *offsets = self._bases[key]
         index = []
+        if bounds is not None:  # starts in [s_min, s_max]: the window inside the region, or covering it
+            low = torch.stack([(b_lo.clamp(max=b_hi - side)).clamp(min=0) for b_lo, b_hi in bounds], 1)
+            high = torch.stack([torch.minimum(torch.maximum(b_lo, b_hi - side), torch.full_like(b_lo, size - side))
+                                for (b_lo, b_hi), size in zip(bounds, space)], 1)
+            low, positions = low.minimum(high), (high - low.minimum(high) + 1).to(u.dtype)
         for w in range(windows):
             starts = (u[:, w * d:(w + 1) * d] * positions).long()  # uniform in 0 .. size - side (u < 1)
+            if bounds is not None:
+                starts = starts + low
             index.append((batch_index, channel_index,
                           *(starts[:, axis].reshape(n, 1, *[1] * d) + offsets[axis] for axis in range(d))))
         signs = 2.0 * (u[:, windows * d:] < 0.5) - 1
         return index, signs.reshape(n, channels, *[1] * d)
+
+
+def _bounding_box(mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Per spatial axis of a channels-first bool ``mask`` (n, C, *space): the (n,) first index and one past the
+    last where any channel is masked (the whole axis for an example with an empty mask)."""
+    spatial = mask.any(1)
+    bounds = []
+    for axis in range(1, spatial.dim()):
+        line = spatial.any(dim=[a for a in range(1, spatial.dim()) if a != axis]) if spatial.dim() > 2 else spatial
+        size = line.shape[1]
+        empty = ~line.any(1)
+        first = line.to(torch.uint8).argmax(1)
+        last = size - line.flip(1).to(torch.uint8).argmax(1)
+        bounds.append((torch.where(empty, 0, first), torch.where(empty, size, last)))
+    return bounds
 
 
 def _l2(t: Tensor) -> Tensor:
@@ -127,12 +156,15 @@ class Square(Attack):
         p_init: initial fraction of the spatial size covered by a window (0.8 in AutoAttack).
         n_restarts: runs from fresh starts on the examples not yet fooled.
         seed: seeds all the random choices.
-        norm: "Linf" or "L2".
+        norm: "Linf" or "L2" (no L1 Square here; see the module docstring).
     """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, n_queries: int = 5000, p_init: float = 0.8,
                  n_restarts: int = 1, seed: int | None = 0, norm: str = "Linf"):
         super().__init__(model, eps, norm=norm, seed=seed)
+        if norm == "L1":
+            raise ValueError("Square has no L1 version in advssm (the AutoAttack code's L1 Square is not "
+                             "implemented); use norm='Linf' or 'L2', or the L1 attacks apgd-ce, apgd-t, fab-t")
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must lie in (0, 1], got {p_init}")
         self.n_queries = check_positive_int(n_queries, "n_queries")
@@ -155,17 +187,23 @@ class Square(Attack):
             idx = (margin > 0).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            x_adv[idx], margin[idx] = self.run(x[idx], y[idx], generator)
+            x_adv[idx], margin[idx] = self.run(x[idx], y[idx], generator,
+                                               None if self.mask is None else self.mask[idx])
         return x_adv
 
     def _margin(self, x: Tensor, y: Tensor) -> Tensor:
         return -margin_loss(self.logits(x), y)
 
-    def run(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """One random search; returns (best point, its margin z_y - max_other)."""
+    def run(self, x: Tensor, y: Tensor, generator: torch.Generator,
+            mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One random search, changing only the coordinates of ``mask`` (None: all); returns (best point, its
+        margin z_y - max_other)."""
         dim, xc = x.dim(), to_channels_first(x)
         batch, _, *space = xc.shape
+        mc = None if mask is None else to_channels_first(mask)
+        bounds = None if mc is None else _bounding_box(mc)
         best = self._start_linf(xc, generator) if self.norm == "Linf" else self._start_l2(xc, generator)
+        best = xc + apply_mask(best - xc, mc) if mc is not None else best
         margin = self._margin(from_channels_first(best, dim), y)
         patterns: dict[tuple[int, bool], Tensor] = {}
         windows = _Windows(generator, x.device)
@@ -175,11 +213,13 @@ class Square(Attack):
                 break
             everyone = todo.numel() == batch  # skips the gathers while nothing is fooled yet
             x_now, current = (xc, best) if everyone else (xc[todo], best[todo])
+            m_now = None if mc is None else mc if everyone else mc[todo]
+            b_now = None if bounds is None else bounds if everyone else [(lo[todo], hi[todo]) for lo, hi in bounds]
             p = p_selection(self.p_init, query, self.n_queries)
             if self.norm == "Linf":
-                candidate = self._propose_linf(x_now, current, p, windows)
+                candidate = self._propose_linf(x_now, current, p, windows, m_now, b_now)
             else:
-                candidate = self._propose_l2(x_now, current, p, windows, generator, patterns)
+                candidate = self._propose_l2(x_now, current, p, windows, generator, patterns, m_now, b_now)
             new_margin = self._margin(from_channels_first(candidate, dim), y if everyone else y[todo])
             better = new_margin < (margin if everyone else margin[todo])
             rows = better.nonzero().squeeze(1)
@@ -196,19 +236,22 @@ class Square(Attack):
                              device=xc.device)
         return (xc + self.eps * (2 * draw - 1).to(xc.dtype)).clamp(0, 1)
 
-    def _propose_linf(self, x_now: Tensor, current: Tensor, p: float, windows: _Windows) -> Tensor:
+    def _propose_linf(self, x_now: Tensor, current: Tensor, p: float, windows: _Windows, mask: Tensor | None = None,
+                      bounds: list | None = None) -> Tensor:
         n, channels, *space = x_now.shape
         side = min(max(round((p * math.prod(space)) ** (1 / len(space))), 1), min(space))
-        (window,), signs = windows.draw(n, channels, space, side, 1)
+        (window,), signs = windows.draw(n, channels, space, side, 1, bounds)
         signs = signs.to(x_now.dtype)
         x_win, current_win = x_now[window], current[window]
         proposal = (x_win + self.eps * signs).clamp(0, 1)
+        if mask is not None:
+            proposal = torch.where(mask[window], proposal, x_win)
         unchanged = (proposal == current_win).flatten(1).all(1)
         # the signs the window already has: take the opposite ones (the farthest corner of the window)
         signs = signs * (1 - 2 * unchanged.to(signs.dtype)).reshape(-1, *[1] * (signs.dim() - 1))
         candidate = current.clone()
         candidate[window] = (x_win + self.eps * signs).clamp(0, 1)
-        return candidate
+        return candidate if mask is None else x_now + apply_mask(candidate - x_now, mask)
 
     # -- L2 -------------------------------------------------------------------------------
     def _start_l2(self, xc: Tensor, generator: torch.Generator) -> Tensor:
@@ -226,11 +269,12 @@ class Square(Attack):
         return (xc + self.eps * delta / (_l2(delta) + TINY)).clamp(0, 1)
 
     def _propose_l2(self, x_now: Tensor, current: Tensor, p: float, windows: _Windows, generator: torch.Generator,
-                    patterns: dict[tuple[int, bool], Tensor]) -> Tensor:
+                    patterns: dict[tuple[int, bool], Tensor], mask: Tensor | None = None,
+                    bounds: list | None = None) -> Tensor:
         n, channels, *space = x_now.shape
         side = max(round((p * math.prod(space)) ** (1 / len(space))), 3)
         side = min(side + 1 - side % 2, min(space))  # odd, as in the paper's code, and inside the input
-        (first, second), signs = windows.draw(n, channels, space, side, 2)
+        (first, second), signs = windows.draw(n, channels, space, side, 2, bounds)
         delta = current - x_now
         window_dims = tuple(range(2, delta.dim()))
         old = delta[first]
@@ -250,4 +294,5 @@ class Square(Attack):
         new = new / (new.pow(2).sum(window_dims, keepdim=True).sqrt() + TINY) * room
         delta[second] = 0.0
         delta[first] = new
+        delta = apply_mask(delta, mask)
         return (x_now + self.eps * delta / (_l2(delta) + TINY)).clamp(0, 1)
