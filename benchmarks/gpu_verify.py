@@ -22,7 +22,8 @@ rather than raised:
 3. ``training``: one AdamW training step of each paper preset (S4, DSS, S5, Mega, S6 on
    MNIST, CIFAR-10, Tiny-ImageNet, batch 256; halved on out-of-memory, and said so) and one
    PGD-10 batch (adv-train's PGD, the paper's eps and step), with the projected cost of an
-   epoch of standard training and of PGD-AT.
+   epoch of standard training and of PGD-AT; the same training step under bf16 autocast
+   (``TrainConfig.precision = "bf16"``, as the trainer runs it) timed beside the fp32 one.
 
 Past ``--budget-s`` (default 400 s, inside the 8 minutes this is meant to take) the remaining
 rows are listed as skipped. Each section runs in its own process, killed 45 s past its share
@@ -249,6 +250,7 @@ def _one_preset(dataset: str, layer: str, batch: int, device, repeats: int, tiny
     import torch
     import torch.nn.functional as F
     from advssm.adv_train.attacks import PGD
+    from advssm.adv_train.precision import autocast_forward
     from advssm.ssm_layers import build_model, preset
 
     shape, n_train, eps, alpha = DATASETS[dataset]
@@ -269,13 +271,19 @@ def _one_preset(dataset: str, layer: str, batch: int, device, repeats: int, tiny
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
 
+    def train_step_bf16():  # the trainer's precision = "bf16": the forward under autocast, fp32 logits
+        with autocast_forward(model, "bf16", device):
+            train_step()
+
     attack = PGD(model, eps=eps, alpha=alpha, steps=10, random_start=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step_s = _median_step(train_step, device, repeats)
+    bf16_s = _median_step(train_step_bf16, device, repeats)
     pgd_s = _median_step(lambda: attack(x, y), device, 1, warmup=False)  # the training steps warmed the model up
     steps_per_epoch = -(-n_train // batch)
-    row = {"step_ms": 1e3 * step_s, "pgd10_ms": 1e3 * pgd_s, "steps_per_epoch": steps_per_epoch,
+    row = {"step_ms": 1e3 * step_s, "step_bf16_ms": 1e3 * bf16_s, "bf16_speedup": step_s / bf16_s,
+           "pgd10_ms": 1e3 * pgd_s, "steps_per_epoch": steps_per_epoch,
            "epoch_st_min": steps_per_epoch * step_s / 60, "epoch_pgd_at_min": steps_per_epoch * (step_s + pgd_s) / 60,
            "parameters": sum(p.numel() for p in model.parameters())}
     if device.type == "cuda":
@@ -364,11 +372,12 @@ def markdown(data: dict) -> str:
         lines.append("")
     train = sections.get("training", [])
     if train:
-        lines += ["| data set | layer | batch | train step ms | PGD-10 batch ms | epoch ST min | epoch PGD-AT min | "
-                  "peak GiB | note |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| data set | layer | batch | train step ms | bf16 step ms | bf16 speed-up | PGD-10 batch ms | "
+                  "epoch ST min | epoch PGD-AT min | peak GiB | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in train:
             note = r.get("skipped") or r.get("error") or r.get("note") or ""
             lines.append(f"| {r['dataset']} | {r['layer']} | {r.get('batch', '-')} | {_fmt(r.get('step_ms'), '.1f')} | "
+                         f"{_fmt(r.get('step_bf16_ms'), '.1f')} | {_fmt(r.get('bf16_speedup'), '.2f')} | "
                          f"{_fmt(r.get('pgd10_ms'), '.1f')} | {_fmt(r.get('epoch_st_min'), '.1f')} | "
                          f"{_fmt(r.get('epoch_pgd_at_min'), '.1f')} | {_fmt(r.get('peak_memory_gib'))} | {note} |")
     return "\n".join(lines).rstrip() + "\n"

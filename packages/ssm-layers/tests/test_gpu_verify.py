@@ -52,6 +52,7 @@ def test_gpu_verify_dry_run_on_the_cpu(tmp_path):
     for row in training:
         assert "error" not in row, row
         assert row["step_ms"] > 0 and row["pgd10_ms"] > 0 and row["epoch_pgd_at_min"] > row["epoch_st_min"] > 0
+        assert row["step_bf16_ms"] > 0 and abs(row["bf16_speedup"] * row["step_bf16_ms"] - row["step_ms"]) < 1e-6
 
     text = page.read_text()
     rows = text[text.index("<!-- gpu_verify: begin -->"):text.index("<!-- gpu_verify: end -->")]
