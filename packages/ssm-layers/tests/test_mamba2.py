@@ -196,3 +196,12 @@ def test_rmsnorm_backbone_option():
         ModelConfig(norm="batchnorm")
     with pytest.raises(ValueError, match="norm_eps must be a positive number"):
         ModelConfig(norm_eps=0)
+
+
+def test_default_head_dim_is_64_or_one_head():
+    """head_dim None: mamba_ssm's 64, or one head of d_inner channels for a layer narrower than that (the zoo's
+    small test models); an explicit head_dim is never changed."""
+    assert (Mamba2(128).head_dim, Mamba2(128).nheads) == (64, 4)
+    assert (Mamba2(8).head_dim, Mamba2(8).nheads) == (16, 1)
+    with pytest.raises(ValueError, match="not a multiple of head_dim=64"):
+        Mamba2(8, head_dim=64)

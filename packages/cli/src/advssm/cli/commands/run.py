@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import click
+from advssm.ssm_layers.layers import LAYERS
 from advssm.ssm_layers.layers.scans import SCANS
 
 from ..spec import PRESETS, parse_assignment
@@ -37,7 +38,7 @@ class PatchSize(click.ParamType):
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="The paper's model and protocol for a data set "
               "(paper-*), or a small vision model (vim-*, vmamba-*) under that protocol.")
-@click.option("--model", help="Layer: s4, s4d, dss, s5, mega, s6, attention.")
+@click.option("--model", help=f"Layer: {', '.join(LAYERS)}.")
 @click.option("--method", help="Training method: standard, pgd-at, trades, mart, free-at, yopo, fast-at; "
               "comma-separated for one cell each (standard,pgd-at).")
 @click.option("--ads", help="Adaptive Scaling activation: none, relu, sigmoid, tanh.")

@@ -29,6 +29,8 @@ from ..ops import SSD, ssd
 from .base import SequenceLayer, at_least_fp32, check_backend, check_dropout, positive_int
 from .s6 import inverse_softplus
 
+DEFAULT_HEAD_DIM = 64  # mamba_ssm's and transformers' default
+
 
 class GroupedRMSNorm(nn.Module):
     """RMSNorm over groups of ``group_size`` channels, times a learned per-channel ``weight``.
@@ -62,7 +64,9 @@ class Mamba2(SequenceLayer):
     Args:
         d_model: model width H.
         d_state: state size N per head (``mamba_ssm``'s default is 128; 64 here, the CIFAR preset's).
-        head_dim: channels per head P; nheads = d_inner / head_dim.
+        head_dim: channels per head P; nheads = d_inner / head_dim. None (the default): 64, ``mamba_ssm``'s
+            default, or d_inner when the layer is narrower than that (one head of d_inner channels). An explicit
+            head_dim must divide d_inner.
         n_groups: groups G sharing B and C (and the RMSNorm groups); nheads must be a multiple of G.
         d_conv: width of the causal depthwise convolution.
         expand: d_inner = expand * d_model.
@@ -82,18 +86,19 @@ class Mamba2(SequenceLayer):
 
     is_selective = True
 
-    def __init__(self, d_model: int, d_state: int = 64, head_dim: int = 64, n_groups: int = 1, d_conv: int = 4,
+    def __init__(self, d_model: int, d_state: int = 64, head_dim: int | None = None, n_groups: int = 1, d_conv: int = 4,
                  expand: int = 2, chunk_size: int = 256, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  dt_init_floor: float = 1e-4, dt_limit=(0.0, float("inf")), A_init_range=(1.0, 16.0),
                  norm_eps: float = 1e-5, dropout: float = 0.0, backend: str = "auto"):
         super().__init__(d_model)
         name = type(self).__name__
         self.d_state = positive_int(name, "d_state", d_state)
-        self.head_dim = positive_int(name, "head_dim", head_dim)
         self.n_groups = positive_int(name, "n_groups", n_groups)
         self.d_conv = positive_int(name, "d_conv", d_conv)
         self.chunk_size = positive_int(name, "chunk_size", chunk_size)
         self.d_inner = positive_int(name, "expand", expand) * d_model
+        head_dim = min(DEFAULT_HEAD_DIM, self.d_inner) if head_dim is None else head_dim
+        self.head_dim = positive_int(name, "head_dim", head_dim)
         if self.d_inner % head_dim:
             divisors = [p for p in range(1, self.d_inner + 1) if self.d_inner % p == 0]
             raise ValueError(f"{name}: d_inner = expand * d_model = {self.d_inner} is not a multiple of "
