@@ -399,16 +399,13 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------------
 
     def _attacks(self, epoch: int, run_aa: bool) -> dict[str, Any]:
-        from .attacks import PGD  # imported on use: the loop itself needs no attack
+        from .attacks import build  # imported on use: the loop itself needs no attack
 
         cfg, seed = self.config, eval_seed(self.config.seed, epoch)
-        attacks = {"pgd": PGD(self.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.eval_pgd_steps,
-                              random_start=True, seed=seed)}
-        if run_aa:
-            from .attacks import AutoAttack
-
-            attacks["aa"] = AutoAttack(self.model, norm="Linf", eps=cfg.eps, version=cfg.aa_version,
-                                       attacks=cfg.aa_attacks, seed=seed)
+        attacks = {"pgd": build("pgd", self.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.eval_pgd_steps, seed=seed)}
+        if run_aa:  # a custom list at the paper's 100 steps per attack
+            attacks["aa"] = build("aa", self.model, eps=cfg.eps, aa_version=cfg.aa_version, aa_attacks=cfg.aa_attacks,
+                                  seed=seed)
         return attacks
 
     def _evaluate(self, epoch: int, run_aa: bool) -> dict[str, Any]:

@@ -16,19 +16,6 @@ from . import cell_folder
 _BUDGET_KEYS = ("steps", "queries", "restarts", "n_restarts")
 
 
-def build_autoattack(model, eps: float, settings, seed: int):
-    """AutoAttack as ``settings`` (an ``EvalSpec``) describe: the standard ensemble, the rand version (APGD-CE and
-    APGD-DLR with EOT) at their fixed budgets, or a custom list at a custom budget."""
-    from advssm.adv_train.attacks import AutoAttack, build_attack
-
-    if settings.aa_version in ("standard", "rand"):
-        return AutoAttack(model, norm="Linf", eps=eps, version=settings.aa_version, seed=seed)
-    if settings.aa_version != "custom":  # EvalSpec admits no other value; never build one in its place
-        raise ValueError(f"unknown eval.aa_version {settings.aa_version!r}")
-    attacks = [build_attack(name, model, "Linf", eps, seed, steps=settings.aa_steps) for name in settings.aa_attacks]
-    return AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=attacks, seed=seed)
-
-
 def components(attack, names=None) -> list[dict]:
     """Each AutoAttack component's name (``names``: as the config lists them) and budget (steps or queries, and
     ``eot_iter``, the samples averaged per step, where it is more than one), for the label beside the number."""
@@ -115,7 +102,7 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
     ``summary`` is the trainer's (it names the best and last epochs). Under torchrun every rank calls this
     (the evaluation is collective) and rank 0 alone writes. Returns the cell's table row."""
     import torch
-    from advssm.adv_train.attacks import PGD
+    from advssm.adv_train.attacks import build
     from advssm.adv_train.evaluation import evaluate
     from advssm.adv_train.precision import autocast_forward
     from advssm.adv_train.trainer import eval_seed
@@ -136,9 +123,11 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
                 continue
             model, _ = load_checkpoint(cell_folder.checkpoint(cell_dir, stage), map_location=torch.device(device))
             seed = eval_seed(train.seed, summary[stage]["epoch"])
-            pgd = PGD(model, eps=train.eps, alpha=train.alpha, steps=train.eval_pgd_steps, random_start=True,
-                      seed=seed)
-            aa = build_autoattack(model, train.eps, settings, seed)
+            pgd = build("pgd", model, eps=train.eps, alpha=train.alpha, steps=train.eval_pgd_steps, seed=seed)
+            # AutoAttack as [eval] sets it: standard or rand at their budgets, or a custom list at aa_steps
+            aa = build("aa", model, eps=train.eps, aa_version=settings.aa_version, seed=seed,
+                       aa_attacks=settings.aa_attacks if settings.aa_version == "custom" else None,
+                       aa_steps=settings.aa_steps)
             parts = components(aa, settings.aa_attacks if settings.aa_version == "custom" else None)
             records = cell_folder.records_file(cell_dir, stage)
             hook = (lambda info, s=stage: progress(s, info)) if progress else None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import click
+from advssm.adv_train import threat_models
+from advssm.adv_train.attacks import ATTACKS, NORMS, build
 
 from .. import interrupts
 from ..checkpoints import load_for_eval
@@ -9,37 +11,42 @@ from ..errors import ConfigError
 from ..output import emit
 from ..progress import TqdmProgress
 
-# pgd (the run's own steps and step size), fgsm, AutoAttack's parts at its budgets, and the whole of it
-ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "aa")
 
+def build_attacks(names: str, model, eps: float, steps: int, seed: int, alpha: float | None = None,
+                  norm: str = "Linf", threat_model=None) -> dict:
+    """``"pgd,aa"`` -> {"pgd-10": PGD(...), "aa": AutoAttack(...)} through ``advssm.adv_train.attacks.build``;
+    unknown names are a ConfigError. ``steps`` and ``alpha`` are PGD's (default eps / 4); AutoAttack and its
+    parts run at the paper's budgets; ``threat_model`` masks every attack.
 
-def _build_attack(name: str, model, eps: float, steps: int, alpha: float, seed: int):
-    from advssm.adv_train.attacks import FGSM, PGD, AutoAttack, build_attack
-
-    if name == "fgsm":
-        return FGSM(model, eps=eps)
-    if name == "pgd":
-        return PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True, seed=seed)
-    if name == "aa":
-        return AutoAttack(model, eps=eps, seed=seed)
-    return build_attack(name, model, "Linf", eps, seed)
-
-
-def build_attacks(names: str, model, eps: float, steps: int, seed: int, alpha: float | None = None) -> dict:
-    """``"pgd,aa"`` -> {"pgd-10": PGD(...), "aa": AutoAttack(...)}; unknown names are a ConfigError.
-
-    ``alpha`` is the PGD step (default eps / 4)."""
+        build_attacks("fgsm,pgd", model, 0.1, steps=10, seed=0)    # {"fgsm": FGSM, "pgd-10": PGD}
+    """
     chosen = [n.strip().lower() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in ATTACK_NAMES]
+    unknown = [n for n in chosen if n not in ATTACKS]
     if unknown or not chosen:
-        raise ConfigError(f"unknown attack {unknown[0] if unknown else names!r}; choose from {', '.join(ATTACK_NAMES)}")
-    alpha = eps / 4 if alpha is None else alpha
-    return {name if name != "pgd" else f"pgd-{steps}": _build_attack(name, model, eps, steps, alpha, seed)
+        raise ConfigError(f"unknown attack {unknown[0] if unknown else names!r}; choose from {', '.join(ATTACKS)}")
+    return {name if name != "pgd" else f"pgd-{steps}":
+            build(name, model, eps=eps, norm=norm, seed=seed, threat_model=threat_model,
+                  **({"steps": steps, "alpha": alpha} if name == "pgd" else {}))
             for name in chosen}
 
 
+class ThreatModelType(click.ParamType):
+    """``--threat window:START:LEN | prefix:K | suffix:K | random:K[:SEED] | patch:TOP:LEFT:SIZE | full``."""
+
+    name = "THREAT"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, threat_models.ThreatModel):
+            return value
+        try:
+            return threat_models.parse(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
 class EpsList(click.ParamType):
-    """``0.03`` or ``0.01,0.02,0.05``: Linf budgets in (0, 1] (inputs live in [0, 1]), each given once."""
+    """``0.03`` or ``0.01,0.02,0.05``: budgets > 0, each given once (Linf ones also <= 1, checked with --norm:
+    inputs live in [0, 1])."""
 
     name = "EPS[,EPS...]"
 
@@ -52,8 +59,8 @@ class EpsList(click.ParamType):
                 eps = float(part)
             except ValueError:
                 self.fail(f"{part.strip()!r} is not a number (write e.g. 0.03 or 0.01,0.02,0.05)", param, ctx)
-            if not 0 < eps <= 1:
-                self.fail(f"{eps:g} is not in the range 0<x<=1", param, ctx)
+            if not 0 < eps < float("inf"):
+                self.fail(f"{eps:g} is not in the range 0<x", param, ctx)
             if eps in values:
                 self.fail(f"{eps:g} is listed twice", param, ctx)
             values.append(eps)
@@ -69,12 +76,20 @@ def _architecture(model, cell) -> str:
 @click.command("eval")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--attacks", default="pgd,aa", show_default=True,
-              help=f"Comma-separated: {', '.join(ATTACK_NAMES)}.")
+              help=f"Comma-separated: {', '.join(ATTACKS)}.")
+@click.option("--norm", type=click.Choice(NORMS), default="Linf", show_default=True,
+              help="Threat model's norm (L2 and L1 need --eps; L1 is the L1 ball within the [0, 1] box).")
+@click.option("--threat", type=ThreatModelType(),
+              help=f"Positions the attacks may change: {' | '.join(threat_models.SYNTAX.values())} | full "
+                   "(default full). Positions are tokens: time steps, or an image's pixels in raster order.")
+@click.option("--position-sweep", "position_sweep",
+              help="LEN[:STRIDE]: robust accuracy against where a window of LEN positions sits (stride: LEN); "
+                   "a table, <checkpoint>.positions.json/.md/.png.")
 @click.option("--n", "n", type=click.IntRange(min=1),
               help="Evaluate the first N test examples (default: those of the run's table row; all without a run).")
 @click.option("--eps", "eps_values", type=EpsList(),
-              help="Linf budget in (0, 1] (default: the run's); several, comma-separated, give a robustness "
-                   "curve: one clean pass, every attack at every eps on the same examples.")
+              help="Budget in --norm, Linf ones in (0, 1] (default: the run's); several, comma-separated, give a "
+                   "robustness curve: one clean pass, every attack at every eps on the same examples.")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True),
               help="PGD step size at every eps (default: the run's with the run's eps, else eps/4).")
 @click.option("--steps", type=click.IntRange(min=1), help="PGD steps (default: the run's eval_pgd_steps, else 10).")
@@ -94,8 +109,8 @@ def _architecture(model, cell) -> str:
               help="Machine-readable output; with one eps also writes <checkpoint>.robustbench.json "
                    "(RobustBench's model info).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def eval_command(checkpoints, attacks, n, eps_values, alpha, steps, dataset, data_dir, batch_size, device, seed,
-                 records_path, curves_out, resume, as_json, progress):
+def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_values, alpha, steps, dataset, data_dir,
+                 batch_size, device, seed, records_path, curves_out, resume, as_json, progress):
     """Clean and robust accuracy of a checkpoint under the chosen attacks (worst case over them too).
 
     One rule for every number: an example counts as robust under an attack when it is classified
@@ -113,13 +128,30 @@ def eval_command(checkpoints, attacks, n, eps_values, alpha, steps, dataset, dat
       advssm eval best.safetensors --attacks aa --resume   # after Ctrl-C
       advssm eval best.safetensors --eps 0.01,0.02,0.05,0.1 --attacks pgd,aa
       advssm eval runs/X/standard/best.safetensors runs/X/pgd-at/best.safetensors --eps 0.02,0.05,0.1
+      advssm eval best.safetensors --threat suffix:16 --attacks pgd,apgd-ce      # the last 16 steps only
+      advssm eval best.safetensors --norm L1 --eps 12 --attacks aa
+      advssm eval best.safetensors --position-sweep 64:32 --attacks pgd        # accuracy against position
     """
     from pathlib import Path
 
+    if norm != "Linf" and eps_values is None:
+        raise ConfigError(f"--norm {norm} needs --eps: the run's eps is an Linf budget")
+    if norm == "Linf" and eps_values and max(eps_values) > 1:
+        raise click.BadParameter(f"{max(eps_values):g} is not in the range 0<x<=1 (Linf: inputs live in [0, 1])",
+                                 param_hint="'--eps'")
+    sweep = None
+    if position_sweep is not None:
+        from ..positions import parse_sweep
+
+        sweep = parse_sweep(position_sweep)
+        if threat is not None or len(checkpoints) > 1 or (eps_values is not None and len(eps_values) > 1):
+            raise ConfigError("--position-sweep moves its own window over one checkpoint at one eps: drop --threat, "
+                              "extra checkpoints and extra eps")
     if records_path and len(checkpoints) > 1:
         raise ConfigError("--records names one file; with several checkpoints each one's records go to "
                           "<checkpoint>.eval.jsonl beside it: drop --records")
-    options = {"attacks": attacks, "n": n, "alpha": alpha, "steps": steps, "dataset": dataset, "data_dir": data_dir,
+    options = {"attacks": attacks, "norm": norm, "threat": threat, "sweep": sweep, "n": n, "alpha": alpha,
+               "steps": steps, "dataset": dataset, "data_dir": data_dir,
                "batch_size": batch_size, "device": device, "seed": seed, "resume": resume, "progress": progress}
     curve_mode = len(checkpoints) > 1 or (eps_values is not None and len(eps_values) > 1)
     done = []
@@ -132,14 +164,16 @@ def eval_command(checkpoints, attacks, n, eps_values, alpha, steps, dataset, dat
         again = " ".join(str(c) for c in checkpoints)
         click.echo(f"\ninterrupted; continue with: advssm eval {again} --resume (same options)", err=True)
         raise SystemExit(130) from None
-    if not curve_mode:
+    if sweep is not None:
+        _emit_sweep(*done[0], as_json)
+    elif not curve_mode:
         _emit_one(*done[0], as_json)
     else:
         _emit_curves(done, checkpoints, curves_out, as_json)
 
 
-def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, n, alpha, steps, dataset, data_dir,
-                         batch_size, device, seed, resume, progress):
+def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, threat, sweep, n, alpha, steps, dataset,
+                         data_dir, batch_size, device, seed, resume, progress):
     """(data, result, model, cell, eps list, attack names): one checkpoint evaluated at every eps in one
     ``evaluate()`` call (the attacks of eps e are named ``name@e`` when there are several)."""
     from advssm.adv_train.evaluation import evaluate
@@ -154,12 +188,31 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, n, alpha, 
     if cell is not None:  # the run's PGD, so its numbers can be reproduced
         steps = steps or int(cell.train.eval_pgd_steps)
     steps = steps or 10
+    if threat is not None:
+        try:
+            threat.mask(x[:1])  # a threat model that does not fit the data is refused before any attack runs
+        except ValueError as error:
+            raise ConfigError(f"--threat: {error}") from None
+    windows = []
+    if sweep is not None:
+        from ..positions import attack_at as at_start
+
+        try:
+            windows = threat_models.sweep(threat_models.n_positions(x), *sweep)
+        except ValueError as error:
+            raise ConfigError(f"--position-sweep: {error}") from None
     chosen, names = {}, []
     for eps in eps_list:
         step = alpha
         if step is None and cell is not None and run_eps:
             step = float(cell.train.alpha)
-        built = build_attacks(attacks, model, eps, steps, seed, step)
+        if windows:  # one set of attacks per window position, all in one evaluation
+            for window in windows:
+                built = build_attacks(attacks, model, eps, steps, seed, step, norm, window)
+                chosen.update({at_start(k, dict(window.params)["start"]): a for k, a in built.items()})
+            names = list(built)
+            continue
+        built = build_attacks(attacks, model, eps, steps, seed, step, norm, threat)
         names = list(built)
         chosen.update(built if len(eps_list) == 1 else {attack_at(k, eps): a for k, a in built.items()})
     if resume and not records.is_file():
@@ -178,7 +231,13 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, n, alpha, 
     finally:
         bar.close()
     data = {"checkpoint": str(checkpoint), "eps": eps_list[0] if len(eps_list) == 1 else eps_list, "n": len(x),
+            "norm": norm, "threat_model": threat.name if threat is not None else "full",
             "device": str(device), "records": str(records), **result.to_dict()}
+    if windows:
+        from ..positions import study_of
+
+        data["positions"] = study_of(checkpoint, result, windows, names, records, norm=norm, eps=eps_list[0],
+                                     length=sweep[0], stride=sweep[1] or sweep[0])
     return data, result, model, cell, eps_list, names, dataset
 
 
@@ -196,7 +255,9 @@ def _emit_one(data, result, model, cell, eps_list, names, dataset, as_json) -> N
         path = Path(checkpoint).with_suffix(".robustbench.json")
         atomic_write(path, json.dumps(record, indent=2).encode())
         data["robustbench"], data["robustbench_file"] = record, str(path)
-    lines = [f"checkpoint {checkpoint}  eps {eps_list[0]:g}  n {data['n']}  device {data['device']}",
+    threat = "" if data["threat_model"] == "full" else f"  threat {data['threat_model']}"
+    norm = "" if data["norm"] == "Linf" else f"  norm {data['norm']}"
+    lines = [f"checkpoint {checkpoint}  eps {eps_list[0]:g}{norm}{threat}  n {data['n']}  device {data['device']}",
              f"{'clean':10} {100 * result.clean_acc:6.2f}%"]
     lines += [f"{name:10} {100 * acc:6.2f}%" for name, acc in result.robust_acc.items()]
     if len(result.robust_acc) > 1:
@@ -229,3 +290,18 @@ def _emit_curves(done, checkpoints, curves_out, as_json) -> None:
     if comparison:
         lines.append(f"comparison: {comparison['png']} ({comparison['json']}, {comparison['md']})")
     emit({"curves": curves, "files": files, "comparison": comparison}, as_json, "\n".join(lines))
+
+
+def _emit_sweep(data, result, model, cell, eps_list, names, dataset, as_json) -> None:
+    """The robustness-vs-position study: its table, and its files beside the checkpoint."""
+    from ..positions import sweep_table, write_sweep
+
+    study = data["positions"]
+    files = write_sweep(study, data["checkpoint"])
+    lines = [f"checkpoint {data['checkpoint']}  {study['norm']} eps {study['eps']:g}  windows of {study['length']} "
+             f"positions, stride {study['stride']}  n {data['n']}  device {data['device']}", "",
+             "accuracy (%) with only the window's positions attacked (worst = over the attacks at that window)", "",
+             sweep_table(study), ""]
+    lines += [f"warning: {w}" for w in study["warnings"]]
+    lines.append(f"study: {files['json']} (.md, .png); per-example results: {data['records']}")
+    emit({"positions": study, "files": files}, as_json, "\n".join(lines))
