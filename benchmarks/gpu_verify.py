@@ -64,6 +64,7 @@ TINY_OP_SIZES = {
     "diag_scan": [dict(batch=1, H=4, N=2, L=9, complex=True)],
     "vandermonde_kernel": [dict(H=4, N=4, L=9)],
     "fft_conv": [dict(batch=1, H=4, L=9)],
+    "ssd": [dict(batch=1, L=9, nheads=2, ngroups=1, headdim=4, dstate=4, chunk=4)],
 }
 
 
@@ -163,7 +164,7 @@ def first_use_checks(device) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     ops.reset_kernel_checks()
     rows = []
-    for name in ("selective_scan", "diag_scan", "vandermonde_kernel"):
+    for name in (name for name, op in ops.OPS.items() if op.kernel is not None):
         args, kwargs = benchmark.op_inputs(name, TINY_OP_SIZES[name][0], device, gen)
         backend = "auto" if device.type == "cuda" else "triton"
         with warnings.catch_warnings(record=True) as caught:

@@ -104,9 +104,8 @@ def test_fft_conv_under_a_global_triton_override_stays_on_torch_fft(monkeypatch)
 def test_backends_report():
     report = backends()
     assert set(report) == {"selective_scan", "diag_scan", "vandermonde_kernel", "fft_conv", "ssd"}
-    without_kernel = {"fft_conv", "ssd"}  # ssd's kernel lands next (issue 21)
     for op, entry in report.items():
-        expected = {"reference", "torch"} | ({"triton"} if op not in without_kernel else set())
+        expected = {"reference", "torch"} | ({"triton"} if op != "fft_conv" else set())
         assert set(entry) == expected, op
         assert entry["reference"]["available"] and entry["torch"]["available"]
         for status in entry.values():

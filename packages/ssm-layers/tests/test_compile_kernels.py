@@ -21,7 +21,7 @@ from advssm.ssm_layers.kernel_verification import CASES, case_name
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "benchmarks" / "compile_kernels.py"
 KERNELS = {"_ssm_fwd_kernel", "_ssm_bwd_kernel", "_diag_scan_kernel", "_vandermonde_fwd_kernel",
-           "_vandermonde_bwd_kernel"}
+           "_vandermonde_bwd_kernel", "_ssd_fwd_kernel", "_ssd_bwd_kernel"}
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (nox -s kernels)")
 
 

@@ -32,11 +32,11 @@ def test_gpu_verify_dry_run_on_the_cpu(tmp_path):
     assert set(sections) == {"verification", "ops", "training"}
 
     verification = sections["verification"]
-    ops_with_kernels = {"selective_scan", "diag_scan", "vandermonde_kernel"}
+    ops_with_kernels = {"selective_scan", "diag_scan", "vandermonde_kernel", "ssd"}
     assert {r["op"] for r in verification} == ops_with_kernels
     if importlib.util.find_spec("triton") is not None:  # the kernels ran in the interpreter and agreed
         assert all(r["ok"] is True for r in verification), verification
-        assert sum("first-use check" in r["case"] for r in verification) == 3
+        assert sum("first-use check" in r["case"] for r in verification) == 4
     else:  # without triton every case says why it did not run; nothing is counted as passed
         assert all(r["ok"] is None and "not importable" in r["skipped"] for r in verification), verification
 
@@ -101,7 +101,8 @@ def test_a_section_that_crashes_or_hangs_costs_only_that_section(tmp_path):
 
     result, sections = run("verification:crash", "verification,ops", "300")
     assert len(sections["verification"]) == 1 and "exited with status 3" in sections["verification"][0]["error"]
-    assert {r["op"] for r in sections["ops"]} == {"selective_scan", "diag_scan", "vandermonde_kernel", "fft_conv"}
+    assert {r["op"] for r in sections["ops"]} == {"selective_scan", "diag_scan", "vandermonde_kernel", "fft_conv",
+                                                  "ssd"}
     assert all("torch_fwd_ms" in r for r in sections["ops"])  # the next section ran in full
     assert f"The verification section failed**: {sections['verification'][0]['error']}" in result.stdout
 

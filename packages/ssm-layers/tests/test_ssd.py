@@ -5,10 +5,14 @@ Tolerances: the fp32 path against the float64 reference within the ops' document
 float64 path against the reference to 1e-10 (rtol and atol); gradcheck and gradgradcheck in
 float64 at their defaults (eps 1e-6, atol 1e-5, rtol 1e-3).
 """
+import importlib
+
 import pytest
 import torch
 from advssm.ssm_layers.ops import FWD_TOL, GRAD_TOL, OPS, BackendError, ssd, ssd_reference, triton_status
 from advssm.ssm_layers.ops.ssd import ssd_torch
+
+cpu_mod = importlib.import_module("advssm.ssm_layers.ops._ssd_cpu")  # the torch path's chunked algorithm
 
 F64 = torch.float64
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
@@ -78,6 +82,17 @@ def test_torch_path_float64_is_the_reference(combo):
     inputs = _inputs(seed, batch, L, nheads, ngroups, headdim, dstate)
     tight = {"rtol": 1e-10, "atol": 1e-10}
     _assert_matches_reference(ssd_torch, inputs, chunk, tight, tight, cast=F64, dt_softplus=True)
+
+
+@pytest.mark.parametrize("rows,block_bytes", [(3, 1), (4, 3000), (64, 2 << 20)])
+def test_score_tiles_cover_the_causal_scores(rows, block_bytes, monkeypatch):
+    """The diagonal blocks made in tiles (rows i0:i1 of a few chunks, columns 0:i1): row blocks of 3 / 4 / 64 in
+    chunks of 10 (the last row block partial), one chunk per block or several, equal the reference in float64."""
+    monkeypatch.setattr(cpu_mod, "_ROWS", rows)
+    monkeypatch.setattr(cpu_mod, "_BLOCK_BYTES", block_bytes)
+    inputs = _inputs(14, 2, 27, 4, 2, 3, 4)
+    tight = {"rtol": 1e-10, "atol": 1e-10}
+    _assert_matches_reference(ssd_torch, inputs, 10, tight, tight, cast=F64, dt_softplus=True)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 16, 256])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend_status import backends as available_backends
-from .ops import diag_scan, fft_conv, fft_conv_ref, selective_scan, vandermonde_kernel
+from .ops import diag_scan, fft_conv, fft_conv_ref, selective_scan, ssd, vandermonde_kernel
 
 # Paper sizes: d_model 128 (S6 inner dim 256), d_state 16..64, L 784 / 1024 / 4096.
 SIZES = {
@@ -28,6 +28,8 @@ SIZES = {
                       dict(batch=8, H=64, N=1, L=1024, complex=True)],
         "vandermonde_kernel": [dict(H=128, N=32, L=1024), dict(H=128, N=32, L=4096)],
         "fft_conv": [dict(batch=8, H=128, L=1024), dict(batch=8, H=128, L=4096)],
+        # Mamba-2 at d_model 128: inner width 256 = 4 heads of 64, d_state 64, one group, chunk 256
+        "ssd": [dict(batch=2, L=L, nheads=4, ngroups=1, headdim=64, dstate=64, chunk=256) for L in (1024, 4096)],
     },
     "gpu": {
         "selective_scan": [dict(batch=64, dim=256, N=16, L=L) for L in (784, 1024, 4096)]
@@ -36,12 +38,15 @@ SIZES = {
         + [dict(batch=64, H=64, N=1, L=1024, complex=True)],
         "vandermonde_kernel": [dict(H=128, N=32, L=L) for L in (784, 1024, 4096)],
         "fft_conv": [dict(batch=64, H=128, L=L) for L in (784, 1024, 4096)],
+        "ssd": [dict(batch=64, L=L, nheads=4, ngroups=1, headdim=64, dstate=64, chunk=256) for L in (784, 1024, 4096)]
+        + [dict(batch=64, L=1024, nheads=4, ngroups=1, headdim=64, dstate=128, chunk=256)],
     },
     "tiny": {
         "selective_scan": [dict(batch=2, dim=8, N=4, L=33)],
         "diag_scan": [dict(batch=2, H=8, N=4, L=33, complex=True)],
         "vandermonde_kernel": [dict(H=8, N=4, L=33)],
         "fft_conv": [dict(batch=2, H=8, L=33)],
+        "ssd": [dict(batch=2, L=33, nheads=4, ngroups=2, headdim=4, dstate=8, chunk=16)],
     },
 }
 
@@ -87,6 +92,11 @@ def op_inputs(op, size, device, gen):
     if op == "fft_conv":
         b, H, L = size["batch"], size["H"], size["L"]
         return (rand(b, H, L), rand(H, L), rand(H)), {}
+    if op == "ssd":  # Mamba-2's call: D per head, dt_bias with softplus, the gate outside (its gated RMSNorm)
+        b, L, h, g, p, n = (size[k] for k in ("batch", "L", "nheads", "ngroups", "headdim", "dstate"))
+        A = -torch.exp(rand(h))
+        return (rand(b, L, h, p), rand(b, L, h), A, rand(b, L, g, n), rand(b, L, g, n)), \
+            dict(chunk_size=size["chunk"], D=rand(h), dt_bias=rand(h) - 2, dt_softplus=True)
     raise ValueError(f"unknown op {op!r}; choose from {', '.join(SIZES['cpu'])}")
 
 
@@ -95,7 +105,8 @@ def _callable(op, backend):
         return sequential_loop_selective_scan
     if op == "fft_conv":
         return fft_conv_ref if backend == "reference" else fft_conv
-    fn = {"selective_scan": selective_scan, "diag_scan": diag_scan, "vandermonde_kernel": vandermonde_kernel}[op]
+    fn = {"selective_scan": selective_scan, "diag_scan": diag_scan, "vandermonde_kernel": vandermonde_kernel,
+          "ssd": ssd}[op]
     return lambda *args, **kw: fn(*args, **kw, backend=backend)
 
 

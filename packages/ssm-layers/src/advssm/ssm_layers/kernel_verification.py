@@ -20,6 +20,8 @@ from .ops import FWD_TOL, GRAD_TOL, OPS, compare, kernel_entry_point
 # selective scan: (batch, dim, N, L, var_B, var_C, D, z, delta_bias, softplus, return_last_state)
 # diag scan: (a shape, b shape, h0 shape or None, complex)
 # Vandermonde kernel: (H, N, L)
+# ssd: (batch, L, nheads, ngroups, headdim, dstate, chunk_size, D ("head", "channel" or None), z, dt_bias,
+#       dt_softplus, dt_limit (a pair) or None)
 # The "tests" sizes are small (interpreted kernels are slow) and include L = 1 and lengths that are
 # not multiples of the chunk / block sizes; the "paper" sizes are the paper's models (S6 inner
 # width 256 with N 16 / 32 / 64, S5's complex state, Mega's EMA, S4D's kernels) at L 784 / 1024 /
@@ -44,6 +46,12 @@ CASES = {
             ((2, 3, 1), (2, 3, 21), (1,)),  # time-invariant a per row, h0 broadcast
         ]],
         "vandermonde_kernel": [(3, 5, 1), (4, 8, 37), (2, 40, 130)],
+        "ssd": [
+            (1, 1, 2, 1, 4, 4, 16, "channel", True, True, True, None),
+            (1, 37, 4, 2, 3, 5, 16, "head", True, True, True, (0.2, 1.5)),  # two kernel chunks, dt clamped
+            (2, 40, 2, 1, 8, 8, 8, None, False, False, False, None),  # dt used as given
+            (1, 33, 2, 1, 20, 130, 16, "channel", True, True, True, None),  # two row blocks of 16, padded dstate
+        ],
     },
     "paper": {
         "selective_scan": [(2, 256, 32, 784, *[True] * 6, False), (2, 256, 16, 1024, *[True] * 6, False),
@@ -51,11 +59,17 @@ CASES = {
         "diag_scan": [((64, 1), (2, 64, 4096), None, True),  # S5: complex diagonal state, P = 64
                       ((128, 16, 1), (2, 128, 16, 1024), None, False)],  # Mega's EMA, ema="scan"
         "vandermonde_kernel": [(128, 32, 784), (128, 64, 1024), (128, 64, 4096)],
+        # Mamba-2 at d_model 128 (inner width 256, head_dim 64 -> 4 heads; 8 heads of 32 in 2 groups),
+        # d_state 64 / 128, its D per head, its gate applied by the gated RMSNorm outside the op
+        "ssd": [(2, 784, 8, 2, 32, 64, 256, "head", False, True, True, None),
+                (2, 1024, 4, 1, 64, 64, 256, "head", False, True, True, None),
+                (2, 4096, 4, 1, 64, 128, 256, "head", False, True, True, None)],
     },
     "tiny": {  # the "paper" structure at sizes the Triton interpreter runs in seconds
         "selective_scan": [(1, 6, 16, 20, *[True] * 6, True)],
         "diag_scan": [((8, 1), (1, 8, 20), None, True), ((4, 3, 1), (1, 4, 3, 20), None, False)],
         "vandermonde_kernel": [(4, 40, 70)],
+        "ssd": [(1, 20, 2, 1, 8, 16, 8, "head", True, True, True, (0.0, 2.0))],
     },
 }
 
@@ -66,6 +80,8 @@ def case_name(op: str, case) -> str:
         return "b{}-d{}-n{}-L{}".format(*case[:4])
     if op == "diag_scan":
         return f"a{case[0]}-b{case[1]}-{'complex' if case[3] else 'real'}"
+    if op == "ssd":
+        return "b{}-L{}-h{}-g{}-p{}-n{}".format(*case[:6])
     return "H{}-N{}-L{}".format(*case)
 
 
@@ -103,6 +119,17 @@ def case_inputs(op: str, case, device, seed: int = 0) -> tuple:
         else:  # small negative real part, moderate frequencies
             dtA = torch.complex(-torch.rand(H, N, generator=g) * 0.1, torch.randn(H, N, generator=g) * 0.5)
         return C.to(device), dtA.to(device), L
+    if op == "ssd":
+        batch, L, nheads, ngroups, headdim, dstate, chunk_size, D, with_z, with_bias, softplus, limit = case
+        x = rand(batch, L, nheads, headdim)
+        # dt = softplus(raw + bias), raw ~ N(0, 1), bias ~ N(-2, 0.5): mostly 0.03..0.6; without softplus dt > 0
+        dt = rand(batch, L, nheads) if softplus else (torch.rand(batch, L, nheads, generator=g) * 0.6 + 0.05).to(device)
+        A = -(torch.rand(nheads, generator=g) * 2 + 0.1).to(device)  # decaying, as Mamba-2's A = -exp(A_log)
+        B, C = rand(batch, L, ngroups, dstate), rand(batch, L, ngroups, dstate)
+        D = {"head": lambda: rand(nheads), "channel": lambda: rand(nheads, headdim), None: lambda: None}[D]()
+        return (x, dt, A, B, C, chunk_size, D, rand(batch, L, nheads, headdim) if with_z else None,
+                rand(nheads, scale=0.5, shift=-2.0) if with_bias else None, softplus,
+                tuple(limit) if limit is not None else (0.0, float("inf")))
     raise ValueError(f"no kernel cases for op {op!r}; choose from {', '.join(CASES['tests'])}")
 
 

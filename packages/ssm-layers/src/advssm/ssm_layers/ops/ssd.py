@@ -137,7 +137,52 @@ def ssd_torch(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_s
     return y.to(dtype_in)
 
 
-SSD = Op("ssd", _check, ssd_reference, ssd_torch)
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _tile(headdim: int, dstate: int) -> tuple[int, int]:
+    """The kernel's state tile (ops/triton/ssd.py ``blocks``): dstate rounded up to a power of two,
+    and as many headdim rows (a power of two) as keep the tile within 4096 elements."""
+    block_n = _pow2(dstate)
+    return min(_pow2(headdim), max(1, 4096 // block_n)), block_n
+
+
+def _shape_class(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit):
+    """What the kernel specialises on: which inputs are given (D per head or per channel), the dt
+    options, its tile and whether a head's rows need more than one program."""
+    block_p, block_n = _tile(x.shape[3], B.shape[3])
+    return (None if D is None else D.dim(), z is not None, dt_bias is not None, bool(dt_softplus),
+            tuple(float(v) for v in dt_limit) != NO_LIMIT, block_p, block_n, x.shape[3] > block_p)
+
+
+def _example(args, gen):
+    """A small input of the class of ``args`` (same tile, flags, dtypes, device, chunk size and dt
+    limit) for the first-use check: up to 2 x 70 steps (three of the kernel's 32-step chunks, the
+    last partial), 2 groups of 2 heads, two row blocks where the caller's head has several."""
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit = args
+    batch, L, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    block_p, _ = _tile(headdim, dstate)
+    b, l, g = min(batch, 2), min(L, 70), min(ngroups, 2)
+    h = g * min(nheads // ngroups, 2)
+    p = block_p + 3 if headdim > block_p else headdim
+
+    def draw(like, *shape, scale=1.0, shift=0.0, uniform=False):
+        if like is None:
+            return None
+        v = torch.rand(*shape, generator=gen) if uniform else torch.randn(*shape, generator=gen)
+        return (v * scale + shift).to(device=like.device, dtype=like.dtype)
+
+    dt_example = (draw(dt, b, l, h, scale=0.5) if dt_softplus  # without softplus, dt > 0 itself
+                  else draw(dt, b, l, h, scale=0.6, shift=0.05, uniform=True))
+    return (draw(x, b, l, h, p), dt_example, draw(A, h, scale=-1.0, shift=-0.2, uniform=True),
+            draw(B, b, l, g, dstate), draw(C, b, l, g, dstate), chunk_size,
+            None if D is None else draw(D, *((h, p) if D.dim() == 2 else (h,))), draw(z, b, l, h, p),
+            draw(dt_bias, h, scale=0.3), dt_softplus, dt_limit)
+
+
+SSD = Op("ssd", _check, ssd_reference, ssd_torch, kernel="ssd:ssd_fn", shape_class=_shape_class, example=_example)
 
 
 def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
