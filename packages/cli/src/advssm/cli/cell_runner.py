@@ -14,6 +14,7 @@ from .data import load_dataset
 from .errors import ConfigError
 from .final_eval import finish_cell
 from .progress import TqdmProgress
+from .trackers import open_trackers
 from .train_eval import TrainSetEval
 
 
@@ -108,13 +109,19 @@ def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: s
     train_set_eval.bar = bar
     save = functools.partial(save_with_cell, cell_json=cell.model_dump_json())
     save.suffix = ".safetensors"
+    trackers = open_trackers(cell, cell_dir) if main else None  # TensorBoard / MLflow / W&B, on rank 0
     # train_set_eval first: the bar's line for an epoch shows the train-set accuracy measured for it
     trainer = Trainer(model, data.train, data.test, train_config, out_dir=cell_dir, save_model=save,
-                      augment=data.augment, callbacks=[train_set_eval, bar, *callbacks])
+                      augment=data.augment, callbacks=[train_set_eval, bar, *callbacks, *filter(None, [trackers])])
     try:
         trainer.fit(resume=resume, allow_changes=allow_changes)
         train_set_eval.measure(trainer, trainer.epoch)  # the last epoch's row, if an interrupt cut it
-        return finish_cell(cell, cell_dir, data.test, trainer.device, trainer.summary(), is_main=main,
-                           progress=lambda stage, info: bar.on_final_eval(stage, info["done"], info["total"] or 0))
+        summary = finish_cell(cell, cell_dir, data.test, trainer.device, trainer.summary(), is_main=main,
+                              progress=lambda stage, info: bar.on_final_eval(stage, info["done"], info["total"] or 0))
+        if trackers is not None:
+            trackers.finish(summary)
+        return summary
     finally:
         bar.close()
+        if trackers is not None:
+            trackers.close()

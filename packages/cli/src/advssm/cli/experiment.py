@@ -10,6 +10,7 @@ from . import cell_folder, interrupts, jobs, runs
 from .cell_runner import is_main, run_cell
 from .errors import ConfigError
 from .spec import load_toml, resolve_experiment
+from .trackers import log_reports
 
 
 def prepare_dir(spec, run_dir: Path, rewrite: bool = False) -> None:
@@ -61,4 +62,5 @@ def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_chan
             with jobs.report_lock(run_dir):
                 runs.write_report(run_dir, {cell.name: run_dir / cell.name for cell in cells},
                                   title=f"advssm run: {spec.name}", config_text=spec.to_toml())
+            log_reports(run_dir, cells)  # the reports as MLflow artifacts of each cell's run
     return summaries

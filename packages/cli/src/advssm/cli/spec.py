@@ -149,6 +149,35 @@ class EvalSpec(_Frozen):
         return value
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+class TrackSpec(_Frozen):
+    """The ``[track]`` table: experiment trackers each cell logs to (``advssm.cli.trackers``); no part of what a
+    cell computes.
+
+    Attributes:
+        trackers: any of tensorboard (event files in the cell folder), mlflow, wandb (offline, in the run folder).
+        mlflow_uri: MLflow tracking URI; "" = a SQLite store in the run folder (``<run>/mlflow.db``).
+        mlflow_experiment: MLflow experiment; "" = the run folder's name.
+        wandb_project: W&B project of the offline runs.
+    """
+
+    trackers: list[str] = Field(default_factory=list)
+    mlflow_uri: str = ""
+    mlflow_experiment: str = ""
+    wandb_project: str = "advssm"
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _choose("track.trackers entry", name, TRACKERS)
+        if len(set(value)) != len(value):
+            raise ValueError(f"invalid track.trackers {value!r}: lists a tracker twice")
+        return value
+
+
 class GridSpec(_Frozen):
     """The axes of a sweep: each combination of the listed values is one cell (None = not varied)."""
 
@@ -226,6 +255,7 @@ class _SpecBase(_Frozen):
     ads: str = "none"
     data: DataSpec = DataSpec()
     eval: EvalSpec = EvalSpec()
+    track: TrackSpec = TrackSpec()
 
     @field_validator("name")
     @classmethod
@@ -309,6 +339,10 @@ class ExperimentSpecBase(_SpecBase):
             (data[section] if section else data).pop(key)
         for section in SECTIONS:
             data[section] = {k: ("none" if v is None else v) for k, v in data[section].items()}
+        track = self.track.model_dump(exclude_defaults=True)  # [track] only where it was given
+        data.pop("track")
+        if track:
+            data["track"] = track
         executor = self.executor.model_dump(exclude_defaults=True)  # [executor] only where it was given
         data.pop("executor")
         if executor:
@@ -345,7 +379,7 @@ def _make_cell(spec, values: dict[str, str]):
     if train.get("select_by") == "auto":
         train["select_by"] = "clean" if train["method"] == "standard" else "pgd"
     raw = {"name": name, "preset": spec.preset, "ads": ads, "data": data, "model": model, "train": train,
-           "eval": spec.eval.model_dump()}
+           "eval": spec.eval.model_dump(), "track": spec.track.model_dump()}
     cell = _validated(CellSpec, raw, where)
     _check_cell(cell, where)
     return cell
@@ -558,6 +592,8 @@ def _apply(merged: dict, dotted: str, value) -> None:
         merged["grid"][key] = value
     elif section == "" and key in ("name", "ads"):
         merged[key] = value
+    elif section == "track":  # validated with the spec (TrackSpec)
+        merged["track"] = {**(merged.get("track") or {}), key: value}
     else:
         known = ["name", "ads"] + [f"{s}.{k}" for s in SECTIONS for k in merged[s]] + [f"grid.{a}" for a in GRID_AXES]
         raise ConfigError(f"unknown setting {dotted!r}{_suggest(dotted, known)}")
@@ -591,5 +627,6 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 ModelSpec, CellModelSpec, TrainSpec = (_sections()[k] for k in ("model", "cell_model", "train"))
 ExperimentSpec, CellSpec = _make_specs()
 
-__all__ = ["ExperimentSpec", "CellSpec", "DataSpec", "EvalSpec", "GridSpec", "resolve_experiment", "load_toml",
+__all__ = ["ExperimentSpec", "CellSpec", "DataSpec", "EvalSpec", "GridSpec", "TrackSpec", "TRACKERS",
+           "resolve_experiment", "load_toml",
            "parse_assignment", "DEMO", "PRESETS", "ADS_CHOICES", "GRID_AXES"]

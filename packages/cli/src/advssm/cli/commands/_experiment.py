@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..experiment import execute
 from ..output import emit
 from ..spec import load_toml, resolve_experiment
+from ..trackers import check_installed
 
 # settings a resume may change (after a NaN stop): the trainer continues from the last good epoch with them
 RESUME_CHANGES = {"train.lr": "lr", "train.batch_size": "batch_size"}
@@ -20,7 +21,14 @@ RESUME_CHANGES = {"train.lr": "lr", "train.batch_size": "batch_size"}
 
 def resolve_or_resume(config_file: str | None, resume: str | None, overrides: dict):
     """(spec, run folder or None, changed settings): a new experiment, or the stored one of ``--resume DIR``,
-    which takes no other settings than ``--lr`` / ``--batch-size``."""
+    which takes no other settings than ``--lr`` / ``--batch-size``. A tracker that is not installed is an
+    error here, before anything trains."""
+    spec, run_dir, changes = _resolve_or_resume(config_file, resume, overrides)
+    check_installed(spec.track.trackers)
+    return spec, run_dir, changes
+
+
+def _resolve_or_resume(config_file: str | None, resume: str | None, overrides: dict):
     if resume:
         others = sorted(set(overrides) - set(RESUME_CHANGES))
         if config_file or others:

@@ -5,7 +5,7 @@ import click
 from advssm.ssm_layers.layers import LAYERS
 from advssm.ssm_layers.layers.scans import SCANS
 
-from ..spec import PRESETS, parse_assignment
+from ..spec import PRESETS, TRACKERS, parse_assignment
 from ._experiment import common_options, launch, resolve_or_resume
 
 # flag -> dotted setting
@@ -72,6 +72,9 @@ class PatchSize(click.ParamType):
               "the loss gains W x ||d logits / d x||_F^2 on the clean batch (0 = off; e.g. 0.01).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Autocast dtype of the model's "
               "forward in training and evaluation (SSM cores, losses and attacks stay fp32); fp16 needs CUDA.")
+@click.option("--tracker", "trackers", multiple=True, type=click.Choice(TRACKERS),
+              help="Log each cell to this experiment tracker (repeatable; its package must be installed): "
+                   "tensorboard, mlflow (track.mlflow_uri, default a SQLite store in the run folder), wandb (offline).")
 @click.option("--name", help="Experiment name (used in the run folder's name).")
 @common_options
 def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, progress, **flags):
@@ -95,8 +98,12 @@ def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, prog
       advssm run --resume runs/20260101-120000-run
       advssm run --resume runs/20260101-120000-run --lr 1e-3   # after a NaN stop
       advssm run --method pgd-at --init-from runs/X/standard/best.safetensors --eps-warmup-epochs 5
+      advssm run --tracker tensorboard --tracker mlflow
     """
+    trackers = flags.pop("trackers")
     overrides = {FLAG_SETTINGS[k]: v for k, v in flags.items() if v is not None}
+    if trackers:  # given flags replace the TOML's list
+        overrides["track.trackers"] = list(trackers)
     if "grid.method" in overrides:
         overrides["grid.method"] = [m.strip() for m in overrides["grid.method"].split(",") if m.strip()]
     overrides.update(parse_assignment(a) for a in assignments)
