@@ -61,8 +61,66 @@ def test_a_config_far_larger_than_the_file_is_refused_before_allocating(tmp_path
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={
         "format": "advssm-checkpoint", "format_version": "1", "model_config": json.dumps(big)})
-    monkeypatch.setattr(module, "build_model", lambda config: pytest.fail("allocated"))
-    with pytest.raises(CheckpointError, match="needs at least 14400.0 MB of weights but the file holds"):
+    _refuse_allocation(monkeypatch, module)
+    with pytest.raises(CheckpointError, match=r"d_model 60000.* needs at least 28804.2 MB of weights but the "
+                                              "file holds"):
+        load_checkpoint(path)
+
+
+def _refuse_allocation(monkeypatch, module):
+    """build_model may run on the meta device only (sizing a config allocates nothing)."""
+    real = module.build_model
+
+    def build(config):
+        if torch.empty(0).device.type != "meta":
+            pytest.fail(f"allocated a model of {config}")
+        return real(config)
+
+    monkeypatch.setattr(module, "build_model", build)
+
+
+@pytest.mark.parametrize("layer, change", [("s4d", {"d_state": 10**8}), ("s5", {"d_state": 10**8}),
+                                           ("s6", {"d_state": 10**8}), ("s4d", {"n_layers": 10**6}),
+                                           ("s6", {"expand": 10**5})])
+def test_every_dimension_of_a_tampered_config_is_bounded_before_allocating(tmp_path, monkeypatch, layer, change):
+    """d_state (the issue: 1e8 allocated 8 GB for 26 s), the block count and a layer option all count."""
+    import json
+
+    import advssm.ssm_layers.checkpoint as module
+
+    model = build_model(ModelConfig(layer=layer, d_model=8, d_state=4, n_layers=2, n_classes=3))
+    config = model.config.to_dict()
+    if "expand" in change:  # a layer option
+        config["layer_options"] = {**config.get("layer_options", {}), **change}
+    else:
+        config |= change
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={
+        "format": "advssm-checkpoint", "format_version": "1", "model_config": json.dumps(config)})
+    _refuse_allocation(monkeypatch, module)
+    with pytest.raises(CheckpointError, match="needs at least .* MB of weights but the file holds .*nothing was "
+                                              "allocated"):
+        load_checkpoint(path)
+
+
+def test_the_size_estimate_is_the_state_dicts_exact_size():
+    from advssm.ssm_layers.checkpoint import state_numel
+    from advssm.ssm_layers.layers import LAYERS
+
+    for layer in LAYERS:
+        for n_layers in (1, 3):
+            config = ModelConfig(layer=layer, d_model=8, d_state=4, n_layers=n_layers, n_classes=3)
+            assert state_numel(config) == sum(t.numel() for t in build_model(config).state_dict().values()), layer
+
+
+def test_non_finite_weights_are_named_as_such(tmp_path):
+    """NaN weights gave a wrong 'randomised defence' warning at evaluation and exit 0."""
+    model = build_model(ModelConfig(layer="s4d", d_model=8, d_state=4, n_layers=2, n_classes=3))
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_checkpoint(path, model)
+    with pytest.raises(CheckpointError, match=r"the weights are not finite \(NaN or inf in 1 tensor"):
         load_checkpoint(path)
 
 

@@ -40,8 +40,9 @@ FORMAT_HISTORY = {1: "first version: tensors = state_dict; metadata = format, fo
                      "packages, user, and the optional tensors_sha256"}
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container
 _PICKLE_PROTOCOLS = range(2, 6)  # a pickle of protocol >= 2 starts with 0x80 and its protocol byte
-# every layer holds at least d_model^2 weights per block (its output projection), stored in >= 2 bytes each
-_MIN_BYTES_PER_BLOCK_WEIGHT = 2
+# a stored value takes at least 2 bytes (fp16 / bf16; advssm saves float32 unless the model was cast)
+_MIN_BYTES_PER_WEIGHT = 2
+_SMALL_BYTES = 16 * 2**20  # below this the size guard lets the build go ahead (it allocates at most 2x this)
 
 
 class CheckpointError(RuntimeError):
@@ -223,15 +224,49 @@ def _parse_metadata(path: Path, raw: dict) -> dict:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from exc
 
 
+def state_numel(config: ModelConfig) -> int:
+    """How many values the state dict of ``build_model(config)`` holds, found without allocating any: the model
+    is built on PyTorch's meta device with one and with two blocks, and the blocks' count extrapolated (every
+    block is built alike), so a config asking for d_state 1e9 or 10000 layers costs milliseconds to size.
+
+    Example:
+        >>> state_numel(ModelConfig(layer="s4d", d_model=8, d_state=4, n_layers=3, d_input=1, n_classes=10)) > 0
+        True
+    """
+    def numel(n_layers: int) -> int:
+        values = config.to_dict()
+        values["n_layers"] = n_layers
+        if values.get("transform_layers") is not None:  # blocks beyond the small model's: fewer transformed
+            values["transform_layers"] = [i for i in values["transform_layers"] if int(i) < n_layers]
+        with torch.device("meta"):
+            model = build_model(ModelConfig.from_dict(values))
+        return sum(t.numel() for t in model.state_dict().values())
+
+    one = numel(1)
+    return one if config.n_layers == 1 else one + (config.n_layers - 1) * (numel(2) - one)
+
+
 def _check_size(path: Path, config: ModelConfig) -> None:
-    """Refuse, before anything is allocated, a config that needs far more weights than the file holds
-    (a damaged or hand-edited config: a 31 KB file asking for d_model 60000 would allocate 28.8 GB)."""
-    need = config.n_layers * config.d_model ** 2 * _MIN_BYTES_PER_BLOCK_WEIGHT
+    """Refuse, before anything is allocated, a config that needs more weights than the file holds (a damaged
+    or hand-edited config: a 31 KB file asking for d_state 1e8 would allocate 8 GB). Every dimension counts:
+    the state dict is sized on the meta device (``state_numel``), each value at least 2 bytes in the file."""
+    dims = ", ".join(f"{k} {getattr(config, k)}" for k in ("d_model", "d_state", "n_layers"))
+    try:
+        need = state_numel(config) * _MIN_BYTES_PER_WEIGHT
+    except UnknownTransformError:
+        return  # load_checkpoint names the missing plugin next
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the stored model config ({dims}) cannot be built: "
+                              f"{' '.join(str(exc).split())}") from exc
     size = os.path.getsize(path)
-    if need > size:
-        raise CheckpointError(f"{path}: the stored config (d_model {config.d_model}, {config.n_layers} layers) needs "
-                              f"at least {need / 1e6:.1f} MB of weights but the file holds {size / 1e6:.3f} MB; the "
-                              "config or the file is damaged, nothing was allocated")
+    # a small mismatch allocates little: the exact tensor checks after the build name it better
+    if need > size and need > _SMALL_BYTES:
+        raise CheckpointError(f"{path}: the stored config ({dims}) needs at least {_mb(need)} of weights but the file "
+                              f"holds {_mb(size)}; the config or the file is damaged, nothing was allocated")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
 
 
 def _stored_checksum(path: Path) -> str | None:
@@ -279,6 +314,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: tensors do not match the stored config (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); the file was not written by save_checkpoint for this model"
         )
+    parameters = {name for name, _ in model.named_parameters()}  # buffers may hold -inf masks by design
+    bad = [name for name in sorted(parameters & tensors.keys()) if tensors[name].is_floating_point() or
+           tensors[name].is_complex()]
+    bad = [name for name in bad if not bool(torch.isfinite(tensors[name]).all())]
+    if bad:
+        raise CheckpointError(f"{path}: the weights are not finite (NaN or inf in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the model was saved after its "
+                              "training diverged, or the file was edited; use an earlier checkpoint")
     _match_stored_dtypes(model, tensors)
     try:
         model.load_state_dict(tensors)
