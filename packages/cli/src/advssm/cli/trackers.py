@@ -1,7 +1,7 @@
 """Experiment trackers: each cell's spec, per-epoch metrics, final numbers and files in TensorBoard, MLflow or W&B.
 
 Chosen with ``advssm run --tracker NAME`` (repeatable) or the TOML's ``[track]`` table (``spec.TrackSpec``);
-each is an optional extra (``pip install tensorboard`` / ``mlflow`` / ``wandb``). What each one gets:
+each an optional extra of advssm-cli (tensorboard; mlflow = mlflow-skinny, sqlalchemy, alembic; wandb). What each gets:
 
 - tensorboard: event files in ``<cell>/tensorboard``: every numeric per-epoch metric (``test/pgd_acc``,
   ``train/loss`` ...) at its epoch, the final ``best/``, ``last/`` and ``diff/`` numbers, the spec as text.
@@ -32,7 +32,10 @@ from pathlib import Path
 from .errors import ConfigError
 
 STATE_FILE = "trackers.json"  # in the cell folder: the MLflow run id and W&B run id, for a resume
-MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # tracker -> module and pip name
+# tracker -> {module it imports: the pip package that provides it}; MLflow's SQLite store needs SQLAlchemy and Alembic
+MODULES = {"tensorboard": {"tensorboard": "tensorboard"},
+           "mlflow": {"mlflow": "mlflow-skinny", "sqlalchemy": "sqlalchemy", "alembic": "alembic"},
+           "wandb": {"wandb": "wandb"}}
 FINAL_KEYS = ("clean_acc", "pgd_acc", "aa_acc")
 ARTIFACTS = ("best.safetensors", "last.safetensors", "summary.json", "final_eval.json", "cell.json", "metrics.jsonl",
              "train_eval.jsonl", "environment.json")
@@ -41,11 +44,13 @@ REPORTS = ("report.md", "report.html", "accuracy.png")
 
 def check_installed(names) -> None:
     """Raise one ConfigError naming every chosen tracker that is not installed here, and how to install it."""
-    missing = [name for name in names if importlib.util.find_spec(MODULES[name]) is None]
+    missing = {name: [pip for module, pip in MODULES[name].items() if importlib.util.find_spec(module) is None]
+               for name in names}
+    missing = {name: pips for name, pips in missing.items() if pips}
     if missing:
         raise ConfigError(f"tracker{'s' if len(missing) > 1 else ''} {', '.join(missing)} not installed: "
-                          f"pip install {' '.join(MODULES[m] for m in missing)} (or drop --tracker "
-                          f"{missing[0]} / [track] trackers)")
+                          f"pip install {' '.join(p for pips in missing.values() for p in pips)} (or drop --tracker "
+                          f"{next(iter(missing))} / [track] trackers)")
 
 
 def _numbers(values: dict, prefix: str = "") -> dict[str, float]:
