@@ -75,6 +75,18 @@ def test_transformers_mamba2_folder_gives_mamba2_models_hidden_states(tmp_path):
     assert pretrained.model.config.layer_options["n_groups"] == 2
 
 
+def test_transformers_4_mamba2_config_keys(tmp_path):
+    """A Mamba-2 config.json as transformers 4.x wrote it (norm_before_gate, rms_norm, which its mixer never read;
+    Infinity as a bare JSON literal; torch_dtype) maps to the same model."""
+    lm, folder = _mamba2(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(norm_before_gate=True, rms_norm=True, time_step_scale=1.0, time_step_init_scheme="random",
+                  torch_dtype="float32", time_step_limit=[0.0, math.inf])
+    (folder / "config.json").write_text(json.dumps(config))  # json writes inf as Infinity
+    assert "Infinity" in (folder / "config.json").read_text()
+    _assert_same_hidden_states(lm, folder)
+
+
 def test_token_ids_through_the_box_give_the_language_models_hidden_states(tmp_path):
     """inputs(ids) is in [0, 1], the embedding maps it back onto the token embeddings, and the hidden states
     are the ones transformers computes from the token ids themselves; "cube" is one common range."""

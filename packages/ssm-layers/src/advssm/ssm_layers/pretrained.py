@@ -157,8 +157,11 @@ _HF_KEYS = {
     "mamba": {"hidden_size", "state_size", "num_hidden_layers", "layer_norm_epsilon", "expand", "conv_kernel",
               "intermediate_size", "time_step_rank", "time_step_scale", "time_step_init_scheme", "use_mambapy",
               "use_associative_scan"},
+    # norm_before_gate and rms_norm: written by transformers 4.x's Mamba2Config; its Mamba2Mixer never read them
+    # (always the gated RMSNorm, gate before norm), so neither do we: the hidden states stay transformers'
     "mamba2": {"hidden_size", "state_size", "num_hidden_layers", "layer_norm_epsilon", "expand", "conv_kernel",
-               "num_heads", "head_dim", "n_groups", "chunk_size", "time_step_limit", "time_step_rank"},
+               "num_heads", "head_dim", "n_groups", "chunk_size", "time_step_limit", "time_step_rank",
+               "time_step_scale", "time_step_init_scheme", "norm_before_gate", "rms_norm"},
 }
 _HF_DEFAULTS = {  # transformers' defaults, for keys an older config.json may leave out
     "mamba": {"state_size": 16, "layer_norm_epsilon": 1e-5, "expand": 2, "conv_kernel": 4, "time_step_rank": "auto"},
