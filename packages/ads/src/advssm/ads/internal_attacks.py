@@ -19,8 +19,8 @@ Example:
     >>> from advssm.ssm_layers import ModelConfig, build_model
     >>> model = build_model(ModelConfig(layer="s6", d_model=8, d_state=4, n_layers=1, n_classes=3))
     >>> report = internal_attack_report(model, torch.rand(2, 12, 1), eps=0.05, steps=3, seed=0)
-    >>> [(row["block"], row["objective"]) for row in report.rows]
-    [(0, 'delta'), (0, 'state')]
+    >>> print(report.to_markdown().splitlines()[-1].split("|")[1:4])   # block 0's last row: its state attack
+    [' 0 ', ' S6 ', ' state ']
 """
 from __future__ import annotations
 
