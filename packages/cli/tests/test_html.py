@@ -109,3 +109,17 @@ def test_status_links_the_page(tiny_run, helpers):
     assert result.exit_code == 0 and f"report: {(tiny_run / 'report.html').resolve().as_uri()}" in result.output
     data = json.loads(helpers.invoke("status", tiny_run, "--json").stdout)
     assert data["report_html"] == str(tiny_run / "report.html")
+
+
+def test_aa_components_count_the_examples_they_broke(tiny_run):
+    page = (tiny_run / "pgd-at" / "final_eval.json").read_text()
+    final = json.loads(page)
+    for stage, numbers in final["stages"].items():
+        counts = report_html.aa_breakdown(tiny_run / "pgd-at", stage)
+        broken_by_aa = sum(n for name, n in counts.items() if name != "pgd")
+        # every example correct clean but not under AA was broken first by one AutoAttack component
+        assert broken_by_aa == round(numbers["n"] * (numbers["clean_acc"] - numbers["aa_acc"]))
+        assert set(counts) <= {part["name"] for part in final["protocol"]["components"]} | {"pgd"}
+    html = (tiny_run / "report.html").read_text()
+    for part in final["protocol"]["components"]:
+        assert f"<tr><td>{part['name']}</td>" in html

@@ -75,11 +75,16 @@ def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
     return [lo + (hi - lo) * k / (n - 1) for k in range(n)]
 
 
-def _line(points, sx, sy, color: str, dash: bool, label: str, marker: bool = False) -> str:
+DASHES = ("", "6 4", "2 3", "9 3 2 3")  # solid, dashed, dotted, dash-dot: one per attack of a robustness curve
+BORDERS = ("solid", "dashed", "dotted", "double")  # the legend's swatch of each
+
+
+def _line(points, sx, sy, color: str, dash: bool | str, label: str, marker: bool = False) -> str:
     if not points:
         return ""
     path = " ".join(f"{sx(x):.1f},{sy(100 * y):.1f}" for x, y in points)
-    style = ' stroke-dasharray="5 4"' if dash else ""
+    pattern = "5 4" if dash is True else (dash or "")
+    style = f' stroke-dasharray="{pattern}"' if pattern else ""
     out = f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{style}><title>{_E(label)}</title>' \
           "</polyline>"
     if marker or len(points) == 1:
@@ -87,10 +92,10 @@ def _line(points, sx, sy, color: str, dash: bool, label: str, marker: bool = Fal
     return out
 
 
-def _legend(items: list[tuple[str, str, bool]]) -> str:
+def _legend(items: list[tuple[str, str, bool | str]]) -> str:
     spans = []
     for label, color, dash in items:
-        style = "dashed" if dash else "solid"
+        style = dash if isinstance(dash, str) else ("dashed" if dash else "solid")
         spans.append(f'<span class="key"><span class="swatch" style="border-top: 3px {style} {color}"></span>'
                      f"{_E(label)}</span>")
     return f'<div class="legend">{"".join(spans)}</div>'
@@ -130,9 +135,11 @@ def epoch_plot(name: str, metrics: list[dict], summary: dict, train_set: list[di
     best = (summary.get("best") or {}).get("epoch")
     if best is not None:
         x = sx(best)
+        right = x > (PAD_L + W - PAD_R) / 2  # the label on the side with room
         parts.append(f'<line class="best-epoch" x1="{x:.1f}" x2="{x:.1f}" y1="{PAD_T}" y2="{H - PAD_B}" '
                      f'stroke="#2ca02c" stroke-width="1.5" stroke-dasharray="2 3"/>'
-                     f'<text x="{x + 4:.1f}" y="{PAD_T + 12}" fill="#2ca02c">Best (epoch {best})</text>')
+                     f'<text x="{x - 4 if right else x + 4:.1f}" y="{PAD_T + 12}" fill="#2ca02c" '
+                     f'text-anchor="{"end" if right else "start"}">Best (epoch {best})</text>')
     return _svg(parts, f"{name}: accuracy per epoch") + _legend(legend)
 
 
@@ -141,15 +148,15 @@ def curve_plot(curves: list[dict], title: str) -> str:
     eps = sorted({p["eps"] for c in curves for p in c["points"]})
     parts, sx, sy = _axes(0.0, max(eps), "eps", [0.0, *eps], lambda v: f"{v:g}")
     legend = []
-    for i, curve in enumerate(curves):
+    for i, curve in enumerate(curves):  # a colour per checkpoint, a line style per attack
         names = list(curve["attacks"]) + (["worst"] if len(curve["attacks"]) > 1 else [])
+        color = COLORS[i % len(COLORS)]
         for j, name in enumerate(names):
             points = [(0.0, curve["clean_acc"])] + [
                 (p["eps"], p["worst_acc"] if name == "worst" else p["robust_acc"][name]) for p in curve["points"]]
             label = f"{curve['label']} {name}"
-            color = COLORS[(i * len(names) + j) % len(COLORS)]
-            parts.append(_line(points, sx, sy, color, name == "worst", label, marker=True))
-            legend.append((label, color, name == "worst"))
+            parts.append(_line(points, sx, sy, color, DASHES[j % len(DASHES)], label, marker=True))
+            legend.append((label, color, BORDERS[j % len(BORDERS)]))
     return _svg(parts, title) + _legend(legend)
 
 
@@ -264,10 +271,16 @@ def _aa_section(cell_dir: Path, summary: dict) -> str:
         return "<p>AutoAttack: " + _E({None: "not run", "trainer": "the trainer's, every train.aa_every epochs"}.get(
             protocol.get("aa"), str(protocol.get("aa")))) + "</p>"
     counts = {stage: aa_breakdown(cell_dir, stage) for stage in cell_folder.CHECKPOINTS}
+    listed = {part["name"] for part in parts}
+    # records of folders written before the components were named as listed call them by class ("apgd", "apgd'")
+    others = sorted({key for c in counts.values() for key in c} - listed - {"pgd"})
+    parts = [*parts, *({"name": key, "unlisted": True} for key in others)]
     lines = ["<table class=\"aa\"><thead><tr><th>AutoAttack component</th><th>budget</th>"
              "<th>broke first (best)</th><th>broke first (last)</th></tr></thead><tbody>"]
     for part in parts:
         budget = ", ".join(f"{k} {part[k]}" for k in ("steps", "queries", "restarts", "eot_iter") if k in part)
+        if part.get("unlisted"):
+            budget = "(as the records name it)"
         lines.append(f"<tr><td>{_E(part['name'])}</td><td>{_E(budget)}</td>"
                      + "".join(f'<td class="num">{counts[s].get(part["name"], 0)}</td>'
                                for s in cell_folder.CHECKPOINTS)
@@ -336,13 +349,14 @@ def render(out_dir: Path, cells: dict[str, Path], title: str, config_text: str |
     run_dir, spec = _grid_source(out_dir, cells)
     statuses = _statuses(run_dir, spec) if spec is not None else {}
     grid = _grid(spec, statuses, dict(rows)) if spec is not None else None
-    columns = [{"key": f"{stage}.{key}", "label": f"{stage.capitalize()} {label}"} for stage in STAGES
-               for key, label in KEYS]
+    pgd = pgd_label(s for _, s in rows)
+    columns = [{"key": f"{stage}.{key}", "label": f"{stage.capitalize()} {pgd if key == 'pgd_acc' else label}"}
+               for stage in STAGES for key, label in KEYS]
     data = {"columns": columns, "grid": grid}
     body = [f"<h1>{_E(title)}</h1>", _partial(grid),
             "<p>Accuracies in %; Diff = Best - Last (robust overfitting); '-' = not evaluated. "
             "Click a column header to sort.</p>",
-            _table(rows, pgd_label(s for _, s in rows))]
+            _table(rows, pgd)]
     if grid:
         options = "".join(f'<option value="{c["key"]}"{" selected" if c["key"] == "best.pgd_acc" else ""}>'
                           f'{_E(c["label"])}</option>' for c in columns)
