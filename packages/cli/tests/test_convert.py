@@ -63,3 +63,24 @@ def test_convert_refuses_what_it_cannot_map(tmp_path, helpers):
     assert result.exit_code == 2
     assert "use_bias = true is not supported" in result.output
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_fine_tune_a_pretrained_backbone_with_pgd_at(tmp_path):
+    """The documented recipe: token data through the box, the box map frozen, one epoch of PGD-AT."""
+    from advssm.adv_train.config import TrainConfig
+    from advssm.adv_train.trainer import Trainer
+    from torch.utils.data import TensorDataset
+
+    pretrained = load_pretrained(_folder(tmp_path), n_classes=2)
+    model = pretrained.model
+    model.embedding.requires_grad_(False)  # keep the box fixed
+    box = model.embedding.weight.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 30, (24, 10), generator=g)
+    data = TensorDataset(pretrained.inputs(ids), (ids[:, 0] < 15).long())  # a toy label: the first token's id
+    config = TrainConfig(method="pgd-at", epochs=1, lr=1e-3, eps=0.05, alpha=0.02, batch_size=8, attack_steps=2,
+                         eval_pgd_steps=2, aa_every=0, device="cpu")
+    summary = Trainer(model, data, data, config).fit()
+    assert summary["last"]["clean_acc"] is not None
+    torch.testing.assert_close(model.embedding.weight, box, rtol=0, atol=0)
+    assert model.blocks[0].layer.in_proj.weight.grad is not None  # the backbone was trained
