@@ -13,7 +13,12 @@ where a batch of 256 is much cheaper per example than a small one; measure on th
 numbers). AutoAttack every 4 epochs (the paper's aa_every, on 2000 examples) and the final evaluation are
 not included. Medians of ``--repeats`` runs; a table on stdout and JSON with ``--json``.
 
+``--patch-sizes`` and ``--scans`` add the vision axes (patch tokens, scan orders) to each preset's grid, so a
+patch model and the paper's pixel model of the same layer and width are measured in one run; the column
+"x vs pixels" is the pixel cell's epoch time over this cell's (same preset, layer, scan and method).
+
     python benchmarks/bench_cell_cost.py --presets paper-mnist --layers s4d --methods standard,pgd-at
+    python benchmarks/bench_cell_cost.py --presets paper-cifar10 --layers s4d --methods pgd-at --patch-sizes none,4
 """
 from __future__ import annotations
 
@@ -60,6 +65,8 @@ def main(argv=None) -> None:
     parser.add_argument("--presets", default="paper-mnist,paper-cifar10,paper-tinyimagenet")
     parser.add_argument("--layers", default="s4d")
     parser.add_argument("--methods", default="standard,pgd-at")
+    parser.add_argument("--patch-sizes", help="Comma-separated patch sizes, none = pixels (default: the preset's).")
+    parser.add_argument("--scans", help="Comma-separated scan orders (default: the preset's).")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -71,8 +78,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     rows = []
     for preset in args.presets.split(","):
-        spec = resolve_experiment({"preset": preset, "grid": {"layer": args.layers.split(","),
-                                                              "method": args.methods.split(",")}})
+        grid = {"layer": args.layers.split(","), "method": args.methods.split(",")}
+        if args.patch_sizes:
+            grid["patch_size"] = [p if p == "none" else int(p) for p in args.patch_sizes.split(",")]
+        if args.scans:
+            grid["scan"] = args.scans.split(",")
+        spec = resolve_experiment({"preset": preset, "grid": grid})
         for cell in spec.cells():
             measure(cell, args.batch, 1, args.device)  # warm-up: first calls (allocations, kernel checks)
             runs = [measure(cell, args.batch, args.steps, args.device) for _ in range(args.repeats)]
@@ -81,6 +92,8 @@ def main(argv=None) -> None:
             _, _, n_train, n_test = SHAPES[cell.data.dataset]
             epoch_h = (train * n_train + evaluate * n_test) / 3600
             rows.append({"preset": preset, "cell": cell.name, "epochs": cell.train.epochs,
+                         "pixel_key": (preset, cell.model.layer, cell.model.scan, cell.train.method),
+                         "patch_size": cell.model.patch_size,
                          "train_ms_per_example": 1000 * train, "eval_ms_per_example": 1000 * evaluate,
                          "epoch_hours": epoch_h, "cell_hours": epoch_h * cell.train.epochs})
             print(f"{preset} {cell.name}: train {1000 * train:.1f} ms/example, eval {1000 * evaluate:.1f} ms/example, "
@@ -90,11 +103,16 @@ def main(argv=None) -> None:
                "repeats": args.repeats}
     print(f"device {args.device}, {context['threads']} threads, torch {torch.__version__}; medians of "
           f"{args.repeats} runs of {args.steps} steps of {args.batch} examples")
-    print("| preset | cell | train ms/example | eval ms/example | hours/epoch | epochs | hours/cell |")
-    print("|---|---|---|---|---|---|---|")
+    pixels = {r["pixel_key"]: r["epoch_hours"] for r in rows if r["patch_size"] is None}
+    for r in rows:  # how many times cheaper per epoch than the pixel model measured in this run, if one was
+        key = r.pop("pixel_key")
+        r["x_vs_pixels"] = pixels[key] / r["epoch_hours"] if key in pixels else None
+    print("| preset | cell | train ms/example | eval ms/example | hours/epoch | epochs | hours/cell | x vs pixels |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        ratio = "" if r["x_vs_pixels"] is None else f"{r['x_vs_pixels']:.1f}"
         print(f"| {r['preset']} | {r['cell']} | {r['train_ms_per_example']:.1f} | {r['eval_ms_per_example']:.1f} | "
-              f"{r['epoch_hours']:.2f} | {r['epochs']} | {r['cell_hours']:.0f} |")
+              f"{r['epoch_hours']:.2f} | {r['epochs']} | {r['cell_hours']:.0f} | {ratio} |")
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({"context": context, "rows": rows}, f, indent=2)
