@@ -205,3 +205,22 @@ def test_default_head_dim_is_64_or_one_head():
     assert (Mamba2(8).head_dim, Mamba2(8).nheads) == (16, 1)
     with pytest.raises(ValueError, match="not a multiple of head_dim=64"):
         Mamba2(8, head_dim=64)
+
+
+def test_layer_benchmark_script_runs(tmp_path):
+    """benchmarks/bench_mamba2.py at toy size: every layer (and the transformers peer) timed, table and JSON."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_mamba2.py"
+    spec = importlib.util.spec_from_file_location("bench_mamba2", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.json"
+    bench.main(["--batch", "1", "--lengths", "16", "--repeats", "1", "--d-model", "16", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["layer"] for r in rows} == {"s6 (N 16)", "s6 (N 64)", "mamba2 (N 64)", "mamba2 (N 16)",
+                                          "transformers Mamba2Mixer (N 64)"}
+    assert all(r["fwd_s"] > 0 and r["fwd_bwd_s"] > 0 for r in rows)
+    assert "| 16 | mamba2 (N 64) |" in bench.to_markdown(rows)
