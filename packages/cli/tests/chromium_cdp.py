@@ -211,10 +211,13 @@ class Page:
         Path(path).write_bytes(base64.b64decode(self.send("Page.captureScreenshot", params)["data"]))
 
 
-if __name__ == "__main__":  # python chromium_cdp.py PAGE.html OUT.png [HEIGHT]: a screenshot of the page's top
+if __name__ == "__main__":  # python chromium_cdp.py PAGE.html OUT.png [HEIGHT [CSS-SELECTOR]]
+    # a screenshot of the page's top, or from the element the selector names (scrolled to the top) down
     page_path, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
     with Chromium() as browser:
         tab = browser.open(page_path.as_uri(), width=1100, height=int(sys.argv[3]) if len(sys.argv) > 3 else 900)
+        if len(sys.argv) > 4:
+            tab.evaluate(f"document.querySelector({json.dumps(sys.argv[4])}).scrollIntoView({{block: 'start'}})")
         if tab.errors:
             raise SystemExit(f"the page logged errors: {tab.errors}")
         tab.screenshot(out, full_page=False)
