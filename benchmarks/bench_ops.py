@@ -6,7 +6,7 @@
 ``--scan-peers`` times the selective scan's CPU path against two peers measured in the same
 run, interleaved (every repeat times each method at each thread count in turn), medians of
 the repeats: the careful sequential loop (``unbind`` over time, autograd backward) and the
-Blelloch-scan selective scan of mambapy (PyPI; ``pip install 'advssm-ssm-layers[bench]'``).
+Blelloch-scan selective scan of mambapy (PyPI; ``pip install mambapy``).
 All three compute the same thing: softplus(delta + bias), the scan, + D u, gated by silu(z).
 It also counts the ATen ops of one forward+backward, and those with an output of at least
 ATen's parallel grain size (32768 elements): on more than one thread each of those opens an
@@ -37,7 +37,7 @@ def _mambapy_scan():
     try:
         from mambapy.mamba import MambaBlock
     except ImportError:
-        raise SystemExit("--scan-peers needs mambapy: pip install 'advssm-ssm-layers[bench]'") from None
+        raise SystemExit("--scan-peers needs mambapy: pip install mambapy") from None
 
     def scan(u, delta, A, B, C, D, z, delta_bias):
         """mambapy's own selective scan (its pscan), in its (batch, L, dim) layout."""

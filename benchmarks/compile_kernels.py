@@ -250,7 +250,7 @@ def main(argv=None) -> int:
         import torch
         import triton
     except ImportError as exc:
-        print(f"compile_kernels: {exc}; pip install 'advssm-ssm-layers[triton]'", file=sys.stderr)
+        print(f"compile_kernels: {exc}; pip install triton", file=sys.stderr)
         return 2
     _import_advssm()
     sizes = tuple(args.sizes.split(","))

@@ -90,14 +90,14 @@ class PropagationReport:
     def plot(self, path: str | Path) -> Path:
         """Write a PNG: relative error across the depth, and change rate per component and block.
 
-        Needs matplotlib (``pip install 'advssm-ads[plot]'``). Returns the path written.
+        Needs matplotlib (``pip install matplotlib``). Returns the path written.
         """
         try:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
         except ImportError as exc:
             raise ImportError(
-                "PropagationReport.plot needs matplotlib; install it with pip install 'advssm-ads[plot]'"
+                "PropagationReport.plot needs matplotlib; install it with pip install matplotlib"
             ) from exc
         path = Path(path)
         fig = Figure(figsize=(12, 4.5), layout="constrained")

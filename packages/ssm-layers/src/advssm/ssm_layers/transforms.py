@@ -45,7 +45,8 @@ def get_transform(name: str) -> type[nn.Module]:
                     f"{exc.__class__.__name__}: {exc}. Reinstall the package that provides it."
                 ) from exc
     if name not in _REGISTRY:
-        hint = " (install advssm-ads: pip install advssm-ads)" if name == "ads" else ""
+        hint = (" (install advssm-ads from a clone of the repository: pip install ./packages/ads)" if name == "ads"
+                else "")
         raise UnknownTransformError(
             f"unknown output transform {name!r}{hint}; registered: {', '.join(sorted(_REGISTRY))}. "
             f"Packages add transforms through the {ENTRY_POINT_GROUP!r} entry-point group."

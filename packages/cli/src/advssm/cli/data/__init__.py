@@ -39,7 +39,8 @@ def _download(name: str, root: Path) -> None:
     try:
         import torchvision.datasets as tvd
     except ImportError as exc:
-        raise DataError("--download needs torchvision: pip install 'advssm-cli[download]'") from exc
+        raise DataError("--download needs torchvision: pip install torchvision (or, in a clone of the repository, "
+                        "pip install './packages/cli[download]')") from exc
     makers = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10}
     if name not in makers:
         raise DataError(f"--download supports {', '.join(makers)}; fetch {name} by hand into {root}")

@@ -59,7 +59,8 @@ def load_mnist1d(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
         raise DataError(
-            "dataset 'mnist1d' needs the mnist1d package: pip install 'advssm-cli[mnist1d]'"
+            "dataset 'mnist1d' needs the mnist1d package: pip install mnist1d (or, in a clone of the repository, "
+            "pip install './packages/cli[mnist1d]')"
         ) from exc
     args = get_dataset_args()
     args.seed = seed

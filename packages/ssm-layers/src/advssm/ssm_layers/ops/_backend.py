@@ -48,7 +48,8 @@ def triton_status(device: torch.device | str | None = None) -> tuple[bool, str]:
         import triton  # noqa: F401
     except Exception as exc:  # pragma: no cover - depends on the environment
         return False, (f"triton is not importable ({exc.__class__.__name__}: {exc}); "
-                       "pip install 'advssm-ssm-layers[triton]'")
+                       "pip install triton (or, in a clone of the repository, "
+                       "pip install './packages/ssm-layers[triton]')")
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda":
         if interpreting():
