@@ -10,18 +10,19 @@ from advssm.cli.spec import PRESETS, load_toml, resolve_experiment
 NO_AA = ["--set", "eval.aa=false"]
 
 
-def test_a_patch_cross2d_run_trains_yopo_and_faces_every_autoattack_part(tmp_path, helpers):
+def test_a_patch_cross2d_run_with_ads_trains_yopo_and_faces_every_autoattack_part(tmp_path, helpers):
     from advssm.adv_train.attacks import ATTACK_NAMES
     from advssm.ssm_layers import load_checkpoint
 
     out = tmp_path / "run"
     attacks = "[" + ", ".join(f'"{name}"' for name in ATTACK_NAMES) + "]"
     result = helpers.invoke("run", *helpers.TINY, "--patch-size", "2", "--scan", "cross2d", "--epochs", "1",
-                            "--method", "yopo,pgd-at", "--set", "eval.aa_version=custom", "--set",
+                            "--method", "yopo,pgd-at", "--ads", "relu", "--set", "eval.aa_version=custom", "--set",
                             f"eval.aa_attacks={attacks}", "--out", out)
     assert result.exit_code == 0, result.output
     model, _ = load_checkpoint(out / "yopo" / "best.safetensors")
-    assert (model.config.patch_size, model.config.scan) == (2, "cross2d")
+    assert (model.config.patch_size, model.config.scan, model.config.transform) == (2, "cross2d", "ads")
+    assert len(model.blocks[0].layer.output_transform.parts) == 4   # one AdS per direction, reloaded
     final = json.loads((out / "yopo" / "final_eval.json").read_text())
     assert final["stages"]["best"]["n"] == 8
     # the digits' 8x8 images in 2x2 patches: 16 tokens; S4D is LTI, but its bound does not hold for cross2d

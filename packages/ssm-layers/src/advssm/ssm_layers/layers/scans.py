@@ -13,7 +13,7 @@ projection) on the tokens in its order; its output is put back into token order 
 summed. (Vim and VMamba share the input and output projections between directions and sum the SSM
 outputs before them; a wrapper that works for every layer of the zoo cannot split a layer that way:
 Mega's projection holds its causal attention. Summing whole layers keeps every direction an exact
-copy of the causal layer, and the reversal symmetry exact.) docs/concepts/scans.md draws the orders.
+copy of the causal layer, and the reversal symmetry exact.) docs/concepts/vision.md draws the orders.
 
 Tokens after the grid (the model's class token) stay last in every direction, so a class token sees
 every patch whatever the order. The wrappers keep the layer contract of ``base.SequenceLayer``:
