@@ -139,8 +139,7 @@ def _smoothing(model, x, y, sigma, n0, n, alpha, radii, batch_size, seed, step) 
         step("smoothing", i + 1, len(x))
     predictions_t, radius_t = torch.tensor(predictions), torch.tensor(radius, dtype=torch.float64)
     correct = predictions_t == y.cpu()
-    with torch.no_grad():
-        clean = float((model(x).argmax(1) == y).double().mean())
+    clean = _clean_accuracy(model, x, y)
     table = [{"radius": r, "certified_acc": float((correct & (radius_t >= r)).double().mean())} for r in radii]
     return {"clean_acc": clean, "settings": {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed,
                                              "batch_size": batch_size},
@@ -164,12 +163,20 @@ def _ibp(model, x, y, eps_values, batch, step) -> dict:
         for i in range(0, len(x), batch):
             verified[eps].append(ibp.verify(model, x[i:i + batch], y[i:i + batch], eps).cpu())
             step("ibp", k * len(x) + min(i + batch, len(x)), total)
-    with torch.no_grad():
-        clean = float((model(x).argmax(1) == y).double().mean())
+    clean = _clean_accuracy(model, x, y)
     table = [{"eps": eps, "certified_acc": float(torch.cat(v).double().mean())} for eps, v in verified.items()]
     return {"clean_acc": clean, "settings": {"eps": eps_values}, "table": table,
             "examples": [{"label": int(label), "verified": [bool(torch.cat(verified[e])[i]) for e in eps_values]}
                          for i, label in enumerate(y.tolist())]}
+
+
+def _clean_accuracy(model, x, y, batch: int = 256) -> float:
+    """The base model's accuracy on (x, y), in batches."""
+    import torch
+
+    with torch.no_grad():
+        correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+    return correct / len(x)
 
 
 def _text(data: dict) -> str:
