@@ -151,10 +151,13 @@ def test_exact_at_eps_zero_and_monotone_in_eps(tiny_model):
     torch.testing.assert_close(torch.cat([box.lower, box.upper]), expected, rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize("layer, word", [("s6", "selective"), ("mega", "not linear time-invariant"),
-                                         ("attention", "not linear time-invariant")])
-def test_layers_without_a_bound_are_refused_by_name(tiny_model, layer, word):
-    model = tiny_model(layer)
-    name = type(model.blocks[0].layer).__name__
+@pytest.mark.parametrize("layer, overrides, name, word", [
+    ("s6", {}, "S6", "selective"), ("mamba2", {"d_model": 16}, "Mamba2", "selective"),
+    ("mega", {}, "Mega", "not linear time-invariant"), ("attention", {}, "Attention", "not linear time-invariant"),
+    ("s4d", {"scan": "bidirectional"}, "S4D in a bidirectional scan", "not linear time-invariant"),
+    ("s6", {"scan": "bidirectional"}, "S6 in a bidirectional scan", "selective"),
+])
+def test_layers_without_a_bound_are_refused_by_name(tiny_model, layer, overrides, name, word):
+    model = tiny_model(layer, **overrides)
     with pytest.raises(ibp.IBPUnsupportedError, match=f"block 0: layer {name} is {word}"):
         ibp.logit_bounds(model, torch.rand(1, 8, 1), 0.01)

@@ -245,6 +245,8 @@ def check_layer(layer: nn.Module, owner: str) -> None:
     from advssm.ssm_layers.layers.s4d import LTILayer
 
     name = type(layer).__name__
+    if getattr(layer, "inner", None) and getattr(layer, "scan", None):  # a scan wrapper (layers/scans.py)
+        name = f"{layer.inner} in a {layer.scan} scan"
     if not getattr(layer, "is_lti", False) or not isinstance(layer, LTILayer):
         kind = ("selective (its step size and B, C depend on the input)" if getattr(layer, "is_selective", False)
                 or name in ("S6", "Mamba2") else "not linear time-invariant")
