@@ -123,3 +123,24 @@ def test_aa_components_count_the_examples_they_broke(tiny_run):
     html = (tiny_run / "report.html").read_text()
     for part in final["protocol"]["components"]:
         assert f"<tr><td>{part['name']}</td>" in html
+
+
+def test_an_inline_run_shows_its_finished_cells_while_the_next_trains(tmp_path, helpers, monkeypatch):
+    from advssm.cli import experiment
+
+    seen = {}
+    real = experiment.run_cell
+
+    def spy(cell, cell_dir, *args, **kwargs):
+        page = cell_dir.parent / "report.html"
+        seen[cell.name] = page.read_text() if page.is_file() else None
+        return real(cell, cell_dir, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_cell", spy)
+    out = tmp_path / "run"
+    assert helpers.invoke("run", *helpers.TINY, "--out", out).exit_code == 0
+    assert seen["standard"] is None  # nothing finished before the first cell
+    grid = _data(seen["pgd-at"])["grid"]
+    assert {n: c["state"] for n, c in grid["cells"].items()} == {"standard": "done", "pgd-at": "pending"}
+    assert "Partial results: 1 of 2 cells are complete (1 pending)" in seen["pgd-at"]
+    assert "Partial results" not in (out / "report.html").read_text()  # the end of the run rewrites it whole

@@ -32,6 +32,20 @@ def prepare_dir(spec, run_dir: Path, rewrite: bool = False) -> None:
     path.write_text(spec.to_toml())
 
 
+def _partial_page(spec, run_dir: Path, cells) -> None:
+    """report.html over the cells finished so far, the others marked pending, while the next cell trains (advssm
+    status links it); a failure to write it warns and the run goes on (the full report is written at the end)."""
+    from .report_html import write_html
+
+    finished = {c.name: run_dir / c.name for c in cells if cell_folder.is_finished(run_dir / c.name)}
+    try:
+        with jobs.report_lock(run_dir):
+            write_html(run_dir, finished, title=f"advssm run: {spec.name}", config_text=spec.to_toml())
+    except Exception as exc:  # the page is a view of the folder; the training must not stop for it
+        click.echo(f"warning: could not write {run_dir}/report.html so far ({type(exc).__name__}: {exc}); "
+                   "it is written at the end of the run", err=True)
+
+
 def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_changes=(),
             command: str = "advssm run") -> dict[str, dict]:
     """Run every unfinished cell of ``spec`` into ``run_dir/<cell>``, then write the report.
@@ -57,6 +71,8 @@ def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_chan
                 click.echo(f"[{i}/{len(cells)}] {cell.name}: training", err=True)
                 with jobs.locked(jobs.lock_path(run_dir, cell.name)) if main else contextlib.nullcontext():
                     summaries[cell.name] = run_cell(cell, cell_dir, progress, callbacks, allow_changes=allow_changes)
+                if main and i < len(cells):
+                    _partial_page(spec, run_dir, cells)
         interrupts.raise_if_interrupted()
         if main:
             with jobs.report_lock(run_dir):
