@@ -13,7 +13,7 @@ from advssm.adv_train.methods import METHODS, StepContext, get_method, warmup_sc
 from torch import nn
 from torch.utils.data import TensorDataset
 
-ADVERSARIAL = sorted(set(METHODS) - {"standard"})
+ADVERSARIAL = sorted(set(METHODS) - {"standard", "gaussian"})  # gaussian trains on noise and reads no eps
 EPS, ALPHA = 0.2, 0.05
 
 
