@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import click
+from advssm.adv_train.config import METHOD_NAMES
 from advssm.ssm_layers.layers import LAYERS
 from advssm.ssm_layers.layers.scans import SCANS
 
@@ -39,7 +40,7 @@ class PatchSize(click.ParamType):
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="The paper's model and protocol for a data set "
               "(paper-*), or a small vision model (vim-*, vmamba-*) under that protocol.")
 @click.option("--model", help=f"Layer: {', '.join(LAYERS)}.")
-@click.option("--method", help="Training method: standard, pgd-at, trades, mart, free-at, yopo, fast-at; "
+@click.option("--method", help=f"Training method: {', '.join(METHOD_NAMES)}; "
               "comma-separated for one cell each (standard,pgd-at).")
 @click.option("--ads", help="Adaptive Scaling activation: none, relu, sigmoid, tanh.")
 @click.option("--epochs", type=int)
