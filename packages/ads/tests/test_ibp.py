@@ -161,3 +161,9 @@ def test_layers_without_a_bound_are_refused_by_name(tiny_model, layer, overrides
     model = tiny_model(layer, **overrides)
     with pytest.raises(ibp.IBPUnsupportedError, match=f"block 0: layer {name} is {word}"):
         ibp.logit_bounds(model, torch.rand(1, 8, 1), 0.01)
+
+
+def test_a_half_precision_model_with_too_many_inputs_is_refused(tiny_model):
+    model = tiny_model("s4d").to(torch.bfloat16)  # bf16 holds the integers exactly up to 256 only
+    with pytest.raises(ibp.IBPUnsupportedError, match="cast the model to float32"):
+        ibp.logit_bounds(model, torch.rand(1, 300, 1), 0.01)

@@ -300,6 +300,11 @@ def pooled_box(model: nn.Module, x: Tensor, eps: float) -> Box:
 def _tokens(embedding: nn.Module, t: Tensor) -> Tensor:
     """``embedding.tokens(t)`` in float64: ``tokens`` casts to the model's dtype, so it rearranges the positions
     (exact as floats below 2^24 per example), and the float64 values are gathered by them."""
+    dtype = embedding.weight.dtype
+    exact = 2 ** (round(-math.log2(torch.finfo(dtype).eps)) + 1)  # integers the model's dtype holds exactly
+    if t[0].numel() > exact:  # the positions would round in the model's dtype
+        raise IBPUnsupportedError(f"IBP reads the token layout of a {dtype} model only up to {exact} input values "
+                                  f"per example, got {t[0].numel()}; cast the model to float32 first (model.float())")
     positions = torch.arange(t[0].numel(), device=t.device, dtype=torch.float64).reshape(1, *t.shape[1:])
     order = embedding.tokens(positions).round().long()[0]  # (tokens, features): flat input positions
     return t.flatten(1)[:, order]
