@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import json
 import math
 import os
@@ -95,6 +96,16 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def _torch_save(obj, path: str) -> None:
+    """``torch.save`` through memory: torch's own file writer reports a full disk as "[enforce fail at
+    inline_container.cc:672] . unexpected pos", which names neither the cause nor the file; a plain write raises
+    OSError(ENOSPC), which ``_atomic_write`` turns into a message naming the path."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+
+
 def save_state_dict(path: str | os.PathLike, model: nn.Module, metadata: dict | None = None) -> None:
     """Default model saver: the plain ``state_dict`` via ``torch.save``, atomically.
 
@@ -103,7 +114,7 @@ def save_state_dict(path: str | os.PathLike, model: nn.Module, metadata: dict | 
     """
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    _atomic_write(path, functools.partial(_torch_save, state))
     meta = json.dumps(metadata or {}, sort_keys=True)
     _atomic_write(path.with_name(path.name + ".json"), lambda tmp: Path(tmp).write_text(meta))
 
@@ -474,7 +485,7 @@ class Trainer:
                  "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
                  "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                  "scaler": None if self.scaler is None else self.scaler.state_dict()}
-        _atomic_write(self._path(STATE_FILE), lambda tmp: torch.save(state, tmp))
+        _atomic_write(self._path(STATE_FILE), functools.partial(_torch_save, state))
         try:
             with open(self._path(METRICS_FILE), "a") as f:
                 f.write(json.dumps(metrics) + "\n")

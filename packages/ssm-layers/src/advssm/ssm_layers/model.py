@@ -356,6 +356,8 @@ class SequenceClassifier(nn.Module):
 
     def _run(self, x: torch.Tensor, trace: dict | None) -> torch.Tensor:
         h = self.embed_norm(self.embedding(x))
+        if h.shape[1] == 0:  # each layer would fail its own way (a kernel of length 0, a reshape, a division)
+            raise ValueError(f"the input {tuple(x.shape)} has no steps (L = 0); give at least one time step / pixel")
         grid = self.token_grid(x)
         if grid is None and self.config.scan == "cross2d":
             raise ValueError(f"scan 'cross2d' reads a 2-D token grid and needs images (B, C, H, W), got shape "
