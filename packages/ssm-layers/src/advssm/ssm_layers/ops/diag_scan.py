@@ -115,8 +115,12 @@ class _DiagScan(torch.autograd.Function):
         work = torch.promote_types(out_dtype, torch.float32)
         h0w = None if h0 is None else h0.to(b.dtype).to(work).expand(b.shape[:-1])
         h = linear_scan(a.to(work).expand(b.shape), b.to(work), h0w)
+        out = h.to(out_dtype)
+        # saved as the output when it is one: under create_graph the backward then sees it as a
+        # function of the inputs, at no cost; a half-precision output is recomputed there instead
+        ctx.h_is_output = out is h
         ctx.save_for_backward(a, b, h0, h)
-        return h.to(out_dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad_h):
@@ -125,7 +129,7 @@ class _DiagScan(torch.autograd.Function):
         # scans from this Function itself, so it can be differentiated again; otherwise the
         # in-place scans run, with no graph to record.
         graph = torch.is_grad_enabled()
-        if graph:  # the states as a function of the inputs (the saved ones are detached)
+        if graph and not ctx.h_is_output:  # the states as a function of the inputs
             h = _DiagScan.apply(a, b, h0).to(h.dtype)
         a_full = a.to(h.dtype).expand(b.shape)
         # adjoint: g_t = grad_h_t + conj(a_{t+1}) g_{t+1}, run backwards in time
