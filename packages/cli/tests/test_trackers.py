@@ -141,3 +141,23 @@ def test_wandb_offline_run_in_the_run_folder(tmp_path, helpers, monkeypatch):
     assert (folder / f"run-{state['id']}.wandb").stat().st_size > 0
     assert json.loads((folder / "files" / "summary.json").read_text()) == \
         json.loads((out / "standard" / "summary.json").read_text())
+
+
+def test_a_sweep_job_adds_the_rewritten_report_to_the_mlflow_runs(tracked_run):
+    """Under the local / Slurm executors each finishing job rewrites the sweep's report and logs it to the runs."""
+    import shutil
+    from urllib.parse import urlparse
+
+    from advssm.cli import executors
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tracked_run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(tracked_run.name)
+    found = client.search_runs([experiment.experiment_id])
+    for run in found:
+        shutil.rmtree(Path(urlparse(run.info.artifact_uri).path) / "report")
+        assert client.list_artifacts(run.info.run_id, "report") == []
+    executors.CellJob(str(tracked_run), "local", 0, None)._report()
+    for run in found:
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {
+            "report/report.md", "report/report.html", "report/accuracy.png"}

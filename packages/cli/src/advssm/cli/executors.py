@@ -34,6 +34,7 @@ from .cell_runner import run_cell
 from .errors import ConfigError
 from .executor_spec import EXECUTORS, ExecutorSpec
 from .spec import CellSpec, load_toml, resolve_experiment
+from .trackers import log_reports
 
 FOREVER_MIN = 60 * 24 * 365  # the local executor's timeout when none is given
 
@@ -136,6 +137,7 @@ class CellJob(submitit.helpers.Checkpointable):
         try:
             spec = resolve_experiment(load_toml(Path(self.run_dir) / runs.CONFIG_FILE))
             write_sweep_report(Path(self.run_dir), spec)
+            log_reports(Path(self.run_dir), spec.cells())  # the reports as MLflow artifacts of the cells' runs
         except Exception as exc:  # the cell itself is done; the report can be rewritten with advssm report
             print(f"advssm: warning: could not rewrite {self.run_dir}/report.md ({type(exc).__name__}: {exc}); "
                   f"the cell is complete; rerun the sweep or advssm report {self.run_dir}", file=sys.stderr)
