@@ -26,7 +26,8 @@ import json
 import math
 from pathlib import Path
 
-from advssm.adv_train.trainer import diff  # Best - Last: the trainer's and the table's are one function
+# Best - Last and the choice of Best: the trainer's and the table's are one function each
+from advssm.adv_train.trainer import diff, robust_overfitting_summary
 
 CELL_FILE = "cell.json"
 METRICS_FILE = "metrics.jsonl"
@@ -49,8 +50,24 @@ def records_file(cell_dir: str | Path, stage: str) -> Path:
     return Path(cell_dir) / f"final_eval_{stage}.jsonl"
 
 
+class DamagedFile(ValueError):
+    """A file of a cell folder that cannot be read (edited by hand, cut by a full disk, copied in part)."""
+
+
+def _damaged(path: Path, exc: Exception) -> DamagedFile:
+    why = " ".join(str(exc).split())[:120]
+    return DamagedFile(f"{path} is damaged ({type(exc).__name__}: {why}); restore it from a copy, or delete the "
+                       f"cell folder {path.parent} to train the cell again")
+
+
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _damaged(path, exc) from None
+    if not isinstance(value, dict):
+        raise _damaged(path, TypeError(f"a JSON {type(value).__name__}, not an object"))
+    return value
 
 
 def is_finished(cell_dir: str | Path) -> bool:
@@ -67,11 +84,11 @@ def is_complete(cell_dir: str | Path) -> bool:
 
 
 def read_cell(cell_dir: str | Path):
-    """The cell's CellSpec (None for a folder written before cell.json existed)."""
-    from .spec import CellSpec
+    """The cell's CellSpec (None for a folder written before cell.json existed), checked as ``run`` checks flags."""
+    from .spec import validate_cell
 
     path = Path(cell_dir) / CELL_FILE
-    return CellSpec.model_validate_json(path.read_text()) if path.is_file() else None
+    return validate_cell(_read_json(path), str(path)) if path.is_file() else None
 
 
 def write_cell(cell_dir: str | Path, cell) -> None:
@@ -99,7 +116,14 @@ def read_train_eval(cell_dir: str | Path) -> list[dict]:
     path = Path(cell_dir) / TRAIN_EVAL_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _damaged(path, exc) from None
+
+
+UNFINISHED = ("trained, but its final evaluation has not finished (killed, or still running): the numbers are the "
+              "trainer's per-epoch ones, without AutoAttack; rerun the run (or the sweep) to finish it")
 
 
 def read_final_eval(cell_dir: str | Path) -> dict | None:
@@ -117,14 +141,16 @@ def read_summary(cell_dir: str | Path) -> dict:
     """The cell's row of the table: Best / Last / Diff, where Best came from, and what the numbers are.
 
     ``best`` / ``last`` hold the final evaluation's clean, PGD and AA accuracy (all on the same examples)
-    where it ran, else the Trainer's per-epoch numbers; ``final_eval`` describes the protocol; ``selection``
-    says where and by what Best was chosen (with the test accuracies of a Best chosen on the validation
-    slice); ``warnings`` collects the Trainer's and the final evaluation's.
+    where it ran, else the Trainer's per-epoch numbers (and ``unfinished`` says why); ``final_eval`` describes
+    the protocol; ``selection`` says where and by what Best was chosen (with the test accuracies of a Best
+    chosen on the validation slice); ``warnings`` collects the Trainer's and the final evaluation's.
     """
     cell_dir = Path(cell_dir)
     summary = _read_json(cell_dir / SUMMARY_FILE)
     final = read_final_eval(cell_dir)
-    return summary if final is None else merge(summary, final)  # None: not evaluated yet, or an older folder
+    if final is None and "final_eval" not in summary:  # trained, but its final evaluation was cut (or is running)
+        return {**summary, "unfinished": UNFINISHED}
+    return summary if final is None else merge(summary, final)  # None: a folder of an earlier version
 
 
 def merge(summary: dict, final: dict) -> dict:
@@ -154,9 +180,27 @@ def read_progress(cell_dir: str | Path) -> dict:
         cell = read_cell(cell_dir)
     except (OSError, ValueError):
         cell = None
-    pgd = [m["pgd_acc"] for m in metrics if isinstance(m.get("pgd_acc"), float) and math.isfinite(m["pgd_acc"])]
+    complete = is_complete(cell_dir)
     return {"epochs_done": len(metrics), "epochs_total": cell.train.epochs if cell is not None else None,
-            "best_pgd_acc": max(pgd) if pgd else None, "complete": is_complete(cell_dir)}
+            "best_pgd_acc": _best_pgd(cell_dir, metrics, cell, complete), "complete": complete}
+
+
+def _best_pgd(cell_dir: Path, metrics: list[dict], cell, complete: bool) -> float | None:
+    """The PGD accuracy of Best by the table's rule: the final evaluation's once the cell is complete, else that
+    of the epoch the trainer would select now (by the cell's select_by on its select_on set), not the highest
+    per-epoch PGD (``status`` showed 13.56 against the table's 8.00)."""
+    if complete:
+        return read_summary(cell_dir)["best"].get("pgd_acc")
+    rows = [m for m in metrics if all(isinstance(m.get(k), float) and math.isfinite(m[k])
+                                      for k in ("clean_acc", "pgd_acc"))]
+    if not rows:
+        return None
+    select_by = cell.train.select_by if cell is not None and cell.train.select_by in ("pgd", "clean") else "pgd"
+    select_on = cell.train.select_on if cell is not None else "test"
+    try:
+        return robust_overfitting_summary(rows, select_by, select_on)["best"]["pgd_acc"]
+    except (KeyError, ValueError):  # a val-selected cell whose rows lack the val accuracies
+        return None
 
 
 __all__ = ["CELL_FILE", "METRICS_FILE", "STATE_FILE", "SUMMARY_FILE", "ENVIRONMENT_FILE", "TRAIN_EVAL_FILE",

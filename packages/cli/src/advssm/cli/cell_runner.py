@@ -18,14 +18,16 @@ from .trackers import open_trackers
 from .train_eval import TrainSetEval
 
 
-def save_with_cell(path, model, metadata: dict | None, cell_json: str) -> None:
-    """``save_checkpoint`` with the cell's whole spec in the metadata (``"cell"``): a checkpoint copied
-    anywhere still says how it was trained and how its run evaluated it."""
+def save_with_cell(path, model, metadata: dict | None, cell_json: str, input_shape=None) -> None:
+    """``save_checkpoint`` with the cell's whole spec in the metadata (``"cell"``) and the shape of one training
+    input (``"input_shape"``, e.g. [1, 8, 8]): a checkpoint copied anywhere still says how it was trained, how its
+    run evaluated it and which inputs it takes."""
     import json
 
     from advssm.ssm_layers import save_checkpoint
 
-    save_checkpoint(path, model, {**(metadata or {}), "cell": json.loads(cell_json)})
+    extra = {"input_shape": list(input_shape)} if input_shape is not None else {}
+    save_checkpoint(path, model, {**(metadata or {}), "cell": json.loads(cell_json), **extra})
 
 
 def build_cell_model(cell, channels: int, n_classes: int):
@@ -58,6 +60,20 @@ def load_init_weights(model, path: str) -> None:
         raise ConfigError(f"train.init_from {path}: another architecture: {'; '.join(differ)}. Start from a "
                           "checkpoint of the same model, data set and AdS setting")
     model.load_state_dict(source.state_dict())
+
+
+def check_activation_memory(cell, input_shape: tuple) -> None:
+    """Refuse, before the model is built, a cell whose training activations alone cannot fit this machine: a lower
+    bound (each block keeps at least its input and output, fp32, for the backward pass of every batch) that the
+    spec's own check (weights, gradients, AdamW state) cannot make without the data set's sequence length."""
+    from .spec import check_memory
+
+    tokens = input_shape[-2] * input_shape[-1] if len(input_shape) == 3 else input_shape[0]  # images: pixels
+    if len(input_shape) == 3 and cell.model.patch_size:
+        tokens //= cell.model.patch_size ** 2
+    need = 2 * 4 * cell.train.batch_size * tokens * cell.model.d_model * cell.model.n_layers
+    check_memory(need, f"the activations of one batch of {cell.train.batch_size} ({tokens} tokens each)",
+                 f" ({cell.model.n_layers} layers of d_model {cell.model.d_model})")
 
 
 def join_process_group(device: str):
@@ -100,6 +116,7 @@ def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: s
     train_config = cell.train_config()
     data = load_dataset(data_spec.dataset, data_spec.data_dir, data_spec.train_size, data_spec.test_size,
                         data_spec.download, data_spec.tiny_classes, data_spec.augment, seed=train_config.seed)
+    check_activation_memory(cell, tuple(data.train[0][0].shape))
     resume = (cell_dir / cell_folder.STATE_FILE).is_file()
     # a resumed cell takes its weights from the training state; init_from only starts a fresh one
     model = build_cell_model(cell if not resume else cell.model_copy(update={"train": cell.train.model_copy(
@@ -107,7 +124,8 @@ def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: s
     train_set_eval = TrainSetEval(cell_dir, data.train, cell.eval.train_n, resume, is_main=main)
     bar = TqdmProgress(label, enabled=progress, train_set_row=train_set_eval.row)
     train_set_eval.bar = bar
-    save = functools.partial(save_with_cell, cell_json=cell.model_dump_json())
+    save = functools.partial(save_with_cell, cell_json=cell.model_dump_json(),
+                             input_shape=tuple(data.train[0][0].shape))
     save.suffix = ".safetensors"
     trackers = open_trackers(cell, cell_dir) if main else None  # TensorBoard / MLflow / W&B, on rank 0
     # train_set_eval first: the bar's line for an epoch shows the train-set accuracy measured for it

@@ -17,11 +17,11 @@ def cell_of(checkpoint: str | Path):
     """The CellSpec a checkpoint was trained under, or None when nothing records it."""
     from advssm.ssm_layers import read_metadata
 
-    from .spec import CellSpec, load_toml, resolve_experiment
+    from .spec import load_toml, resolve_experiment, validate_cell
 
     stored = read_metadata(checkpoint)["user"].get("cell")
     if stored is not None:
-        return CellSpec.model_validate(stored)
+        return validate_cell(stored, str(checkpoint))  # checked as `run` checks its flags: never trusted as is
     cell_dir = Path(checkpoint).resolve().parent
     if (cell_dir / cell_folder.CELL_FILE).is_file():
         return cell_folder.read_cell(cell_dir)
@@ -51,6 +51,37 @@ def default_device(cell) -> str:
     return "cpu"
 
 
+def check_device(device: str) -> str:
+    """``device`` if this machine has it (cpu, cuda, cuda:N), else a ConfigError saying what is available."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device or ""):
+        raise ConfigError(f"invalid --device {device!r}: choose cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ConfigError(f"--device {device}: CUDA is not available here ({build}); use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def check_input_shape(checkpoint, recorded, x) -> None:
+    """Refuse examples whose shape differs from the one the checkpoint was trained on (``recorded``, from its
+    metadata; None for a checkpoint that predates the record): a sequence model runs on any length, so an 8x8
+    model given 28x28 images would silently report numbers that mean nothing."""
+    if recorded is None or list(x.shape[1:]) == list(recorded):
+        return
+    shape = lambda s: "x".join(str(int(d)) for d in s)  # noqa: E731
+    raise ConfigError(f"{checkpoint} was trained on inputs of shape {shape(recorded)}, but these examples are "
+                      f"{shape(x.shape[1:])}: evaluate it on the data set it was trained on (drop --dataset, or "
+                      "give the one it recorded)")
+
+
 def load_for_eval(checkpoint: str | Path, dataset: str | None, data_dir: str | None, n: int | None,
                   eps: float | None, device: str | None = None):
     """(model, x_test, y_test, eps, cell, device): the model from ``checkpoint`` on ``device`` (default: the
@@ -65,13 +96,14 @@ def load_for_eval(checkpoint: str | Path, dataset: str | None, data_dir: str | N
     if dataset is None and cell is None:
         raise ConfigError(f"{checkpoint} records no run (no cell spec in it, no run config.toml next to it); "
                           "pass --dataset (and --eps)")
-    device = device or default_device(cell)
-    model, _ = load_checkpoint(checkpoint, map_location=device)
+    device = check_device(device) if device else default_device(cell)
+    model, meta = load_checkpoint(checkpoint, map_location=device)
     settings = cell.data if cell is not None else None
     name = dataset or settings.dataset
     folder = data_dir or (settings.data_dir if settings else "data")
     data = load_dataset(name, folder, test_size=None, tiny_classes=settings.tiny_classes if settings else 50)
     x, y = data.test.tensors
+    check_input_shape(checkpoint, meta["user"].get("input_shape"), x)
     if n is None and cell is not None and (dataset is None or dataset == settings.dataset):
         n = final_examples(cell, len(x))
     if n is not None:

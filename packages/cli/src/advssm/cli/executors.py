@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -29,7 +30,7 @@ import click
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from . import cell_folder, jobs, runs
+from . import cell_folder, interrupts, jobs, runs
 from .cell_runner import run_cell
 from .errors import ConfigError
 from .executor_spec import EXECUTORS, ExecutorSpec
@@ -49,6 +50,15 @@ def threads_per_job(settings: ExecutorSpec, n_cells: int, cores: int | None = No
     if settings.kind == "slurm" and settings.cpus_per_cell:
         return max(1, settings.cpus_per_cell // ranks)
     return None
+
+
+def job_threads(settings: ExecutorSpec, n_cells: int, cores: int | None = None) -> int | None:
+    """The threads each job sets: under the local executor the user's ``OMP_NUM_THREADS`` where it is set (it
+    was ignored: every job set the even split of the cores), else ``threads_per_job``."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if settings.kind == "local" and value.isdigit() and int(value) > 0:
+        return int(value)
+    return threads_per_job(settings, n_cells, cores)
 
 
 def max_parallel(settings: ExecutorSpec, n_cells: int, cores: int | None = None) -> int:
@@ -83,9 +93,22 @@ class CellJob(submitit.helpers.Checkpointable):
         cell = CellSpec.model_validate_json(cell_json)
         if env.global_rank != 0:
             return self.runner(cell, Path(cell_dir))  # this rank's shard; rank 0 writes the folder
-        with jobs.locked(jobs.lock_path(self.run_dir, cell.name)):
+        with jobs.locked(jobs.lock_path(self.run_dir, cell.name)), self._stoppable():
             with self._slot(cell.name):
                 return self._attempts(cell, Path(cell_dir), env, threads)
+
+    @contextlib.contextmanager
+    def _stoppable(self) -> Iterator[None]:
+        """A local job stops when its printed job id (submitit's controller process) is killed: the controller
+        forwards SIGTERM to the cell, whose submitit handler would only log it (on Slurm, SIGTERM announces a
+        preemption that USR2 handles), so here SIGTERM and SIGINT end the cell as Ctrl-C does; and a controller
+        killed with SIGKILL takes the cell with it (Linux: the parent-death signal)."""
+        if self.executor != "local":
+            yield
+            return
+        _signal_when_parent_dies(signal.SIGINT)
+        with interrupts.handled():
+            yield
 
     @contextlib.contextmanager
     def _slot(self, name: str) -> Iterator[None]:
@@ -148,6 +171,21 @@ class CellJob(submitit.helpers.Checkpointable):
         if submitit.JobEnvironment().global_rank == 0:
             jobs.update_record(self.run_dir, name, state="requeued")
         return super().checkpoint(cell_json, cell_dir)
+
+
+def _signal_when_parent_dies(signum: int) -> None:
+    """Ask Linux to send ``signum`` to this process when its parent ends (a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signum), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call: nobody will send it
+        os.kill(os.getpid(), signum)
 
 
 def make_executor(settings: ExecutorSpec, run_dir: Path, n_cells: int, name: str):
@@ -214,7 +252,7 @@ def submit(settings: ExecutorSpec, run_dir: Path, cells: Sequence[CellSpec], nam
     n_cells = n_cells or len(cells)
     executor = make_executor(settings, run_dir, len(cells), name)
     parallel = max_parallel(settings, n_cells) if settings.kind == "local" else 0
-    job = CellJob(str(run_dir), settings.kind, settings.retries, threads_per_job(settings, n_cells),
+    job = CellJob(str(run_dir), settings.kind, settings.retries, job_threads(settings, n_cells),
                   slots=parallel, gpus_per_slot=settings.gpus_per_cell if settings.kind == "local" else 0,
                   runner=runner)
     for cell in cells:
@@ -355,7 +393,7 @@ def launch_jobs(spec, run_dir: Path, settings: ExecutorSpec, wait_for_end: bool,
     live job (so a rerun resubmits only unfinished and failed cells), print the job ids and the status
     command; with ``wait_for_end`` follow them to the end and print the table."""
     from . import cell_folder, runs
-    from .experiment import prepare_dir
+    from .experiment import check_data, prepare_dir
     from .output import emit
 
     echo = lambda text: click.echo(text, err=True)  # noqa: E731
@@ -365,6 +403,8 @@ def launch_jobs(spec, run_dir: Path, settings: ExecutorSpec, wait_for_end: bool,
     with jobs.sweep_lock(run_dir, f"advssm sweep --executor {settings.kind}"):
         rows = jobs.cell_statuses(run_dir, cells)
         todo = [cell for cell, row in zip(cells, rows) if row.state != "done" and not row.alive]
+        if settings.kind == "local":  # its data sets are this machine's: fail now, not in the second cell's job
+            check_data(todo)
         ids = submit(settings, run_dir, todo, spec.name, n_cells=len(cells))
         write_sweep_report(run_dir, spec)
         others = ", ".join(f"{n} {state}" for state in jobs.STATES
@@ -382,8 +422,9 @@ def launch_jobs(spec, run_dir: Path, settings: ExecutorSpec, wait_for_end: bool,
         write_sweep_report(run_dir, spec)
     summaries = {row.cell: cell_folder.read_summary(run_dir / row.cell) for row in rows if row.state == "done"}
     failed = {row.cell: {"error": row.error, "log": row.log} for row in rows if row.state == "failed"}
+    notes = "".join(line + "\n" for line in runs.table_notes(list(summaries.items())))  # examples, warnings
     emit({"run_dir": str(run_dir), "cells": summaries, "failed": failed}, as_json,
-         f"{runs.summary_table(list(summaries.items()))}\n\nreport: {run_dir / runs.REPORT_FILE}")
+         f"{runs.summary_table(list(summaries.items()))}\n\n{notes}report: {run_dir / runs.REPORT_FILE}")
     if failed:
         details = "; ".join(f"{name}: {f['error']} (log {f['log']})" for name, f in failed.items())
         raise RuntimeError(f"{len(failed)} failed of {len(cells)} cells: {details}. Rerun the same sweep command "

@@ -8,7 +8,8 @@ import click
 
 from . import cell_folder, interrupts, jobs, runs
 from .cell_runner import is_main, run_cell
-from .errors import ConfigError
+from .data import load_dataset
+from .errors import ConfigError, DataError
 from .spec import load_toml, resolve_experiment
 from .trackers import log_reports
 
@@ -29,7 +30,27 @@ def prepare_dir(spec, run_dir: Path, rewrite: bool = False) -> None:
             raise ConfigError(f"{run_dir} holds a different experiment ({path} differs); "
                               f"choose another --out, or continue it with --resume {run_dir}")
         return
-    path.write_text(spec.to_toml())
+    from advssm.ssm_layers.checkpoint import atomic_write
+
+    atomic_write(path, spec.to_toml().encode())  # a full disk names the file and never leaves half a config
+
+
+def check_data(cells) -> None:
+    """Load each distinct data set of ``cells`` once, before the first cell trains: a missing or unreadable data
+    set, or a train / test size larger than its split, fails the run now instead of after the cells before it
+    have trained (a grid whose second cell's data set was missing trained the first to the end, then failed)."""
+    seen = set()
+    for cell in cells:
+        data = cell.data
+        key = (data.dataset, data.data_dir, data.train_size, data.test_size, data.tiny_classes, data.augment)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            load_dataset(data.dataset, data.data_dir, data.train_size, data.test_size, data.download,
+                         data.tiny_classes, data.augment, seed=cell.train.seed)
+        except (ConfigError, DataError) as exc:
+            raise type(exc)(f"cell {cell.name}: {exc} (nothing was trained)") from exc
 
 
 def _partial_page(spec, run_dir: Path, cells) -> None:
@@ -60,6 +81,7 @@ def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_chan
         if main:
             prepare_dir(spec, run_dir, rewrite=bool(allow_changes))
         cells = spec.cells()
+        check_data([cell for cell in cells if not cell_folder.is_complete(run_dir / cell.name)])
         summaries = {}
         for i, cell in enumerate(cells, 1):
             interrupts.raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt Python swallowed stops here

@@ -133,6 +133,27 @@ def sweep_lock(run_dir: str | os.PathLike, command: str) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, command: str) -> Iterator[None]:
+    """One writer of the file ``path`` at a time (e.g. two ``advssm eval`` of one checkpoint sharing its records
+    file): the lock ``.<name>.lock`` beside it, taken at once or FolderBusy naming the holder."""
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    fd = _open_lock(lock)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read_text().strip() or "another process"
+            raise FolderBusy(f"{path} is being written by another advssm command ({holder}); wait until it has "
+                             "returned, or give this one another file (--records PATH)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
 def report_lock(run_dir: str | os.PathLike):
     """Held around every write of the run's report.md (the sweep command and each finishing job write it)."""
     return locked(Path(run_dir) / ".report.lock")

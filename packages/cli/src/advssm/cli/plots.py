@@ -16,6 +16,21 @@ DURING_TRAINING = (("train_clean_acc", "train clean (while training)", "C0:"),
 TEST = (("clean_acc", "test clean", "C1--"), ("pgd_acc", "test PGD", "C1-"), ("aa_acc", "test AA", "C3o"))
 
 
+def _save(fig, path) -> None:
+    """The figure as a PNG at ``path``, written atomically: a full disk names the file (matplotlib's own write
+    said only "[Errno 28] No space left on device") and never leaves half a PNG."""
+    import io
+
+    from advssm.ssm_layers.checkpoint import atomic_write
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+
+
 def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
     points = [(row.get("epoch", i + 1), row[key]) for i, row in enumerate(metrics) if row.get(key) is not None]
     return [p[0] for p in points], [100 * p[1] for p in points]
@@ -49,8 +64,7 @@ def plot_metrics(metrics: list[dict], path: str | Path, title: str = "", train_s
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return Path(path)
 
 
@@ -67,6 +81,5 @@ def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return Path(path)

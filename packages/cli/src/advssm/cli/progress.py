@@ -65,24 +65,41 @@ class TqdmProgress:
         if self.enabled:
             total = getattr(getattr(trainer, "config", None), "epochs", "?")
             row = self.train_set_row(epoch) if self.train_set_row else None
-            tqdm.write(f"{self.label} epoch {epoch}/{total}: {epoch_line(metrics, row)}", file=sys.stderr)
+            tqdm.write(f"{self.label} epoch {epoch}/{total}: {epoch_line(metrics, row, evaluated_on(trainer))}",
+                       file=sys.stderr)
 
 
 def _pct(value) -> str:
     return f"{100 * value:.1f}%"
 
 
-def epoch_line(metrics: dict, train_set: dict | None = None) -> str:
-    """``loss 0.412 | train clean 91.2% | train set clean 93.0% PGD 41.0% | test clean 92.4% PGD 40.1%``."""
+def evaluated_on(trainer) -> dict:
+    """How many test examples the trainer's per-epoch numbers are measured on: ``{"test": n, "aa": n}``."""
+    config, test_set = getattr(trainer, "config", None), getattr(trainer, "test_set", None)
+    if config is None or test_set is None:
+        return {}
+    n = len(test_set) if config.eval_n is None else min(config.eval_n, len(test_set))
+    return {"test": n, "aa": min(config.aa_n, len(test_set))}
+
+
+def epoch_line(metrics: dict, train_set: dict | None = None, on: dict | None = None) -> str:
+    """``loss 0.412 | while training clean 91.2% | train set (first 256) clean 93.0% PGD 41.0% | test (first 450)
+    clean 92.4% PGD 40.1%``: each number says on which examples (``on``: ``evaluated_on``'s counts), as the final
+    evaluation's table is measured on other ones (its first eval.aa_n)."""
+    on = on or {}
     parts = [f"loss {metrics['train_loss']:.3f}"] if metrics.get("train_loss") is not None else []
     during = [f"{name} {_pct(metrics[key])}" for key, name in (("train_clean_acc", "clean"), ("train_adv_acc", "adv"))
               if metrics.get(key) is not None]
     if during:
         parts.append("while training " + " ".join(during))
     if train_set:
-        parts.append(f"train set clean {_pct(train_set['clean_acc'])} PGD {_pct(train_set['pgd_acc'])}")
-    test = [f"{name} {_pct(metrics[key])}" for key, name in (("clean_acc", "clean"), ("pgd_acc", "PGD"),
-                                                             ("aa_acc", "AA")) if metrics.get(key) is not None]
+        first = f" (first {train_set['n']})" if train_set.get("n") else ""
+        parts.append(f"train set{first} clean {_pct(train_set['clean_acc'])} PGD {_pct(train_set['pgd_acc'])}")
+    test = [f"{name} {_pct(metrics[key])}" for key, name in (("clean_acc", "clean"), ("pgd_acc", "PGD"))
+            if metrics.get(key) is not None]
+    first = {key: f" (first {n})" for key, n in on.items()}
     if test:
-        parts.append("test " + " ".join(test))
+        parts.append(f"test{first.get('test', '')} " + " ".join(test))
+    if metrics.get("aa_acc") is not None:
+        parts.append(f"test AA{first.get('aa', '')} {_pct(metrics['aa_acc'])}")
     return " | ".join(parts)

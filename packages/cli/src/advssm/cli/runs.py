@@ -23,6 +23,40 @@ STAGES = ("best", "last", "diff")
 COLUMNS = (("clean_acc", "Clean"), ("pgd_acc", "PGD-10"), ("aa_acc", "AA"))
 
 
+def check_out_folder(path: str | Path) -> None:
+    """Refuse an ``--out`` folder that exists and holds files but is not an advssm run folder (no config.toml):
+    a run writes report.md, accuracy.png and cell folders there, over whatever the user keeps in it. An empty
+    folder, or one holding only a run's lock files (a run killed before it wrote config.toml), is fine."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"--out {path} is a file, not a folder; choose a new folder for the run")
+    if (path / CONFIG_FILE).is_file():
+        return
+    foreign = sorted(p.name for p in path.iterdir() if not (p.name.startswith(".") and p.name.endswith(".lock")))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ConfigError(f"--out {path} is an existing folder that is not an advssm run folder (no {CONFIG_FILE}; it "
+                          f"holds {shown}); a run would write over its files: choose a new or empty folder")
+
+
+def check_report_folder(path: str | Path) -> None:
+    """Refuse to write a report into a folder whose report.md (or accuracy.png, without a report.md) advssm did
+    not write: a report title always starts with "# advssm"."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    report = path / REPORT_FILE
+    ours = report.is_file() and report.read_bytes()[:8] == b"# advssm"
+    theirs = [name for name in (REPORT_FILE, "accuracy.png") if (path / name).exists()]
+    if theirs and not ours:
+        raise ConfigError(f"--out {path} holds {' and '.join(theirs)} that advssm did not write; the report would "
+                          "write over them: choose a new or empty folder")
+
+
 def new_run_dir(root: str | Path, name: str) -> Path:
     """A fresh folder ``root/<UTC timestamp>-<name>`` (a numeric suffix if that exists already)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -80,6 +114,7 @@ def summary_table(rows: list[tuple[str, dict]]) -> str:
         best, last = summary.get("best") or {}, summary.get("last") or {}
         diff = summary.get("diff") or {}
         cells = [_pct(part.get(key)) for part in (best, last, diff) for key, _ in COLUMNS]
+        name = f"{name} (unfinished)" if summary.get("unfinished") else name  # no final evaluation: not comparable
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
 
@@ -105,6 +140,20 @@ def _grouped(label: str, texts: list, names: list[str]) -> list[str]:
     return [f"{label}{'' if every else ' (' + ', '.join(cells) + ')'}: {text}." for text, cells in groups.items()]
 
 
+def table_notes(rows: list[tuple[str, dict]]) -> list[str]:
+    """The lines under a printed table: on which examples its numbers are (the final evaluation's protocol, which
+    the per-epoch lines do not share), which rows are unfinished, and every warning (Square's gradient-masking
+    check among them), so the terminal says what report.md says."""
+    from .final_eval import describe
+
+    names = [name for name, _ in rows]
+    lines = _grouped("Numbers", [describe(s["final_eval"]) if s.get("final_eval") else
+                                 "the trainer's per-epoch numbers (no final evaluation)" for _, s in rows], names)
+    lines += [f"{name}: unfinished: {s['unfinished']}" for name, s in rows if s.get("unfinished")]
+    lines += [f"warning ({name}): {w}" for name, s in rows for w in s.get("warnings", [])]
+    return lines
+
+
 def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config_text: str | None = None,
                  html: bool = True) -> Path:
     """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells`` (table row name -> folder),
@@ -128,7 +177,8 @@ def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config
         parts += [f"- {name}: val clean {_pct(s['selection']['val'].get('val_clean_acc'))}, val PGD "
                   f"{_pct(s['selection']['val'].get('val_pgd_acc'))}" for name, s in val if "val" in s["selection"]]
         parts.append("")
-    notes = [f"- {name}: {w}" for name, s in rows for w in s.get("warnings", [])]
+    notes = [f"- {name}: unfinished: {s['unfinished']}" for name, s in rows if s.get("unfinished")]
+    notes += [f"- {name}: {w}" for name, s in rows for w in s.get("warnings", [])]
     notes += [f"- {name}: from epoch {c['from_epoch']} "
               + ", ".join(f"{k} {v['was']} -> {v['now']}" for k, v in c.items() if k != "from_epoch")
               + " (resumed with a changed setting; not bitwise equal to a run without the change)"
@@ -140,13 +190,17 @@ def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config
         plot_comparison(metrics, run_dir / "accuracy.png")
         parts += ["![test accuracy per epoch](accuracy.png)", ""]
         for name, cell in zip(metrics, cells):
-            if metrics[name] and cell != run_dir:
+            # only the run's own cells: a report written elsewhere (advssm report RUN --out DIR) writes under DIR
+            # alone, and the source cells keep the curves their run drew
+            if metrics[name] and cell != run_dir and cell.resolve().parent == run_dir.resolve():
                 plot_metrics(metrics[name], cell / "accuracy.png", title=name, train_set=read_train_eval(cell),
                              summary=dict(rows)[name])
     if config_text:
         parts += ["## Configuration", "", "```toml", config_text.strip(), "```", ""]
     path = run_dir / REPORT_FILE
-    path.write_text("\n".join(parts))
+    from advssm.ssm_layers.checkpoint import atomic_write
+
+    atomic_write(path, "\n".join(parts).encode())  # a full disk names the file and never leaves half a report
     if html:
         from .report_html import write_html
 

@@ -50,6 +50,8 @@ PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's val
 SECTIONS = ("data", "model", "train", "eval")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
+# a run folder is named <15-character UTC stamp>-<name>[-<n>] and most file systems allow 255 bytes per name
+MAX_NAME = 100
 # Defaults of the no-argument run: tuned so both cells finish in a few minutes on 2 CPU cores (see README).
 DEMO = {
     "model": {"layer": "s4d", "d_model": 32, "d_state": 16, "n_layers": 2},
@@ -270,6 +272,9 @@ class _SpecBase(_Frozen):
     @classmethod
     def _known_ads(cls, value: str) -> str:
         _choose("ads", value, ADS_CHOICES)
+        if len(value) > MAX_NAME:
+            raise ValueError(f"invalid name {value[:20]}... ({len(value)} characters): at most {MAX_NAME}, as it "
+                             "names the run folder; choose a shorter --name")
         return value
 
 
@@ -402,23 +407,84 @@ def _check_cell(cell, where: str) -> None:
 
 @cache
 def _check_buildable(config_json: str, ads: str) -> None:
-    """Build the model once on the CPU (layer options, transform options, head counts ...), RNG untouched."""
+    """Size the model without allocating (parameters, gradients and AdamW state must fit this machine's memory),
+    then build it once on the CPU (layer options, transform options, head counts ...), RNG untouched. Every block
+    is built alike, so two blocks check what all of them would: 10000 layers validate as fast as 2."""
     import torch
     from advssm.ssm_layers import ModelConfig, build_model
 
+def validate_cell(raw, source: str):
+    """A ``CellSpec`` read back from ``source`` (a checkpoint's metadata, a cell.json), checked as ``run`` checks
+    its flags: types and unknown keys, value ranges, the method's and the model's rules (the device is not
+    checked: a checkpoint trained on a GPU is evaluated anywhere). Raises ConfigError in one line naming
+    ``source``: a file edited by hand or damaged is never trusted (a stored eps of 5 would be evaluated at 5).
+
+    Example:
+        >>> validate_cell({"train": {"eps": 5}}, "x.safetensors")  # doctest: +SKIP
+        ConfigError: the cell spec stored in x.safetensors is invalid: invalid setting: train.eps must be in (0, 1] ...
+    """
+    where = f"the cell spec stored in {source}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} is not a table ({type(raw).__name__}); the file is damaged or not ours")
+    try:
+        cell = _validated(CellSpec, raw)
+        cell.train_config()
+        cell.model_settings(3, 10)
+    except ConfigError as exc:
+        raise ConfigError(f"{where} is invalid: {exc}; the file was edited or damaged") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where} is invalid: invalid setting: {_rename(str(exc))}; the file was edited or "
+                          "damaged") from None
+    return cell
+
+
+# bytes per weight while training: the fp32 weight, its gradient and AdamW's two moments
+TRAINING_BYTES_PER_WEIGHT = 16
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, what: str, where: str = "") -> None:
+    """Refuse ``need`` bytes (for ``what``) that exceed this machine's memory, before anything is allocated."""
+    memory = machine_memory()
+    if memory is not None and need > memory:
+        raise ConfigError(f"the model{where} needs at least {need / 2**30:.1f} GiB for {what}, more than this "
+                          f"machine's {memory / 2**30:.1f} GiB: lower model.n_layers, model.d_model or model.d_state"
+                          + (" (or train.batch_size)" if "activations" in what else ""))
+
+
     try:
         with torch.random.fork_rng(devices=[]):
-            model = build_model(ModelConfig.from_json(config_json))
+            model = build_model(ModelConfig.from_dict(values))
             if ads != "none":
                 from advssm.ads import attach_ads
+    from advssm.ssm_layers.checkpoint import state_numel
 
                 attach_ads(model, activation=ads)
+        config = ModelConfig.from_json(config_json)
+        check_memory(state_numel(config) * TRAINING_BYTES_PER_WEIGHT, "its weights, gradients and AdamW state",
+                     f" ({config.n_layers} layers of d_model {config.d_model}, d_state {config.d_state})")
+        values = config.to_dict()
+        if config.n_layers > 2:
+            values["n_layers"] = 2
+            if values.get("transform_layers") is not None:
+                values["transform_layers"] = [i for i in values["transform_layers"] if int(i) < 2]
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"invalid model settings: {_rename(str(exc))}") from exc
 
 
 def _rename(text: str) -> str:
     """Name a key as the TOML and --set write it (train.eps), not as the dataclass does (TrainConfig.eps)."""
+    except ConfigError:
+        raise
     return " ".join(text.replace("TrainConfig.", "train.").replace("ModelConfig.", "model.").split())
 
 
@@ -616,6 +682,11 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     """``--set train.aa_n=8`` -> ("train.aa_n", 8): the value is read as TOML (strings may be bare)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
+    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
+        raise ConfigError(f"{path} is not a TOML file: byte {exc.start} is not UTF-8 text (a binary file?); "
+                          "give the experiment's .toml file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
@@ -629,4 +700,4 @@ ExperimentSpec, CellSpec = _make_specs()
 
 __all__ = ["ExperimentSpec", "CellSpec", "DataSpec", "EvalSpec", "GridSpec", "TrackSpec", "TRACKERS",
            "resolve_experiment", "load_toml",
-           "parse_assignment", "DEMO", "PRESETS", "ADS_CHOICES", "GRID_AXES"]
+           "parse_assignment", "validate_cell", "DEMO", "PRESETS", "ADS_CHOICES", "GRID_AXES"]

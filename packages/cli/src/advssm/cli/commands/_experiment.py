@@ -57,6 +57,8 @@ def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run:
         emit(spec.to_dict(), as_json, spec.to_toml().rstrip())
         return
     info = join_process_group(spec.train.device)  # torchrun: every rank knows its rank before any file
+    if out and run_dir is None:
+        runs.check_out_folder(out)  # never write over a folder that is not ours
     fresh = run_dir is None and not (out and Path(out).exists())
     run_dir = _agreed_run_dir(info, run_dir or (Path(out) if out else None), runs_root, spec.name)
     if info.is_main:
@@ -66,24 +68,43 @@ def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run:
             summaries = execute(spec, run_dir, progress=progress, callbacks=[interrupts.CHECK], allow_changes=changes,
                                 command=f"advssm {command}")
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; the run folder is consistent. Resume with:\n  advssm {command} --resume {run_dir}",
-                   err=True)
+        if info.is_main:  # every rank gets the signal; one hint, with the launcher the world size needs
+            again = resume_command(command, run_dir, info)
+            click.echo(f"\ninterrupted; the run folder is consistent. Resume with:\n  {again}", err=True)
         sys.exit(130)
     except NonFiniteLossError as exc:
-        raise RuntimeError(f"{exc}. The checkpoints and training state of the last good epoch are kept; continue "
-                           f"from it at a lower rate with: advssm {command} --resume {run_dir} --lr "
-                           f"{spec.train.lr / 10:g} (or a larger --batch-size)") from exc
+        lower = f"{spec.train.lr / 10:g}"
+        raise RuntimeError(f"{exc}. The checkpoints and training state of the last good epoch are kept. What to try, "
+                           f"in order: continue from that epoch at a tenth of the rate, "
+                           f"{resume_command(command, run_dir, info)} --lr {lower}; if it stops again, that epoch's "
+                           f"weights may be past saving: train afresh at the lower rate (--lr {lower} into a new "
+                           "folder), and for adversarial training ramp eps up with --eps-warmup-epochs 5; a larger "
+                           "--batch-size also steadies the steps. No setting is known to fix every case") from exc
     except Exception:
         if fresh and info.is_main and not _trained_anything(run_dir):
             # e.g. a missing data set: a folder holding only config.toml would just be clutter under runs/
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if info.is_main:
-        table = runs.summary_table(list(summaries.items()))
+        rows = list(summaries.items())
+        notes = "\n".join(runs.table_notes(rows))  # on which examples, and the warnings (Square's masking check)
         emit({"run_dir": str(run_dir), "cells": summaries}, as_json,
-             f"{table}\n\nreport: {run_dir / runs.REPORT_FILE}")
+             f"{runs.summary_table(rows)}\n\n{notes + chr(10) if notes else ''}report: {run_dir / runs.REPORT_FILE}")
     if info.active:
         _leave_process_group()
+
+
+def resume_command(command: str, run_dir: Path, info) -> str:
+    """The command that resumes ``run_dir``: under torchrun the same number of processes (a plain ``advssm run
+    --resume`` refuses the training state of another world size)."""
+    if not info.active:
+        return f"advssm {command} --resume {run_dir}"
+    import os
+
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", str(info.world_size))
+    nodes = "" if per_node == str(info.world_size) else f" --nnodes {info.world_size // max(1, int(per_node))} (and " \
+        "the rendezvous options of this launch)"
+    return f"torchrun --nproc-per-node {per_node}{nodes} -m advssm.cli {command} --resume {run_dir}"
 
 
 def _agreed_run_dir(info, chosen: Path | None, runs_root: str, name: str) -> Path:

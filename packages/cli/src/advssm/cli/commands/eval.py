@@ -1,11 +1,13 @@
 """``advssm eval``: attack a checkpoint and report clean and robust accuracy."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from advssm.adv_train import threat_models
 from advssm.adv_train.attacks import ATTACKS, NORMS, build
 
-from .. import interrupts
+from .. import interrupts, jobs
 from ..checkpoints import load_for_eval
 from ..errors import ConfigError
 from ..output import emit
@@ -107,10 +109,13 @@ def _architecture(model, cell) -> str:
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation from its last finished batch.")
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable output; with one eps also writes <checkpoint>.robustbench.json "
-                   "(RobustBench's model info).")
+                   "(RobustBench's model info; --robustbench: elsewhere).")
+@click.option("--robustbench", "robustbench", type=click.Path(dir_okay=False),
+              help="With --json: the file for RobustBench's model info (default: <checkpoint>.robustbench.json "
+                   "beside the checkpoint).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_values, alpha, steps, dataset, data_dir,
-                 batch_size, device, seed, records_path, curves_out, resume, as_json, progress):
+                 batch_size, device, seed, records_path, curves_out, resume, as_json, robustbench, progress):
     """Clean and robust accuracy of a checkpoint under the chosen attacks (worst case over them too).
 
     One rule for every number: an example counts as robust under an attack when it is classified
@@ -150,6 +155,16 @@ def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_valu
     if records_path and len(checkpoints) > 1:
         raise ConfigError("--records names one file; with several checkpoints each one's records go to "
                           "<checkpoint>.eval.jsonl beside it: drop --records")
+    one_result = sweep is None and len(checkpoints) == 1 and (eps_values is None or len(eps_values) == 1)
+    if robustbench and not (as_json and one_result):
+        raise ConfigError("--robustbench names the RobustBench file that --json writes for one checkpoint at one eps")
+    # every output's folder is checked before anything is evaluated (the result of an hour's AutoAttack was lost
+    # to a read-only folder): the records beside each checkpoint, and the RobustBench file
+    for checkpoint in checkpoints:
+        check_writable(Path(records_path) if records_path else Path(checkpoint).with_suffix(".eval.jsonl"),
+                       "--records")
+    if as_json and one_result:
+        check_writable(robustbench_file(checkpoints[0], robustbench), "--robustbench")
     options = {"attacks": attacks, "norm": norm, "threat": threat, "sweep": sweep, "n": n, "alpha": alpha,
                "steps": steps, "dataset": dataset, "data_dir": data_dir,
                "batch_size": batch_size, "device": device, "seed": seed, "resume": resume, "progress": progress}
@@ -167,7 +182,7 @@ def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_valu
     if sweep is not None:
         _emit_sweep(*done[0], as_json)
     elif not curve_mode:
-        _emit_one(*done[0], as_json)
+        _emit_one(*done[0], as_json, robustbench)
     else:
         _emit_curves(done, checkpoints, curves_out, as_json)
 
@@ -215,21 +230,24 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
         built = build_attacks(attacks, model, eps, steps, seed, step, norm, threat)
         names = list(built)
         chosen.update(built if len(eps_list) == 1 else {attack_at(k, eps): a for k, a in built.items()})
-    if resume and not records.is_file():
-        raise ConfigError(f"--resume: no records at {records} to continue; run without --resume")
-    if not resume and records.is_file():
-        records.unlink()  # a new evaluation: the records of an earlier one would be refused by evaluate
     bar = TqdmProgress("eval", enabled=progress)
 
     def on_progress(info):
         interrupts.raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt Python swallowed stops here
         bar.on_stage(info["stage"], info["done"], info["total"] or 0)
 
-    try:
-        result = evaluate(model, TensorDataset(x, y), chosen, batch_size=batch_size, seed=seed, records=records,
-                          resume=resume, progress=on_progress)
-    finally:
-        bar.close()
+    # one evaluation per records file at a time, as one command per run folder: two at once interleaved their
+    # lines (352 lines for 200 examples), and the second one's unlink below removed the first one's records
+    with jobs.file_lock(records, f"advssm eval {checkpoint}"):
+        if resume and not records.is_file():
+            raise ConfigError(f"--resume: no records at {records} to continue; run without --resume")
+        if not resume and records.is_file():
+            records.unlink()  # a new evaluation: the records of an earlier one would be refused by evaluate
+        try:
+            result = evaluate(model, TensorDataset(x, y), chosen, batch_size=batch_size, seed=seed, records=records,
+                              resume=resume, progress=on_progress)
+        finally:
+            bar.close()
     data = {"checkpoint": str(checkpoint), "eps": eps_list[0] if len(eps_list) == 1 else eps_list, "n": len(x),
             "norm": norm, "threat_model": threat.name if threat is not None else "full",
             "device": str(device), "records": str(records), **result.to_dict()}
@@ -241,20 +259,23 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
     return data, result, model, cell, eps_list, names, dataset
 
 
-def _emit_one(data, result, model, cell, eps_list, names, dataset, as_json) -> None:
+def _emit_one(data, result, model, cell, eps_list, names, dataset, as_json, robustbench=None) -> None:
     """One checkpoint at one eps: the accuracies, and with --json the RobustBench record."""
     import json
-    from pathlib import Path
 
     from advssm.ssm_layers.checkpoint import atomic_write
 
     checkpoint = data["checkpoint"]
+    failed = None
     if as_json:
         info = {"architecture": _architecture(model, cell), "dataset": dataset or (cell.data.dataset if cell else None)}
         record = result.to_robustbench(**info)
-        path = Path(checkpoint).with_suffix(".robustbench.json")
-        atomic_write(path, json.dumps(record, indent=2).encode())
+        path = robustbench_file(checkpoint, robustbench)
         data["robustbench"], data["robustbench_file"] = record, str(path)
+        try:
+            atomic_write(path, json.dumps(record, indent=2).encode())
+        except OSError as exc:  # the result is printed below all the same: never lost to a write error
+            data["robustbench_file"], failed = None, f"{path} could not be written ({exc.strerror or exc})"
     threat = "" if data["threat_model"] == "full" else f"  threat {data['threat_model']}"
     norm = "" if data["norm"] == "Linf" else f"  norm {data['norm']}"
     lines = [f"checkpoint {checkpoint}  eps {eps_list[0]:g}{norm}{threat}  n {data['n']}  device {data['device']}",
@@ -265,6 +286,26 @@ def _emit_one(data, result, model, cell, eps_list, names, dataset, as_json) -> N
     lines += [f"warning: {w}" for w in result.warnings]
     lines.append(f"per-example results: {data['records']}")
     emit(data, as_json, "\n".join(lines))
+    if failed:
+        raise RuntimeError(f"the evaluation finished (its result is printed above) but {failed}; write it elsewhere "
+                           "with --robustbench PATH")
+
+
+def robustbench_file(checkpoint, given) -> Path:
+    """Where ``--json`` writes RobustBench's model info: ``--robustbench PATH``, else beside the checkpoint."""
+    return Path(given) if given else Path(checkpoint).with_suffix(".robustbench.json")
+
+
+def check_writable(path, option: str) -> None:
+    """Refuse, before anything is evaluated, an output file whose folder cannot be written."""
+    import os
+
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # atomic_write creates the missing folders under the first existing one
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: the folder {folder} is not writable; give another file with "
+                          f"{option} PATH")
 
 
 def _emit_curves(done, checkpoints, curves_out, as_json) -> None:

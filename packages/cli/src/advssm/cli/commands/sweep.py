@@ -57,6 +57,8 @@ def sweep(grid_file, out, runs_root, resume, dry_run, as_json, assignments, prog
         raise click.UsageError("--resume with --lr / --batch-size continues the cells inline: add --executor inline")
     for warning in executors.unused_settings(settings):
         click.echo(f"warning: {warning}", err=True)
+    if out and not run_dir:
+        runs.check_out_folder(out)
     run_dir = run_dir or (Path(out) if out else runs.new_run_dir(runs_root, spec.name))
     click.echo(f"run folder: {run_dir}", err=True)
     executors.launch_jobs(spec, run_dir, settings, wait_for_end, as_json)
