@@ -49,9 +49,9 @@ CLI_TRAIN_KEYS = ("init_from",)  # [train] keys the CLI handles itself (not Trai
 PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's value for each cell's layer
 SECTIONS = ("data", "model", "train", "eval")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
 # a run folder is named <15-character UTC stamp>-<name>[-<n>] and most file systems allow 255 bytes per name
 MAX_NAME = 100
+
 # Defaults of the no-argument run: tuned so both cells finish in a few minutes on 2 CPU cores (see README).
 DEMO = {
     "model": {"layer": "s4d", "d_model": 32, "d_state": 16, "n_layers": 2},
@@ -266,15 +266,15 @@ class _SpecBase(_Frozen):
         if not _NAME.match(value) or ".." in value:
             raise ValueError(f"invalid name {value!r}: use letters, digits, '.', '_' and '-' (no '/', no '..'); "
                              "it names the run folder")
+        if len(value) > MAX_NAME:
+            raise ValueError(f"invalid name {value[:20]}... ({len(value)} characters): at most {MAX_NAME}, as it "
+                             "names the run folder; choose a shorter --name")
         return value
 
     @field_validator("ads")
     @classmethod
     def _known_ads(cls, value: str) -> str:
         _choose("ads", value, ADS_CHOICES)
-        if len(value) > MAX_NAME:
-            raise ValueError(f"invalid name {value[:20]}... ({len(value)} characters): at most {MAX_NAME}, as it "
-                             "names the run folder; choose a shorter --name")
         return value
 
 
@@ -405,14 +405,6 @@ def _check_cell(cell, where: str) -> None:
                           "use --device cpu (or auto)")
 
 
-@cache
-def _check_buildable(config_json: str, ads: str) -> None:
-    """Size the model without allocating (parameters, gradients and AdamW state must fit this machine's memory),
-    then build it once on the CPU (layer options, transform options, head counts ...), RNG untouched. Every block
-    is built alike, so two blocks check what all of them would: 10000 layers validate as fast as 2."""
-    import torch
-    from advssm.ssm_layers import ModelConfig, build_model
-
 def validate_cell(raw, source: str):
     """A ``CellSpec`` read back from ``source`` (a checkpoint's metadata, a cell.json), checked as ``run`` checks
     its flags: types and unknown keys, value ranges, the method's and the model's rules (the device is not
@@ -461,14 +453,16 @@ def check_memory(need: int, what: str, where: str = "") -> None:
                           + (" (or train.batch_size)" if "activations" in what else ""))
 
 
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model = build_model(ModelConfig.from_dict(values))
-            if ads != "none":
-                from advssm.ads import attach_ads
+@cache
+def _check_buildable(config_json: str, ads: str) -> None:
+    """Size the model without allocating (parameters, gradients and AdamW state must fit this machine's memory),
+    then build it once on the CPU (layer options, transform options, head counts ...), RNG untouched. Every block
+    is built alike, so two blocks check what all of them would: 10000 layers validate as fast as 2."""
+    import torch
+    from advssm.ssm_layers import ModelConfig, build_model
     from advssm.ssm_layers.checkpoint import state_numel
 
-                attach_ads(model, activation=ads)
+    try:
         config = ModelConfig.from_json(config_json)
         check_memory(state_numel(config) * TRAINING_BYTES_PER_WEIGHT, "its weights, gradients and AdamW state",
                      f" ({config.n_layers} layers of d_model {config.d_model}, d_state {config.d_state})")
@@ -477,14 +471,20 @@ def check_memory(need: int, what: str, where: str = "") -> None:
             values["n_layers"] = 2
             if values.get("transform_layers") is not None:
                 values["transform_layers"] = [i for i in values["transform_layers"] if int(i) < 2]
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(ModelConfig.from_dict(values))
+            if ads != "none":
+                from advssm.ads import attach_ads
+
+                attach_ads(model, activation=ads)
+    except ConfigError:
+        raise
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"invalid model settings: {_rename(str(exc))}") from exc
 
 
 def _rename(text: str) -> str:
     """Name a key as the TOML and --set write it (train.eps), not as the dataclass does (TrainConfig.eps)."""
-    except ConfigError:
-        raise
     return " ".join(text.replace("TrainConfig.", "train.").replace("ModelConfig.", "model.").split())
 
 
@@ -676,17 +676,17 @@ def load_toml(path) -> dict:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
+        raise ConfigError(f"{path} is not a TOML file: byte {exc.start} is not UTF-8 text (a binary file?); "
+                          "give the experiment's .toml file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``--set train.aa_n=8`` -> ("train.aa_n", 8): the value is read as TOML (strings may be bare)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
-        raise ConfigError(f"{path} is not a TOML file: byte {exc.start} is not UTF-8 text (a binary file?); "
-                          "give the experiment's .toml file") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]

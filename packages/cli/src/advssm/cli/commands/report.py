@@ -46,10 +46,10 @@ def report(run_dirs, out, html, as_json):
             unique, k = f"{name} #{k}", k + 1
         named[unique] = cell
     out_dir = Path(out) if out else (Path(run_dirs[0]) if len(run_dirs) == 1 else Path("."))
+    runs.check_report_folder(out_dir)  # never write over a report.md / accuracy.png that is not ours
     out_dir.mkdir(parents=True, exist_ok=True)
     # writing into a run folder regenerates its report.md: keep the configuration section `run` wrote there
     config_file = out_dir / runs.CONFIG_FILE
-    runs.check_report_folder(out_dir)  # never write over a report.md / accuracy.png that is not ours
     config_text = config_file.read_text() if config_file.is_file() else None
     html = html or (out_dir / REPORT_HTML).is_file()
     path = runs.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs), config_text=config_text,
