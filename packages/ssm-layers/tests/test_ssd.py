@@ -84,15 +84,22 @@ def test_torch_path_float64_is_the_reference(combo):
     _assert_matches_reference(ssd_torch, inputs, chunk, tight, tight, cast=F64, dt_softplus=True)
 
 
+@pytest.mark.parametrize("growing", [False, True], ids=["decaying", "some-steps-grow"])
 @pytest.mark.parametrize("rows,block_bytes", [(3, 1), (4, 3000), (64, 2 << 20)])
-def test_score_tiles_cover_the_causal_scores(rows, block_bytes, monkeypatch):
-    """The diagonal blocks made in tiles (rows i0:i1 of a few chunks, columns 0:i1): row blocks of 3 / 4 / 64 in
-    chunks of 10 (the last row block partial), one chunk per block or several, equal the reference in float64."""
+def test_score_tiles_cover_the_causal_scores(rows, block_bytes, growing, monkeypatch):
+    """The diagonal blocks made in tiles (rows i0:i1 of a few chunks): row blocks of 3 / 4 / 64 in chunks of 10
+    (the last row block partial), one chunk per block or several, equal the reference in float64 and in fp32,
+    forward and every gradient: with every step decaying (the columns before a tile factored) and with some
+    steps growing (dt < 0 without softplus: every column made elementwise)."""
     monkeypatch.setattr(cpu_mod, "_ROWS", rows)
     monkeypatch.setattr(cpu_mod, "_BLOCK_BYTES", block_bytes)
     inputs = _inputs(14, 2, 27, 4, 2, 3, 4)
+    if growing:
+        inputs[1] = inputs[1] * 0.2  # raw dt, about a third of it below -0.1
+        assert (inputs[1] < 0).any()
     tight = {"rtol": 1e-10, "atol": 1e-10}
-    _assert_matches_reference(ssd_torch, inputs, 10, tight, tight, cast=F64, dt_softplus=True)
+    _assert_matches_reference(ssd_torch, inputs, 10, tight, tight, cast=F64, dt_softplus=not growing)
+    _assert_matches_reference(ssd_torch, inputs, 10, FWD_TOL, GRAD_TOL, dt_softplus=not growing)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 16, 256])

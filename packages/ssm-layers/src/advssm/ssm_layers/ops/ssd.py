@@ -113,10 +113,11 @@ def ssd_reference(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, 
         Bh, Ch = B.repeat_interleave(per_group, dim=2), C.repeat_interleave(per_group, dim=2)  # (b, L, h, n)
         h = x.new_zeros(batch, nheads, headdim, B.shape[3])
         ys = []
-        for t in range(L):
-            decay = torch.exp(dt[:, t] * A)[:, :, None, None]
-            h = decay * h + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
-            ys.append((h * Ch[:, t, :, None, :]).sum(-1))
+        # per-step views by unbind (whose backward stacks the steps' gradients once; indexing x[:, t]
+        # would make a full-size gradient per step, quadratic in L)
+        for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), Bh.unbind(1), Ch.unbind(1)):
+            h = torch.exp(dt_t * A)[:, :, None, None] * h + (dt_t[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]
+            ys.append((h * C_t[:, :, None, :]).sum(-1))
         y = _finish(torch.stack(ys, dim=1), x, D, z)
     return y.to(dtype_in)
 
