@@ -17,7 +17,8 @@ FLAG_SETTINGS = {
     "train_size": "data.train_size", "test_size": "data.test_size", "seed": "train.seed", "device": "train.device",
     "name": "name", "tiny_classes": "data.tiny_classes", "lr": "train.lr", "batch_size": "train.batch_size",
     "eps_warmup_epochs": "train.eps_warmup_epochs", "init_from": "train.init_from", "select_on": "train.select_on",
-    "select_by": "train.select_by", "jacobian_weight": "train.jacobian_weight", "precision": "train.precision", "patch_size": "model.patch_size", "scan": "model.scan",
+    "select_by": "train.select_by", "jacobian_weight": "train.jacobian_weight", "precision": "train.precision",
+    "patch_size": "model.patch_size", "scan": "model.scan",
 }
 
 
