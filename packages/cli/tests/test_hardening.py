@@ -216,7 +216,7 @@ def test_a_damaged_json_file_of_a_run_folder_is_named(tiny_run, tmp_path, helper
 
 def test_a_full_disk_while_writing_the_training_state_names_the_file(tmp_path, monkeypatch):
     """torch.save's own writer said only "[enforce fail at inline_container.cc:672] . unexpected pos"."""
-    import advssm.adv_train.trainer as trainer_module
+    import advssm.adv_train.atomic as atomic  # the one writer of every file of the run
     from advssm.adv_train import TrainConfig, Trainer
     from torch.utils.data import TensorDataset
 
@@ -242,10 +242,10 @@ def test_a_full_disk_while_writing_the_training_state_names_the_file(tmp_path, m
 
     def full_open(path, mode="r", *args, **kwargs):
         f = real_open(path, mode, *args, **kwargs)
-        return FullDisk(f) if "train_state.pt" in str(path) and "w" in mode else f
+        return FullDisk(f) if "train_state.pt" in str(path) and ("w" in mode or "x" in mode) else f
 
-    monkeypatch.setattr(trainer_module.torch, "save", torch_save)
-    monkeypatch.setattr(trainer_module, "open", full_open, raising=False)
+    monkeypatch.setattr(atomic.torch, "save", torch_save)
+    monkeypatch.setattr(atomic, "open", full_open, raising=False)
     data = TensorDataset(torch.rand(8, 4, 1), torch.arange(8) % 2)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     config = TrainConfig(method="standard", epochs=1, batch_size=8, eval_pgd_steps=1, aa_every=0)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as D
+from .atomic import atomic_write
 from .attacks import Attack, AutoAttack, Square, eval_mode, margin_loss, per_example_norm
 
 # Square may break this fraction of the examples the white-box attacks missed before we call
@@ -342,9 +343,8 @@ def _write_lines(path: Path, records: list[dict], mode: str) -> None:
 
 def _rewrite(path: Path, batches: list[list[dict]]) -> None:
     """The file holding exactly ``batches`` (drops a cut-off batch), replaced atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _write_lines(tmp, [r for b in batches for r in b], "w")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for b in batches for r in b).encode(),
+                 when_full="evaluate again with the same records file (its finished batches are intact)")
 
 
 def _dist_info() -> D.DistInfo:

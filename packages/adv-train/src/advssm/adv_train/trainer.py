@@ -13,19 +13,14 @@ checkpoint with that seed on the same examples gives the epoch's numbers again.
 """
 from __future__ import annotations
 
-import errno
 import functools
-import io
-import json
 import math
 import os
-import secrets
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,17 +28,17 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed as D
+from .atomic import remove_stale_temps
+from .attacks import build
 from .config import TrainConfig
+from .evaluation import evaluate
 from .methods import NonFiniteLossError, StepContext, get_method
 from .precision import autocast_forward, grad_scaler
+from .store import FolderStore, RunStore, save_state_dict
 
 __all__ = ["Trainer", "NonFiniteLossError", "save_state_dict", "robust_overfitting_summary", "eval_seed",
            "ResumeWarning", "remove_stale_temps"]
 
-STATE_FILE = "train_state.pt"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-ENVIRONMENT_FILE = "environment.json"
 SELECT_KEYS = {"pgd": "pgd_acc", "clean": "clean_acc"}
 # resuming with these changed continues from the last good epoch under the new value (after a NaN stop)
 RESUMABLE_CHANGES = ("lr", "batch_size")
@@ -57,69 +52,6 @@ class ResumeWarning(UserWarning):
 def eval_seed(seed: int, epoch: int) -> int:
     """The seed of the evaluation after ``epoch`` of a run seeded ``seed`` (the same on every rank)."""
     return (seed * 1_000_003 + 3 * 10_007 + epoch) * 101
-
-
-def remove_stale_temps(path: Path) -> None:
-    """Delete the temporary files a killed writer of ``path`` left (``.<name>.<pid>.<hex>.tmp`` of a dead pid)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            pid = int(tmp.name[len(path.name) + 2:].split(".")[0])
-            os.kill(pid, 0)  # raises if no such process: the writer is gone
-            alive = pid != os.getpid()  # our own pid: a write of ours that was cut (we write one at a time)
-        except (ValueError, ProcessLookupError):
-            alive = False
-        except PermissionError:  # someone else's live process
-            alive = True
-        if not alive:
-            tmp.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename, so readers never see half a file.
-
-    ``write`` creates the temporary file itself, so it gets the permissions any new file gets (mkstemp's
-    would be owner-only); its data is flushed to disk before the rename makes it visible.
-    """
-    remove_stale_temps(path)
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise OSError(exc.errno, f"no space left on the device holding {path}: free some space, then resume "
-                                     "(the files of the last finished epoch are intact)") from exc
-        raise
-
-
-def _torch_save(obj, path: str) -> None:
-    """``torch.save`` through memory: torch's own file writer reports a full disk as "[enforce fail at
-    inline_container.cc:672] . unexpected pos", which names neither the cause nor the file; a plain write raises
-    OSError(ENOSPC), which ``_atomic_write`` turns into a message naming the path."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with open(path, "wb") as f:
-        f.write(buffer.getbuffer())
-
-
-def save_state_dict(path: str | os.PathLike, model: nn.Module, metadata: dict | None = None) -> None:
-    """Default model saver: the plain ``state_dict`` via ``torch.save``, atomically.
-
-    Load it with ``model.load_state_dict(torch.load(path, weights_only=True))``. ``metadata`` goes to a
-    JSON file beside it (``<path>.json``).
-    """
-    path = Path(path)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    _atomic_write(path, functools.partial(_torch_save, state))
-    meta = json.dumps(metadata or {}, sort_keys=True)
-    _atomic_write(path.with_name(path.name + ".json"), lambda tmp: Path(tmp).write_text(meta))
-
-
-save_state_dict.suffix = ".pt"
 
 
 def diff(best: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
@@ -197,10 +129,11 @@ class Trainer:
         model: any ``nn.Module`` mapping inputs in [0, 1] to logits.
         train_set, test_set: datasets yielding ``(x float in [0, 1], y int)``.
         config: the run's ``TrainConfig``.
-        out_dir: where ``metrics.jsonl``, ``last``/``best`` checkpoints, ``train_state.pt`` and
-            ``summary.json`` go (None: nothing is written and resume is impossible).
-        save_model: ``save_model(path, model, metadata)``; its ``suffix`` attribute names the file
-            extension (default ``save_state_dict``, ".pt").
+        out_dir: the folder of the run: shorthand for ``store=FolderStore(out_dir, save_model)``.
+        save_model: ``save_model(path, model, metadata)`` for ``out_dir``'s checkpoints; its ``suffix``
+            attribute names the file extension (default ``save_state_dict``, ".pt").
+        store: where the run's files go (a ``store.RunStore``; ``FolderStore`` keeps them in a folder);
+            None with no ``out_dir``: nothing is written and resume is impossible.
         augment: optional ``augment(x_batch, generator) -> x_batch`` applied to training batches.
         callbacks: objects with any of ``on_epoch_start(trainer, epoch)``,
             ``on_batch_end(trainer, epoch, batch_idx, n_batches, stats)``,
@@ -225,7 +158,7 @@ class Trainer:
     def __init__(self, model: nn.Module, train_set: Dataset, test_set: Dataset, config: TrainConfig,
                  out_dir: str | os.PathLike | None = None, save_model: Callable | None = None,
                  augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-                 callbacks: Iterable[Any] = ()) -> None:
+                 callbacks: Iterable[Any] = (), store: RunStore | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Trainer needs an nn.Module model, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
@@ -245,9 +178,11 @@ class Trainer:
         self.select_by = config.select_by if config.select_by != "auto" else (
             "clean" if config.method == "standard" else "pgd")
         self.config, self.train_set, self.test_set, self.augment = config, train_set, test_set, augment
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.save_model = save_model or save_state_dict
-        self.suffix = getattr(self.save_model, "suffix", ".pt")
+        if store is not None and (out_dir is not None or save_model is not None):
+            raise ValueError("Trainer takes either store= or out_dir= (with save_model=), not both")
+        self.store = store if store is not None or out_dir is None else FolderStore(out_dir, save_model)
+        # the run's folder, where the store is one (read by callbacks that write beside the run)
+        self.out_dir = getattr(self.store, "path", None)
         self.callbacks = list(callbacks) or [_StderrProgress()]
         self.dist = D.init_from_env(use_cuda=config.device.startswith("cuda") or
                                     (config.device == "auto" and torch.cuda.is_available()))
@@ -264,8 +199,8 @@ class Trainer:
         self.changes: list[dict[str, Any]] = []  # settings changed on a resume, with the epoch they took effect
         self.n_classes: int | None = None  # the logits' width, seen at the first evaluation
         self.epoch = 0  # epochs completed
-        if self.out_dir is not None and self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.writes:
+            self.store.prepare()
 
     def _seed(self, stream: int, epoch: int = 0) -> int:
         """A distinct seed for each (stream, epoch, rank), all derived from the run's one seed."""
@@ -277,16 +212,18 @@ class Trainer:
             if fn is not None and (self.dist.is_main or getattr(cb, "all_ranks", False)):
                 fn(self, *args)
 
-    def _path(self, name: str) -> Path:
-        return self.out_dir / name
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's files: it has a store and is rank 0."""
+        return self.store is not None and self.dist.is_main
 
     # -- the loop -------------------------------------------------------------------------------------
 
     def fit(self, resume: bool = False, allow_changes: Iterable[str] = ()) -> dict[str, Any]:
-        """Train for ``config.epochs`` epochs (continuing from ``train_state.pt`` when ``resume``).
+        """Train for ``config.epochs`` epochs (continuing from the store's training state when ``resume``).
 
         Args:
-            resume: continue the run saved in ``out_dir``; its TrainConfig must equal this one, except for
+            resume: continue the run saved in the store; its TrainConfig must equal this one, except for
                 the fields in ``allow_changes`` (among ``lr``, ``batch_size``), which take effect from the next
                 epoch and are recorded (the run is then no longer bitwise equal to an uninterrupted one).
 
@@ -303,15 +240,13 @@ class Trainer:
             torch.manual_seed(self._seed(0))
             D.broadcast_module(self.model, self.dist)
         self._record_environment(resume)
-        if self.out_dir is not None and self.dist.is_main:
-            lines = "".join(json.dumps(m) + "\n" for m in self.history)
-            _atomic_write(self._path(METRICS_FILE), lambda tmp: Path(tmp).write_text(lines))
+        if self.writes:
+            self.store.write_metrics(self.history)
         with autocast_forward(self.model, cfg.precision, self.device):  # every forward, callbacks' included
             self._fit_epochs()
         summary = self.summary()
-        if self.out_dir is not None and self.dist.is_main:
-            text = json.dumps(summary, indent=2)
-            _atomic_write(self._path(SUMMARY_FILE), lambda tmp: Path(tmp).write_text(text))
+        if self.writes:
+            self.store.write_summary(summary)
         return summary
 
     def _fit_epochs(self) -> None:
@@ -346,28 +281,21 @@ class Trainer:
                 "world_size": self.dist.world_size}
 
     def _record_environment(self, resume: bool) -> None:
-        """Append this start to environment.json; a resume in another environment warns, naming both values."""
-        if self.out_dir is None or not self.dist.is_main:
+        """Append this start to the environment record; a resume in another environment warns, naming both values."""
+        if not self.writes:
             return
-        path = self._path(ENVIRONMENT_FILE)
-        record = {"starts": [], "changes": []}
-        if resume and path.is_file():
-            try:
-                record = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                pass  # rewritten below; the training state itself is intact
+        record = (self.store.read_environment() if resume else None) or {"starts": [], "changes": []}
         now = self.environment()
         if record["starts"]:
             before = record["starts"][-1]
             differ = [f"{k} {before.get(k)} -> {now[k]}" for k in now if k in before and before[k] != now[k]]
             if differ:
-                warnings.warn(f"resuming {self.out_dir} in another environment ({', '.join(differ)}): the run "
+                warnings.warn(f"resuming {self.store} in another environment ({', '.join(differ)}): the run "
                               "continues, but is not bitwise equal to an uninterrupted run", ResumeWarning,
                               stacklevel=3)
         record["starts"].append({**now, "from_epoch": self.epoch, "time": datetime.now(timezone.utc).isoformat()})
         record["changes"] = list(self.changes)
-        text = json.dumps(record, indent=2)
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        self.store.write_environment(record)
 
     def _batches(self, epoch: int) -> tuple[list[list[int]], list[int]]:
         """This rank's share of each global batch of epoch ``epoch`` (order fixed by (seed, epoch)), and
@@ -410,8 +338,6 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------------
 
     def _attacks(self, epoch: int, run_aa: bool) -> dict[str, Any]:
-        from .attacks import build  # imported on use: the loop itself needs no attack
-
         cfg, seed = self.config, eval_seed(self.config.seed, epoch)
         attacks = {"pgd": build("pgd", self.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.eval_pgd_steps, seed=seed)}
         if run_aa:  # a custom list at the paper's 100 steps per attack
@@ -439,8 +365,6 @@ class Trainer:
 
     def _accuracies(self, epoch: int, stage: str, data: Dataset, n: int | None, attacks: dict[str, Any]):
         """``evaluate()`` of the first ``n`` examples of ``data`` (sharded over ranks by evaluate itself)."""
-        from .evaluation import evaluate
-
         def progress(info: dict) -> None:
             if info["stage"] != "clean" or stage != "pgd":  # one bar per stage: the attack's, with pgd's clean
                 self._emit("on_eval", epoch, stage if stage != "pgd" else info["stage"], info["done"], info["total"])
@@ -472,12 +396,12 @@ class Trainer:
     def _save_epoch(self, metrics: dict[str, Any]) -> None:
         """Write last/best weights, then the training state, then the metrics line (rank 0 only)."""
         ranks = D.gather_objects(self._rank_state(), self.dist)
-        if self.out_dir is None or not self.dist.is_main:
+        if not self.writes:
             return
         meta = {"epoch": metrics["epoch"], "metrics": metrics, "train_config": self.config.to_dict()}
-        self.save_model(self._path("last" + self.suffix), self.model, meta)
+        self.store.save_checkpoint("last", self.model, meta)
         if self.summary()["best"]["epoch"] == metrics["epoch"]:
-            self.save_model(self._path("best" + self.suffix), self.model, meta)
+            self.store.save_checkpoint("best", self.model, meta)
         state = {"epoch": self.epoch, "history": self.history, "config": self.config.to_dict(),
                  "changes": self.changes, "n_classes": self.n_classes,
                  "world_size": self.dist.world_size, "ranks": ranks,
@@ -485,34 +409,17 @@ class Trainer:
                  "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
                  "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                  "scaler": None if self.scaler is None else self.scaler.state_dict()}
-        _atomic_write(self._path(STATE_FILE), functools.partial(_torch_save, state))
-        try:
-            with open(self._path(METRICS_FILE), "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-                f.flush()
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise OSError(exc.errno, f"no space left on the device holding {self.out_dir}: free some space, "
-                                         "then resume (the training state of this epoch is saved)") from exc
-            raise
+        self.store.save_state(state)
+        self.store.append_metrics(metrics)
 
     def _load_state(self, allow_changes: set[str] = frozenset()) -> None:
-        if self.out_dir is None:
-            raise ValueError("fit(resume=True) needs the out_dir of the run to resume")
-        path = self._path(STATE_FILE)
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot resume: {path} does not exist; run fit() without resume first")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state["epoch"], state["config"], state["model"]  # noqa: B018 (a foreign file lacks them)
-        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... by damage
-            raise RuntimeError(f"cannot resume: the training state {path} is corrupt or truncated "
-                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); its checkpoints and "
-                               f"metrics are intact, but training cannot continue from it: delete {path} to "
-                               "train this cell again from the start") from exc
+        if self.store is None:
+            raise ValueError("fit(resume=True) needs the out_dir (or store) of the run to resume")
+        state = self.store.load_state()
         if state["world_size"] != self.dist.world_size:
-            raise ValueError(f"cannot resume: {path} was written by {state['world_size']} processes, this run "
-                             f"has {self.dist.world_size}; resume with the same number of processes")
+            raise ValueError(f"cannot resume: the training state in {self.store} was written by "
+                             f"{state['world_size']} processes, this run has {self.dist.world_size}; resume with "
+                             "the same number of processes")
         defaults = TrainConfig().to_dict()  # a key added since the state was written holds its default there
         saved = {**defaults, **state["config"]}
         changed = sorted(k for k, v in self.config.to_dict().items()
