@@ -138,3 +138,34 @@ def test_a_bf16_run_trains_evaluates_and_records_its_precision(tmp_path, method)
     assert meta["train_config"]["precision"] == "bf16"
     assert torch.load(tmp_path / "train_state.pt", weights_only=True)["config"]["precision"] == "bf16"
     assert model(x[:2]).dtype == torch.float32 and linear_dtypes[-1] == torch.float32  # autocast gone after fit
+
+
+def test_fp16_loss_scaling_steps_as_unscaled_and_skips_an_overflow():
+    """StepContext.step with the fp16 GradScaler (its CPU build here; fp16 itself needs CUDA): the gradients the
+    ranks reduce are unscaled, the step equals the unscaled one, and a step whose gradients overflow is skipped
+    with the scale lowered."""
+    from advssm.adv_train.methods import StepContext
+
+    def run(scaler, loss_scale=1.0):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        seen = []
+        ctx = StepContext(model, {"main": torch.optim.SGD(model.parameters(), lr=0.1)}, TrainConfig(),
+                          torch.Generator(), sync_grads=lambda ps: seen.append([p.grad.clone() for p in ps]),
+                          scaler=scaler)
+        ctx.step(model(torch.ones(3, 4)).sum() * loss_scale)
+        return model, seen[0]
+
+    plain, plain_grads = run(None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaled, scaled_grads = run(scaler)
+    for a, b in zip(plain_grads, scaled_grads):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b)
+    overflow = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    torch.manual_seed(0)
+    before = [p.detach().clone() for p in nn.Linear(4, 2).parameters()]
+    skipped, _ = run(overflow, loss_scale=3e38)  # finite loss, gradients inf once scaled
+    assert all(torch.equal(a, b) for a, b in zip(before, skipped.parameters())), "the overflowing step is skipped"
+    assert overflow.get_scale() < 2.0**12
