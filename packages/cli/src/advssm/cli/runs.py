@@ -155,12 +155,16 @@ def table_notes(rows: list[tuple[str, dict]]) -> list[str]:
 
 
 def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config_text: str | None = None,
-                 html: bool = True) -> Path:
+                 html: bool = True, per_seed: bool = False) -> Path:
     """Write ``run_dir/report.md`` (and its plots) comparing the finished ``cells`` (table row name -> folder),
-    and with ``html`` the same as one self-contained page, ``run_dir/report.html`` (``report_html``)."""
+    and with ``html`` the same as one self-contained page, ``run_dir/report.html`` (``report_html``).
+
+    Cells that are seeds of one group (``<group>-seed<N>``, the grid's seed axis) are shown as one row per group,
+    mean ± std over its seeds, and plotted as the group's mean curve; ``per_seed`` adds each seed's row."""
     from .cell_folder import read_train_eval
     from .final_eval import describe
     from .plots import plot_comparison, plot_metrics
+    from .seeds import aggregate, group_table, has_seeds, mean_metrics
 
     run_dir = Path(run_dir)
     rows = [(name, read_summary(cell)) for name, cell in cells.items()]
@@ -170,7 +174,14 @@ def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config
                          ("Best", [selection_text(s) for _, s in rows]),
                          ("Initialised from", [s.get("init_from") for _, s in rows])):
         parts += _grouped(label, texts, [name for name, _ in rows])
-    parts += ["", summary_table(rows), ""]
+    if has_seeds(name for name, _ in rows):
+        parts += ["", "Mean ± sample standard deviation over each group's seeds (n = seeds with a final evaluation)"
+                  + ("; each seed's row below." if per_seed else "; each seed's row: `advssm report RUN --per-seed`."),
+                  "", group_table(aggregate(rows), pgd_label(s for _, s in rows)), ""]
+        if per_seed:
+            parts += ["## Per seed", "", summary_table(rows), ""]
+    else:
+        parts += ["", summary_table(rows), ""]
     val = [(name, s) for name, s in rows if (s.get("selection") or {}).get("on") == "val"]
     if val:
         parts += ["Best chosen on the validation slice; its accuracies there (the table shows the test set):", ""]
@@ -187,7 +198,8 @@ def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config
         parts += ["## Warnings", "", *notes, ""]
     metrics = {name: read_metrics(cell) for (name, _), cell in zip(rows, cells)}
     if any(metrics.values()):
-        plot_comparison(metrics, run_dir / "accuracy.png")
+        # seeds of one group: its mean curve (one line per group, not per seed)
+        plot_comparison(mean_metrics(metrics) if has_seeds(metrics) else metrics, run_dir / "accuracy.png")
         parts += ["![test accuracy per epoch](accuracy.png)", ""]
         for name, cell in zip(metrics, cells):
             # only the run's own cells: a report written elsewhere (advssm report RUN --out DIR) writes under DIR

@@ -43,7 +43,8 @@ from .executor_spec import ExecutorSpec
 ADS_CHOICES = ("none", "relu", "sigmoid", "tanh")
 # grid axis -> (section, key) of the setting it varies, in the order cell names list them
 GRID_AXES = {"dataset": ("data", "dataset"), "layer": ("model", "layer"), "patch_size": ("model", "patch_size"),
-             "scan": ("model", "scan"), "method": ("train", "method"), "ads": ("", "ads")}
+             "scan": ("model", "scan"), "method": ("train", "method"), "ads": ("", "ads"),
+             "seed": ("train", "seed")}  # seed last: a cell's name ends in -seedN, its group is the name before it
 FROM_DATA = ("d_input", "n_classes")  # ModelConfig fields the data set decides
 CLI_TRAIN_KEYS = ("init_from",)  # [train] keys the CLI handles itself (not TrainConfig fields)
 PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's value for each cell's layer
@@ -189,6 +190,8 @@ class GridSpec(_Frozen):
     scan: list[str] | None = Field(default=None, min_length=1)
     method: list[str] | None = Field(default=None, min_length=1)
     ads: list[str] | None = Field(default=None, min_length=1)
+    # train.seed of each cell (data order, initial weights, attacks): the report averages a group over its seeds
+    seed: list[int] | None = Field(default=None, min_length=1)
 
     @field_validator("*")
     @classmethod
@@ -203,9 +206,12 @@ class GridSpec(_Frozen):
 
 
 def axis_label(axis: str, value) -> str:
-    """A grid value as its cell name writes it: patch_size 4 -> "patch4", "none" -> "pixels"; others as given."""
+    """A grid value as its cell name writes it: patch_size 4 -> "patch4", "none" -> "pixels"; seed 1 -> "seed1";
+    others as given."""
     if axis == "patch_size":
         return "pixels" if value == "none" else f"patch{value}"
+    if axis == "seed":
+        return f"seed{value}"
     return str(value)
 
 

@@ -8,6 +8,7 @@ from .info import info
 from .report import report
 from .run import run
 from .status import status
+from .study import study_group
 from .sweep import sweep
 
-COMMANDS = [run, eval_command, sweep, status, report, analyze, certify, convert, bench, info]
+COMMANDS = [run, eval_command, sweep, status, report, analyze, certify, convert, bench, info, study_group]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .. import runs
+from .. import runs, seeds
 from ..errors import ConfigError
 from ..output import emit
 from ..report_html import REPORT_HTML
@@ -19,8 +19,10 @@ from ..report_html import REPORT_HTML
 @click.option("--html", is_flag=True, help="Also write report.html: one self-contained page (sortable table, "
               "curves, AutoAttack components, warnings, the sweep's grid; opens offline). A report.html already "
               "in the folder is always rewritten, so it never disagrees with report.md.")
+@click.option("--per-seed", is_flag=True, help="With a seed axis ([grid] seed): each seed's row too, under the "
+              "table of each group's mean ± std over its seeds.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def report(run_dirs, out, html, as_json):
+def report(run_dirs, out, html, per_seed, as_json):
     """Paper-style table (clean / PGD-10 / AA, best and last, Diff) and accuracy plots across runs.
 
     Each RUN_DIR is a run folder (all its finished cells are listed) or one cell folder.
@@ -30,6 +32,7 @@ def report(run_dirs, out, html, as_json):
       advssm report runs/20260101-120000-run
       advssm report runs/a runs/b/pgd-at --out comparison
       advssm report runs/zoo --html
+      advssm report runs/seeds --per-seed
     """
     cells = []
     for run_dir in map(Path, run_dirs):
@@ -53,8 +56,13 @@ def report(run_dirs, out, html, as_json):
     config_text = config_file.read_text() if config_file.is_file() else None
     html = html or (out_dir / REPORT_HTML).is_file()
     path = runs.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs), config_text=config_text,
-                             html=html)
+                             html=html, per_seed=per_seed)
     summaries = {name: runs.read_summary(cell) for name, cell in named.items()}
     page = out_dir / REPORT_HTML if html else None
-    emit({"report": str(path), "html": str(page) if page else None, "cells": summaries}, as_json,
-         f"{runs.summary_table(list(summaries.items()))}\n\nreport: {path}" + (f"\nhtml: {page}" if page else ""))
+    rows = list(summaries.items())
+    groups = seeds.aggregate(rows) if seeds.has_seeds(summaries) else []  # mean / std / n over each group's seeds
+    table = seeds.group_table(groups, runs.pgd_label(summaries.values())) if groups and not per_seed else \
+        runs.summary_table(rows)
+    emit({"report": str(path), "html": str(page) if page else None, "cells": summaries,
+          **({"groups": seeds.to_json(groups)} if groups else {})}, as_json,
+         f"{table}\n\nreport: {path}" + (f"\nhtml: {page}" if page else ""))
