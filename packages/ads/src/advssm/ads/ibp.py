@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from advssm.ssm_layers.layers.s4d import LTILayer
 from torch import Tensor, nn
 
 from .scaling import AdaptiveScaling
@@ -242,8 +243,6 @@ LTI_LAYERS = ("S4", "S4D", "DSS", "S5")
 
 def check_layer(layer: nn.Module, owner: str) -> None:
     """Raise ``IBPUnsupportedError`` naming ``owner`` and the layer unless IBP bounds it."""
-    from advssm.ssm_layers.layers.s4d import LTILayer
-
     name = type(layer).__name__
     if getattr(layer, "inner", None) and getattr(layer, "scan", None):  # a scan wrapper (layers/scans.py)
         name = f"{layer.inner} in a {layer.scan} scan"

@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .attacks.autoattack import ATTACK_NAMES, VERSIONS
+from .methods import METHODS
+
 #: Per-dataset protocol values of the paper (arXiv 2406.05532; listed in docs/reproducing.md); anything else keeps
 #: the MNIST defaults.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -19,13 +22,14 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "tinyimagenet": {"eps": 8 / 255, "alpha": 2 / 255, "epochs": 180, "trades_beta": 6.0},
 }
 
-METHOD_NAMES = ("standard", "pgd-at", "trades", "mart", "free-at", "yopo", "fast-at", "gaussian")
+#: The training methods, in the registry's order (``advssm.adv_train.methods.METHODS``).
+METHOD_NAMES = tuple(METHODS)
 #: Names a user may try for Jacobian regularisation, which is a term added to any method, not a method.
 JACOBIAN_NAMES = ("jr", "jacobian", "jacobian-reg", "jacobian-regularisation", "jacobian-regularization", "jreg")
 #: ``precision`` values: the autocast dtype of the model's forward in training and evaluation (fp32 = none).
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: The AutoAttack versions ``aa_version`` accepts (those of ``advssm.adv_train.attacks.AutoAttack``).
-AA_VERSIONS = ("standard", "rand", "custom")
+AA_VERSIONS = VERSIONS
 
 
 @dataclass
@@ -165,8 +169,6 @@ class TrainConfig:
         if not isinstance(self.aa_version, str) or self.aa_version not in AA_VERSIONS:
             fail("aa_version", "'standard', 'rand' or 'custom'")
         if self.aa_version == "custom":
-            from .attacks.autoattack import ATTACK_NAMES  # imported here: the config itself needs no torch
-
             if (not isinstance(self.aa_attacks, list) or not self.aa_attacks
                     or not all(isinstance(a, str) for a in self.aa_attacks)):
                 fail("aa_attacks", "a non-empty list of attack names when aa_version is 'custom'")

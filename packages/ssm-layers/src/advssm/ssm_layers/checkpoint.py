@@ -27,7 +27,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ._version import __version__
@@ -155,8 +155,6 @@ save_checkpoint.suffix = ".safetensors"
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The checkpoint's metadata (format, model_config, packages, user) without loading tensors."""
-    from safetensors import safe_open
-
     path = _check_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -270,8 +268,6 @@ def _mb(n: int) -> str:
 
 
 def _stored_checksum(path: Path) -> str | None:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return (f.metadata() or {}).get("tensors_sha256")
 

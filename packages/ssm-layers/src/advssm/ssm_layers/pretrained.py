@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from .model import ModelConfig, SequenceClassifier, build_model
 
@@ -311,8 +312,6 @@ def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         >>> sorted(read_weights("mamba-130m-hf"))[:1]  # doctest: +SKIP
         ['backbone.embeddings.weight']
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     for name, load in (("model.safetensors", load_file), ("pytorch_model.bin", _load_bin)):
         if (folder / name).is_file():

@@ -4,7 +4,8 @@
 """
 from __future__ import annotations
 
-from ..config import TrainConfig
+from typing import TYPE_CHECKING
+
 from .base import NonFiniteLossError, StepContext, TrainMethod, warmup_scale
 from .fast_at import FastAT
 from .free_at import FreeAT
@@ -15,6 +16,9 @@ from .pgd_at import PGDAT
 from .standard import Standard
 from .trades import TRADES
 from .yopo import YOPO
+
+if TYPE_CHECKING:  # config derives its method names from METHODS, so it imports this package
+    from ..config import TrainConfig
 
 METHODS: dict[str, type[TrainMethod]] = {
     cls.name: cls for cls in (Standard, PGDAT, TRADES, MART, FreeAT, YOPO, FastAT, GaussianNoise)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import TrainConfig
 from .jacobian import jacobian_frobenius_sq
+
+if TYPE_CHECKING:  # config derives its method names from METHODS, so it imports this package
+    from ..config import TrainConfig
 
 
 def warmup_scale(epoch: int, warmup_epochs: int) -> float:

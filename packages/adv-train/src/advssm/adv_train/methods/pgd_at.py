@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..attacks import PGD
 from .base import StepContext, TrainMethod, ce_stats
 
 
@@ -15,8 +16,6 @@ def pgd_examples(ctx: StepContext, x: Tensor, y: Tensor) -> Tensor:
     The attack puts the model in eval mode and leaves no gradient on the weights; its random start is
     seeded from the run's generator, so the run's one seed fixes it.
     """
-    from ..attacks import PGD  # the attacks package is imported on use so methods load without it
-
     cfg = ctx.config
     seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
     attack = PGD(ctx.model, eps=ctx.eps, alpha=ctx.alpha, steps=cfg.attack_steps, random_start=True, seed=seed)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..attacks import eval_mode
 from .base import StepContext, TrainMethod, ce_stats, kl_to_clean, project_linf
 
 
@@ -20,10 +21,8 @@ class TRADES(TrainMethod):
 
     def perturb(self, ctx: StepContext, x: Tensor) -> Tensor:
         """The KL-maximising example inside the Linf ball around ``x``."""
-        from ..attacks import eval_mode  # restores every submodule's own mode, not just the top one
-
         cfg, model = ctx.config, ctx.model
-        with eval_mode(model):
+        with eval_mode(model):  # restores every submodule's own mode, not just the top one
             with torch.no_grad():
                 clean_probs = F.softmax(model(x), dim=1)
             x_adv = x.detach() + 0.001 * ctx.randn_like(x)
