@@ -75,8 +75,10 @@ class CellJob(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, run_dir: str, executor: str, retries: int, threads: int | None, slots: int = 0,
-                 gpus_per_slot: int = 0, runner: Callable[[CellSpec, Path], dict] = run_cell) -> None:
+                 gpus_per_slot: int = 0, runner: Callable[[CellSpec, Path], dict] = run_cell,
+                 slot_dir: str | None = None) -> None:
         self.run_dir, self.executor, self.retries = str(run_dir), executor, retries
+        self.slot_dir = str(slot_dir or run_dir)  # where the slots live: a study's sweeps share one set
         self.threads, self.slots, self.gpus_per_slot, self.runner = threads, slots, gpus_per_slot, runner
 
     def __call__(self, cell_json: str, cell_dir: str) -> dict:
@@ -116,7 +118,7 @@ class CellJob(submitit.helpers.Checkpointable):
             yield
             return
         jobs.update_record(self.run_dir, name, state="waiting")
-        with jobs.slot(self.run_dir, self.slots) as k:
+        with jobs.slot(getattr(self, "slot_dir", self.run_dir), self.slots) as k:
             if self.gpus_per_slot:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(
                     str(g) for g in range(k * self.gpus_per_slot, (k + 1) * self.gpus_per_slot))
@@ -241,11 +243,12 @@ def _stdio_to(path: Path) -> Iterator[None]:
 
 
 def submit(settings: ExecutorSpec, run_dir: Path, cells: Sequence[CellSpec], name: str, n_cells: int | None = None,
-           runner: Callable[[CellSpec, Path], dict] = run_cell) -> dict[str, str]:
+           runner: Callable[[CellSpec, Path], dict] = run_cell, slot_dir: Path | None = None) -> dict[str, str]:
     """Submit one job per cell; returns cell name -> job id. Each cell's record says "submitted" first.
 
     ``n_cells``: the sweep's number of cells (default: these), over which the local slots and threads are
-    counted, so that a rerun's jobs share the slots of the jobs still running."""
+    counted, so that a rerun's jobs share the slots of the jobs still running; ``slot_dir`` (default ``run_dir``)
+    holds the local slots, so that several sweeps submitted together (a study's) share ``max_parallel``."""
     if not cells:
         return {}
     run_dir = Path(run_dir).absolute()
@@ -254,7 +257,7 @@ def submit(settings: ExecutorSpec, run_dir: Path, cells: Sequence[CellSpec], nam
     parallel = max_parallel(settings, n_cells) if settings.kind == "local" else 0
     job = CellJob(str(run_dir), settings.kind, settings.retries, job_threads(settings, n_cells),
                   slots=parallel, gpus_per_slot=settings.gpus_per_cell if settings.kind == "local" else 0,
-                  runner=runner)
+                  runner=runner, slot_dir=str(Path(slot_dir).absolute()) if slot_dir else None)
     for cell in cells:
         jobs.update_record(run_dir, cell.name, executor=settings.kind, state="submitted", job_id=None, attempt=0,
                            error=None, started=None, ended=None, submitted=jobs.now())
