@@ -7,7 +7,6 @@ import pytest
 from advssm.cli import seeds, study
 from advssm.cli.spec import load_toml, resolve_experiment
 
-
 # -- the seed axis --------------------------------------------------------------------------------------------------
 
 def test_seed_axis_names_cells_and_sets_train_seed(tmp_path):
@@ -102,7 +101,7 @@ def fabricated(effect: float, noisy: bool = False) -> study.Table:
     for seed, noise in zip(SEEDS, NOISE):
         spread = (-0.2, 0.05, 0.15)[seed] if noisy else 0.0  # mean 0: only the interval changes
 
-        def add(layer, method, ads, best, diff, rate=None):
+        def add(layer, method, ads, best, diff, rate=None, seed=seed, noise=noise, spread=spread):
             shift = noise + spread
             rows.append({"dataset": "digits", "layer": layer, "method": method, "ads": ads, "seed": seed,
                          "cell": f"{layer}-{method}-{ads}-seed{seed}", "complete": True,

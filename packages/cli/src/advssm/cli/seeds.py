@@ -40,8 +40,9 @@ def stats(values) -> dict:
     """``{"mean", "std", "n"}`` of the values that are not None (sample std, ddof 1; None for fewer than 2).
 
     Example:
-        >>> stats([0.5, 0.7, None])
-        {'mean': 0.6, 'std': 0.1414213562373095, 'n': 2}
+        >>> s = stats([0.5, 0.7, None])
+        >>> round(s["mean"], 6), round(s["std"], 6), s["n"]
+        (0.6, 0.141421, 2)
     """
     values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     n = len(values)

@@ -361,8 +361,8 @@ def plan(scale: Scale, datasets=None, seeds: int | None = None, overrides: dict 
     """The study's sweeps, resolved and validated (every cell is built once here, before anything trains).
 
     Example:
-        >>> [p.name for p in plan(SCALES["tiny"])]
-        ['digits-main', 'digits-ads']
+        >>> ", ".join(p.name for p in plan(SCALES["tiny"]))
+        'digits-main, digits-ads'
     """
     from .data import DATASETS
     from .spec import PRESETS, resolve_experiment
@@ -374,7 +374,8 @@ def plan(scale: Scale, datasets=None, seeds: int | None = None, overrides: dict 
     parts = []
     for dataset in datasets:
         if dataset not in DATASETS:
-            raise ConfigError(f"--dataset {dataset!r}: not a data set the CLI reads (choose from {', '.join(DATASETS)})")
+            raise ConfigError(f"--dataset {dataset!r}: not a data set the CLI reads (choose from "
+                              f"{', '.join(DATASETS)})")
         preset = None
         if scale.preset == "paper":
             preset = f"paper-{dataset}"
