@@ -354,8 +354,9 @@ def test_the_nan_stop_says_what_to_try(tmp_path, helpers, monkeypatch):
     result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--out", tmp_path / "run")
     assert result.exit_code == 1
     line = _one_line(result)
-    assert f"advssm run --resume {tmp_path / 'run'} --lr 0.001" in line and "train afresh at the lower rate" in line
+    assert f"advssm run --resume {tmp_path / 'run'} --lr 0.001" in line
     assert "No setting is known to fix every case" in line
+    assert "no epoch had finished: train the cell again from the start" in line  # the NaN came in epoch 1
 
 
 def test_the_local_executor_honours_omp_num_threads(monkeypatch):

@@ -73,13 +73,17 @@ def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run:
             click.echo(f"\ninterrupted; the run folder is consistent. Resume with:\n  {again}", err=True)
         sys.exit(130)
     except NonFiniteLossError as exc:
-        lower = f"{spec.train.lr / 10:g}"
-        raise RuntimeError(f"{exc}. The checkpoints and training state of the last good epoch are kept. What to try, "
-                           f"in order: continue from that epoch at a tenth of the rate, "
-                           f"{resume_command(command, run_dir, info)} --lr {lower}; if it stops again, that epoch's "
-                           f"weights may be past saving: train afresh at the lower rate (--lr {lower} into a new "
-                           "folder), and for adversarial training ramp eps up with --eps-warmup-epochs 5; a larger "
-                           "--batch-size also steadies the steps. No setting is known to fix every case") from exc
+        lower, again = f"{spec.train.lr / 10:g}", resume_command(command, run_dir, info)
+        if getattr(exc, "epoch", 2) > 1:
+            first = (f"the checkpoints and training state of the last good epoch are kept: continue from it at a tenth "
+                     f"of the rate, {again} --lr {lower}; if it stops again, that epoch's weights may be past saving: "
+                     f"train afresh at the lower rate (--lr {lower}, a new folder)")
+        else:
+            first = (f"no epoch had finished: train the cell again from the start at a tenth of the rate, {again} "
+                     f"--lr {lower}; if it stops again, lower it further (--lr {spec.train.lr / 100:g})")
+        raise RuntimeError(f"{exc}. What to try, in order: {first}; for adversarial training, ramp eps up with "
+                           "--eps-warmup-epochs 5; a larger --batch-size also steadies the steps. No setting is known "
+                           "to fix every case") from exc
     except Exception:
         if fresh and info.is_main and not _trained_anything(run_dir):
             # e.g. a missing data set: a folder holding only config.toml would just be clutter under runs/
