@@ -181,11 +181,11 @@ def test_a_model_too_large_for_the_machine_is_refused_before_allocating(helpers)
 
 def test_10000_layers_validate_without_building_them(monkeypatch, helpers):
     """The spec builds two blocks (every block is built alike) after sizing all of them on the meta device."""
-    import advssm.ssm_layers as layers
+    import advssm.cli.spec as spec  # the spec's model check builds through its build_model
 
     built = []
-    real = layers.build_model
-    monkeypatch.setattr(layers, "build_model", lambda config: built.append(config.n_layers) or real(config))
+    real = spec.build_model
+    monkeypatch.setattr(spec, "build_model", lambda config: built.append(config.n_layers) or real(config))
     result = helpers.invoke("run", "--n-layers", "10000", "--d-model", "8", "--d-state", "4", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "n_layers = 10000" in result.output and built and max(built) == 2

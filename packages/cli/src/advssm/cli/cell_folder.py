@@ -1,6 +1,7 @@
-"""The cell folder: the one place that knows its file names, what "complete" means, and how Best / Last /
-Diff are read from it.
+"""The cell folder: the Trainer's run folder (``CellStore``, an ``advssm.adv_train.store.FolderStore``) plus the
+CLI's own files; what "complete" means, and how Best / Last / Diff are read from it.
 
+The Trainer's files are named by ``FolderStore`` (this module re-exports their names); the CLI's own ones here.
 Writers (each file has exactly one):
 
     cell.json            the cell's CellSpec (cell_runner, before training)
@@ -26,23 +27,39 @@ import json
 import math
 from pathlib import Path
 
+from advssm.adv_train.store import ENVIRONMENT_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, FolderStore
+
 # Best - Last and the choice of Best: the trainer's and the table's are one function each
-from advssm.adv_train.trainer import diff, robust_overfitting_summary
+from advssm.adv_train.trainer import SELECT_KEYS, diff, robust_overfitting_summary
+
+from .files import write_json, write_text
+from .spec import validate_cell
 
 CELL_FILE = "cell.json"
-METRICS_FILE = "metrics.jsonl"
-STATE_FILE = "train_state.pt"
-SUMMARY_FILE = "summary.json"
-ENVIRONMENT_FILE = "environment.json"
+CHECKPOINT_SUFFIX = ".safetensors"
 TRAIN_EVAL_FILE = "train_eval.jsonl"
 FINAL_EVAL_FILE = "final_eval.json"
 CHECKPOINTS = ("best", "last")
 KEYS = ("clean_acc", "pgd_acc", "aa_acc")
 
 
+class CellStore(FolderStore):
+    """The cell folder as the Trainer's store: checkpoints are ``best.safetensors`` / ``last.safetensors``
+    written by ``save_model`` (``cell_runner.save_with_cell``: the cell spec in their metadata).
+
+    Example::
+
+        Trainer(model, train, test, cell.train_config(), store=CellStore(cell_dir, save))
+        CellStore(cell_dir).checkpoint_path("best")      # cell_dir / "best.safetensors"
+    """
+
+    def __init__(self, cell_dir: str | Path, save_model=None):
+        super().__init__(cell_dir, save_model, suffix=CHECKPOINT_SUFFIX)
+
+
 def checkpoint(cell_dir: str | Path, stage: str) -> Path:
     """``best`` or ``last`` checkpoint of the cell."""
-    return Path(cell_dir) / f"{stage}.safetensors"
+    return CellStore(cell_dir).checkpoint_path(stage)
 
 
 def records_file(cell_dir: str | Path, stage: str) -> Path:
@@ -85,16 +102,12 @@ def is_complete(cell_dir: str | Path) -> bool:
 
 def read_cell(cell_dir: str | Path):
     """The cell's CellSpec (None for a folder written before cell.json existed), checked as ``run`` checks flags."""
-    from .spec import validate_cell
-
     path = Path(cell_dir) / CELL_FILE
     return validate_cell(_read_json(path), str(path)) if path.is_file() else None
 
 
 def write_cell(cell_dir: str | Path, cell) -> None:
-    from advssm.ssm_layers.checkpoint import atomic_write
-
-    atomic_write(Path(cell_dir) / CELL_FILE, cell.model_dump_json(indent=2).encode())
+    write_text(Path(cell_dir) / CELL_FILE, cell.model_dump_json(indent=2))
 
 
 def read_metrics(cell_dir: str | Path) -> list[dict]:
@@ -132,9 +145,7 @@ def read_final_eval(cell_dir: str | Path) -> dict | None:
 
 
 def write_final_eval(cell_dir: str | Path, final: dict) -> None:
-    from advssm.ssm_layers.checkpoint import atomic_write
-
-    atomic_write(Path(cell_dir) / FINAL_EVAL_FILE, json.dumps(final, indent=2).encode())
+    write_json(Path(cell_dir) / FINAL_EVAL_FILE, final)
 
 
 def read_summary(cell_dir: str | Path) -> dict:
@@ -195,7 +206,7 @@ def _best_pgd(cell_dir: Path, metrics: list[dict], cell, complete: bool) -> floa
                                       for k in ("clean_acc", "pgd_acc"))]
     if not rows:
         return None
-    select_by = cell.train.select_by if cell is not None and cell.train.select_by in ("pgd", "clean") else "pgd"
+    select_by = cell.train.select_by if cell is not None and cell.train.select_by in SELECT_KEYS else "pgd"
     select_on = cell.train.select_on if cell is not None else "test"
     try:
         return robust_overfitting_summary(rows, select_by, select_on)["best"]["pgd_acc"]
@@ -203,7 +214,7 @@ def _best_pgd(cell_dir: Path, metrics: list[dict], cell, complete: bool) -> floa
         return None
 
 
-__all__ = ["CELL_FILE", "METRICS_FILE", "STATE_FILE", "SUMMARY_FILE", "ENVIRONMENT_FILE", "TRAIN_EVAL_FILE",
-           "FINAL_EVAL_FILE", "checkpoint", "records_file", "is_finished", "is_complete", "read_cell", "write_cell",
-           "read_metrics", "read_train_eval", "read_final_eval", "write_final_eval", "diff", "merge", "read_summary",
-           "read_progress"]
+__all__ = ["CellStore", "CELL_FILE", "METRICS_FILE", "STATE_FILE", "SUMMARY_FILE", "ENVIRONMENT_FILE",
+           "TRAIN_EVAL_FILE", "FINAL_EVAL_FILE", "checkpoint", "records_file", "is_finished", "is_complete",
+           "read_cell", "write_cell", "read_metrics", "read_train_eval", "read_final_eval",
+           "write_final_eval", "diff", "merge", "read_summary", "read_progress"]

@@ -7,7 +7,15 @@ the cell spec and the folder. Under torchrun every rank calls it; rank 0 alone w
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from advssm.ads import attach_ads
+from advssm.adv_train import distributed
+from advssm.adv_train.trainer import Trainer
+from advssm.ssm_layers import build_model, load_checkpoint, save_checkpoint
 
 from . import cell_folder
 from .data import load_dataset
@@ -22,10 +30,6 @@ def save_with_cell(path, model, metadata: dict | None, cell_json: str, input_sha
     """``save_checkpoint`` with the cell's whole spec in the metadata (``"cell"``) and the shape of one training
     input (``"input_shape"``, e.g. [1, 8, 8]): a checkpoint copied anywhere still says how it was trained, how its
     run evaluated it and which inputs it takes."""
-    import json
-
-    from advssm.ssm_layers import save_checkpoint
-
     extra = {"input_shape": list(input_shape)} if input_shape is not None else {}
     save_checkpoint(path, model, {**(metadata or {}), "cell": json.loads(cell_json), **extra})
 
@@ -33,14 +37,9 @@ def save_with_cell(path, model, metadata: dict | None, cell_json: str, input_sha
 def build_cell_model(cell, channels: int, n_classes: int):
     """The cell's freshly initialised model (seeded by the run's seed), AdS attached, weights of
     ``train.init_from`` loaded when given."""
-    import torch
-    from advssm.ssm_layers import build_model
-
     torch.manual_seed(cell.train.seed)  # the model's initial weights follow the run's one seed
     model = build_model(cell.model_settings(channels, n_classes))
     if cell.ads != "none":
-        from advssm.ads import attach_ads
-
         attach_ads(model, activation=cell.ads)
     if cell.train.init_from:
         load_init_weights(model, cell.train.init_from)
@@ -49,8 +48,6 @@ def build_cell_model(cell, channels: int, n_classes: int):
 
 def load_init_weights(model, path: str) -> None:
     """Copy the weights of the checkpoint ``path`` into ``model``; a different architecture is refused."""
-    from advssm.ssm_layers import load_checkpoint
-
     if not Path(path).is_file():
         raise ConfigError(f"train.init_from: no checkpoint at {path}")
     source, _ = load_checkpoint(path)
@@ -80,17 +77,12 @@ def join_process_group(device: str):
     """Under torchrun / srun (``WORLD_SIZE`` > 1) join the process group now, NCCL for a CUDA device, gloo
     otherwise (the Trainer reuses it), so that every rank knows its rank before anything is written; returns
     the ``DistInfo`` (one process: rank 0 of 1, nothing joined)."""
-    import torch
-    from advssm.adv_train import distributed
-
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     return distributed.init_from_env(use_cuda=use_cuda)
 
 
 def is_main() -> bool:
     """Whether this process writes files: rank 0 of the joined process group, or the only process."""
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -102,8 +94,6 @@ def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: s
     ``allow_changes`` (``lr``, ``batch_size``) may differ from the saved training state on a resume; the
     trainer records the change.
     """
-    from advssm.adv_train.trainer import Trainer
-
     cell_dir = Path(cell_dir)
     if cell_folder.is_complete(cell_dir):
         return cell_folder.read_summary(cell_dir)
@@ -117,19 +107,19 @@ def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: s
     data = load_dataset(data_spec.dataset, data_spec.data_dir, data_spec.train_size, data_spec.test_size,
                         data_spec.download, data_spec.tiny_classes, data_spec.augment, seed=train_config.seed)
     check_activation_memory(cell, tuple(data.train[0][0].shape))
-    resume = (cell_dir / cell_folder.STATE_FILE).is_file()
+    save = functools.partial(save_with_cell, cell_json=cell.model_dump_json(),
+                             input_shape=tuple(data.train[0][0].shape))
+    store = cell_folder.CellStore(cell_dir, save)
+    resume = store.has_state()
     # a resumed cell takes its weights from the training state; init_from only starts a fresh one
     model = build_cell_model(cell if not resume else cell.model_copy(update={"train": cell.train.model_copy(
         update={"init_from": None})}), data.channels, data.n_classes)
     train_set_eval = TrainSetEval(cell_dir, data.train, cell.eval.train_n, resume, is_main=main)
     bar = TqdmProgress(label, enabled=progress, train_set_row=train_set_eval.row)
     train_set_eval.bar = bar
-    save = functools.partial(save_with_cell, cell_json=cell.model_dump_json(),
-                             input_shape=tuple(data.train[0][0].shape))
-    save.suffix = ".safetensors"
     trackers = open_trackers(cell, cell_dir) if main else None  # TensorBoard / MLflow / W&B, on rank 0
     # train_set_eval first: the bar's line for an epoch shows the train-set accuracy measured for it
-    trainer = Trainer(model, data.train, data.test, train_config, out_dir=cell_dir, save_model=save,
+    trainer = Trainer(model, data.train, data.test, train_config, store=store,
                       augment=data.augment, callbacks=[train_set_eval, bar, *callbacks, *filter(None, [trackers])])
     try:
         trainer.fit(resume=resume, allow_changes=allow_changes)

@@ -6,7 +6,11 @@ fall back to the cell folder's cell.json, or the run folder's config.toml.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import torch
+from advssm.ssm_layers import load_checkpoint, read_metadata
 
 from . import cell_folder, runs
 from .data import load_dataset
@@ -15,8 +19,6 @@ from .errors import ConfigError
 
 def cell_of(checkpoint: str | Path):
     """The CellSpec a checkpoint was trained under, or None when nothing records it."""
-    from advssm.ssm_layers import read_metadata
-
     from .spec import load_toml, resolve_experiment, validate_cell
 
     stored = read_metadata(checkpoint)["user"].get("cell")
@@ -43,8 +45,6 @@ def final_examples(cell, test_len: int) -> int:
 
 def default_device(cell) -> str:
     """The device the cell trained on, where it exists here; else the CPU."""
-    import torch
-
     wanted = cell.train.device if cell is not None else "cpu"
     if wanted == "auto" or wanted.startswith("cuda"):
         return wanted.replace("auto", "cuda") if torch.cuda.is_available() else "cpu"
@@ -53,10 +53,6 @@ def default_device(cell) -> str:
 
 def check_device(device: str) -> str:
     """``device`` if this machine has it (cpu, cuda, cuda:N), else a ConfigError saying what is available."""
-    import re
-
-    import torch
-
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device or ""):
         raise ConfigError(f"invalid --device {device!r}: choose cpu, cuda or cuda:N")
     if device.startswith("cuda"):
@@ -89,9 +85,6 @@ def load_for_eval(checkpoint: str | Path, dataset: str | None, data_dir: str | N
     nothing records the run).
 
     Without ``n`` the examples are those of the run's table row, so the numbers compare with the run's."""
-    import torch
-    from advssm.ssm_layers import load_checkpoint
-
     cell = cell_of(checkpoint)
     if dataset is None and cell is None:
         raise ConfigError(f"{checkpoint} records no run (no cell spec in it, no run config.toml next to it); "

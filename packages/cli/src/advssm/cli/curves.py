@@ -23,6 +23,8 @@ import io
 import json
 from pathlib import Path
 
+from .files import write_bytes, write_json, write_text
+
 CURVE_SUFFIX = ".curve"  # best.safetensors -> best.curve.json / .md / .png beside it
 COMPARISON_STEM = "curves"  # several checkpoints: curves.json / .md / .png in --curves-out
 
@@ -117,13 +119,11 @@ def plot_curves(curves: list[dict], title: str = "robust accuracy against eps") 
 def write_curves(curves: list[dict], stem: Path) -> dict[str, str]:
     """``stem``.json (``{"curves": [...]}``), .md (the table) and .png (the plot), each written atomically;
     returns their paths by kind."""
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     stem = Path(stem)
     paths = {kind: stem.with_name(stem.name + "." + kind) for kind in ("json", "md", "png")}
-    atomic_write(paths["json"], json.dumps({"curves": curves}, indent=2).encode())
-    atomic_write(paths["md"], (curve_table(curves) + "\n").encode())
-    atomic_write(paths["png"], plot_curves(curves))
+    write_json(paths["json"], {"curves": curves})
+    write_text(paths["md"], curve_table(curves) + "\n")
+    write_bytes(paths["png"], plot_curves(curves))
     return {kind: str(path) for kind, path in paths.items()}
 
 

@@ -17,6 +17,7 @@ Example (a submitted sweep returns at once; ``advssm status RUN_DIR`` follows it
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -28,12 +29,15 @@ from pathlib import Path
 
 import click
 import submitit
+import torch
+from pydantic import ValidationError
 from submitit.core.utils import UncompletedJobError
 
 from . import cell_folder, interrupts, jobs, runs
 from .cell_runner import run_cell
 from .errors import ConfigError
 from .executor_spec import EXECUTORS, ExecutorSpec
+from .files import write_text
 from .spec import CellSpec, load_toml, resolve_experiment
 from .trackers import log_reports
 
@@ -89,8 +93,6 @@ class CellJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
         cell = CellSpec.model_validate_json(cell_json)
         if env.global_rank != 0:
@@ -179,7 +181,6 @@ def _signal_when_parent_dies(signum: int) -> None:
     """Ask Linux to send ``signum`` to this process when its parent ends (a no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -337,8 +338,6 @@ FLAG_KEYS = ("kind", "max_parallel", "retries", "partition", "time", "gpus_per_c
 
 def settings_from(table: ExecutorSpec, flags: dict) -> ExecutorSpec:
     """The executor settings: the TOML's [executor] table with the given flags over it, validated once."""
-    from pydantic import ValidationError
-
     values = table.model_dump(exclude_unset=True)
     values.update({k: flags[k] for k in FLAG_KEYS if flags.get(k) is not None})
     if flags.get("sbatch"):
@@ -376,8 +375,6 @@ def partial_section(rows: list[jobs.CellStatus], run_dir: Path) -> str:
 def write_sweep_report(run_dir: Path, spec) -> Path:
     """report.md over the cells that finished training, marked partial (with the others' progress) until every
     cell is complete. Taken under the run's report lock: the sweep command and each finishing job write it."""
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     run_dir = Path(run_dir)
     cells = spec.cells()
     with jobs.report_lock(run_dir):
@@ -386,7 +383,7 @@ def write_sweep_report(run_dir: Path, spec) -> Path:
         rows = jobs.cell_statuses(run_dir, cells)
         if any(row.state != "done" for row in rows):
             title, _, rest = path.read_text().partition("\n")
-            atomic_write(path, f"{title}\n\n{partial_section(rows, run_dir)}{rest}".encode())
+            write_text(path, f"{title}\n\n{partial_section(rows, run_dir)}{rest}")
     return path
 
 

@@ -10,6 +10,7 @@ from . import cell_folder, interrupts, jobs, runs
 from .cell_runner import is_main, run_cell
 from .data import load_dataset
 from .errors import ConfigError, DataError
+from .files import write_text
 from .spec import load_toml, resolve_experiment
 from .trackers import log_reports
 
@@ -30,9 +31,8 @@ def prepare_dir(spec, run_dir: Path, rewrite: bool = False) -> None:
             raise ConfigError(f"{run_dir} holds a different experiment ({path} differs); "
                               f"choose another --out, or continue it with --resume {run_dir}")
         return
-    from advssm.ssm_layers.checkpoint import atomic_write
 
-    atomic_write(path, spec.to_toml().encode())  # a full disk names the file and never leaves half a config
+    write_text(path, spec.to_toml())  # a full disk names the file and never leaves half a config
 
 
 def check_data(cells) -> None:

@@ -8,10 +8,18 @@ to ``final_eval.json`` beside the trainer's files (never into them), the per-exa
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+import torch
+from advssm.adv_train.attacks import AutoAttack, build
+from advssm.adv_train.config import AA_VERSIONS
+from advssm.adv_train.evaluation import evaluate
+from advssm.adv_train.precision import autocast_forward
+from advssm.adv_train.trainer import eval_seed
+from advssm.ssm_layers import load_checkpoint
+
 from . import cell_folder
+from .files import write_bytes
 
 _BUDGET_KEYS = ("steps", "queries", "restarts", "n_restarts")
 
@@ -31,8 +39,6 @@ def trainer_components(train) -> list[dict] | None:
     named by their version alone, as before), built as the trainer builds it but on no model."""
     if train.aa_version != "rand":
         return None
-    import torch
-    from advssm.adv_train.attacks import AutoAttack
 
     return components(AutoAttack(torch.nn.Identity(), norm="Linf", eps=train.eps, version="rand"))
 
@@ -69,7 +75,7 @@ def _listed(parts) -> str:
 def describe(final_eval: dict) -> str:
     """``protocol`` in words, for report.md."""
     parts = []
-    same = final_eval.get("aa") in ("standard", "rand", "custom")
+    same = final_eval.get("aa") in AA_VERSIONS
     n = final_eval.get("n") if same else final_eval.get("test_n")
     if final_eval.get("pgd_steps") is not None:
         where = "the same first" if same else "the first"
@@ -101,13 +107,6 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
 
     ``summary`` is the trainer's (it names the best and last epochs). Under torchrun every rank calls this
     (the evaluation is collective) and rank 0 alone writes. Returns the cell's table row."""
-    import torch
-    from advssm.adv_train.attacks import build
-    from advssm.adv_train.evaluation import evaluate
-    from advssm.adv_train.precision import autocast_forward
-    from advssm.adv_train.trainer import eval_seed
-    from advssm.ssm_layers import load_checkpoint
-
     train, settings = cell.train, cell.eval
     test_n = len(test_set) if train.eval_n is None else min(train.eval_n, len(test_set))
     n = min(settings.aa_n, test_n)
@@ -118,7 +117,7 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
                 # the same weights (Best is the last epoch): the same evaluation, not run twice
                 records = cell_folder.records_file(cell_dir, stage)
                 if is_main:
-                    shutil.copyfile(cell_folder.records_file(cell_dir, "best"), records)
+                    write_bytes(records, cell_folder.records_file(cell_dir, "best").read_bytes())
                 stages[stage] = {**stages["best"], "records": records.name}
                 continue
             model, _ = load_checkpoint(cell_folder.checkpoint(cell_dir, stage), map_location=torch.device(device))

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import cell_folder
+from .files import write_json
 
 JOBS_DIR = "jobs"
 SUBMITIT_DIR = "submitit"
@@ -195,12 +196,10 @@ def read_record(run_dir: str | os.PathLike, cell: str) -> dict:
 
 def update_record(run_dir: str | os.PathLike, cell: str, **changes) -> dict:
     """Read, change and atomically rewrite the cell's record under its record lock; returns the new record."""
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     path = record_path(run_dir, cell)
     with locked(path.with_suffix(".json.lock")):
         record = {**read_record(run_dir, cell), **changes, "cell": cell, "updated": now()}
-        atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+        write_json(path, record, end="\n")
     return record
 
 

@@ -6,7 +6,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
+import io
+
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .files import write_bytes
 
 # (metrics key, legend label, line style): colour = train / test, dashed = clean, solid = robust;
 # a key missing from the metrics is simply not drawn
@@ -19,16 +23,12 @@ TEST = (("clean_acc", "test clean", "C1--"), ("pgd_acc", "test PGD", "C1-"), ("a
 def _save(fig, path) -> None:
     """The figure as a PNG at ``path``, written atomically: a full disk names the file (matplotlib's own write
     said only "[Errno 28] No space left on device") and never leaves half a PNG."""
-    import io
-
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=100)
     finally:
         plt.close(fig)
-    atomic_write(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import write_bytes, write_json, write_text
 
 SUFFIX = ".positions"  # best.safetensors -> best.positions.json / .md / .png beside it
 
@@ -105,12 +106,10 @@ def plot_sweep(study: dict) -> bytes:
 def write_sweep(study: dict, checkpoint: str | Path) -> dict[str, str]:
     """``<checkpoint>.positions.json`` / ``.md`` / ``.png`` beside the checkpoint, each written atomically;
     returns their paths by kind."""
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     checkpoint = Path(checkpoint)
     stem = checkpoint.with_name(checkpoint.stem + SUFFIX)
     paths = {kind: stem.with_name(stem.name + "." + kind) for kind in ("json", "md", "png")}
-    atomic_write(paths["json"], json.dumps(study, indent=2).encode())
-    atomic_write(paths["md"], (sweep_table(study) + "\n").encode())
-    atomic_write(paths["png"], plot_sweep(study))
+    write_json(paths["json"], study)
+    write_text(paths["md"], sweep_table(study) + "\n")
+    write_bytes(paths["png"], plot_sweep(study))
     return {kind: str(path) for kind, path in paths.items()}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import cell_folder
 from .curves import read_curves
+from .files import write_text
 
 REPORT_HTML = "report.html"
 KEYS = (("clean_acc", "Clean"), ("pgd_acc", "PGD"), ("aa_acc", "AA"))
@@ -380,10 +381,8 @@ def render(out_dir: Path, cells: dict[str, Path], title: str, config_text: str |
 
 def write_html(out_dir: str | Path, cells: dict[str, Path], title: str, config_text: str | None = None) -> Path:
     """Write ``out_dir/report.html`` atomically; returns its path."""
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     path = Path(out_dir) / REPORT_HTML
-    atomic_write(path, render(Path(out_dir), cells, title, config_text).encode())
+    write_text(path, render(Path(out_dir), cells, title, config_text))
     return path
 
 

@@ -16,6 +16,7 @@ from .cell_folder import (  # noqa: F401
     read_metrics,
     read_summary,
 )
+from .files import write_text
 
 CONFIG_FILE = "config.toml"
 REPORT_FILE = "report.md"
@@ -210,9 +211,7 @@ def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config
     if config_text:
         parts += ["## Configuration", "", "```toml", config_text.strip(), "```", ""]
     path = run_dir / REPORT_FILE
-    from advssm.ssm_layers.checkpoint import atomic_write
-
-    atomic_write(path, "\n".join(parts).encode())  # a full disk names the file and never leaves half a report
+    write_text(path, "\n".join(parts))  # a full disk names the file and never leaves half a report
     if html:
         from .report_html import write_html
 

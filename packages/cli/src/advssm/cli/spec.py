@@ -36,11 +36,22 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, published for older Pythons
     import tomli as tomllib
 
+import os
+from pathlib import Path
+
+import torch
+from advssm.ads import ACTIVATIONS
+from advssm.adv_train.attacks import ATTACK_NAMES
+from advssm.adv_train.config import AA_VERSIONS, TrainConfig
+from advssm.ssm_layers import ModelConfig, build_model
+from advssm.ssm_layers import preset as model_preset
+from advssm.ssm_layers.checkpoint import state_numel
+
 from .data import DATASETS
 from .errors import ConfigError
 from .executor_spec import ExecutorSpec
 
-ADS_CHOICES = ("none", "relu", "sigmoid", "tanh")
+ADS_CHOICES = ("none", *ACTIVATIONS)  # AdS off, or one of its activations
 # grid axis -> (section, key) of the setting it varies, in the order cell names list them
 GRID_AXES = {"dataset": ("data", "dataset"), "layer": ("model", "layer"), "patch_size": ("model", "patch_size"),
              "scan": ("model", "scan"), "method": ("train", "method"), "ads": ("", "ads"),
@@ -128,7 +139,7 @@ class EvalSpec(_Frozen):
 
     aa: bool = True
     aa_n: int = Field(default=2000, ge=1)
-    aa_version: Literal["standard", "rand", "custom"] = "standard"
+    aa_version: Literal[AA_VERSIONS] = "standard"
     aa_attacks: list[str] = Field(default_factory=lambda: ["apgd-ce", "apgd-t", "fab-t", "square"], min_length=1)
     aa_steps: int = Field(default=100, ge=1)
     train_n: int = Field(default=256, ge=0)
@@ -137,16 +148,12 @@ class EvalSpec(_Frozen):
     @field_validator("aa_version", mode="before")
     @classmethod
     def _known_version(cls, value):
-        from advssm.adv_train.config import AA_VERSIONS
-
         _choose("eval.aa_version", value, AA_VERSIONS)  # "random" -> did you mean 'rand'?, with the choices
         return value
 
     @field_validator("aa_attacks")
     @classmethod
     def _known_attacks(cls, value: list[str]) -> list[str]:
-        from advssm.adv_train.attacks import ATTACK_NAMES
-
         for name in value:
             _choose("eval.aa_attacks entry", name, ATTACK_NAMES)
         return value
@@ -234,9 +241,6 @@ def _section_model(name: str, cls, drop=(), extra: dict | None = None, replace: 
 @cache
 def _sections() -> dict[str, type[BaseModel]]:
     """The section models whose fields come from ModelConfig / TrainConfig (built on first use)."""
-    from advssm.adv_train.config import TrainConfig
-    from advssm.ssm_layers import ModelConfig
-
     train_extra = {"init_from": (str | None, None)}
     return {
         "model": _section_model("ModelSpec", ModelConfig, drop=FROM_DATA,
@@ -304,8 +308,6 @@ class CellSpecBase(_SpecBase):
 
     def train_config(self):
         """The cell's ``TrainConfig``."""
-        from advssm.adv_train.config import TrainConfig
-
         values = self.train.model_dump()
         for key in CLI_TRAIN_KEYS:
             values.pop(key)
@@ -313,8 +315,6 @@ class CellSpecBase(_SpecBase):
 
     def model_settings(self, d_input: int, n_classes: int):
         """The cell's ``ModelConfig``, completed by the data set's channels and classes (before AdS)."""
-        from advssm.ssm_layers import ModelConfig
-
         return ModelConfig(**self.model.model_dump(), d_input=d_input, n_classes=n_classes)
 
 
@@ -384,8 +384,6 @@ def _make_cell(spec, values: dict[str, str]):
         if spec.preset not in PRESETS:
             raise ConfigError(f'model.d_state = "{PAPER_D_STATE}" needs one of the paper presets '
                               f"({', '.join(PRESETS)}); give a number instead")
-        from advssm.ssm_layers import preset as model_preset
-
         model["d_state"] = model_preset(PRESETS[spec.preset]["model_preset"], layer=model["layer"]).d_state
     if train.get("select_by") == "auto":
         train["select_by"] = "clean" if train["method"] == "standard" else "pgd"
@@ -398,8 +396,6 @@ def _make_cell(spec, values: dict[str, str]):
 
 def _check_cell(cell, where: str) -> None:
     """What pydantic cannot see: the domain rules of the model and the training method, and the device."""
-    import torch
-
     try:
         train = cell.train_config()
         config = cell.model_settings(3, 10)
@@ -442,8 +438,6 @@ TRAINING_BYTES_PER_WEIGHT = 16
 
 def machine_memory() -> int | None:
     """This machine's physical memory in bytes (None where the OS does not say)."""
-    import os
-
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -464,10 +458,6 @@ def _check_buildable(config_json: str, ads: str) -> None:
     """Size the model without allocating (parameters, gradients and AdamW state must fit this machine's memory),
     then build it once on the CPU (layer options, transform options, head counts ...), RNG untouched. Every block
     is built alike, so two blocks check what all of them would: 10000 layers validate as fast as 2."""
-    import torch
-    from advssm.ssm_layers import ModelConfig, build_model
-    from advssm.ssm_layers.checkpoint import state_numel
-
     try:
         config = ModelConfig.from_json(config_json)
         check_memory(state_numel(config) * TRAINING_BYTES_PER_WEIGHT, "its weights, gradients and AdamW state",
@@ -577,10 +567,6 @@ def _optional_fields(section: str) -> set[str]:
 
 def _preset_base(name: str) -> dict[str, Any]:
     """The plain dict the TOML layers onto: the demo's settings, or a paper preset's."""
-    from advssm.adv_train.config import TrainConfig
-    from advssm.ssm_layers import ModelConfig
-    from advssm.ssm_layers import preset as model_preset
-
     if name == "none":
         model = ModelConfig(**DEMO["model"]).to_dict()
         train = TrainConfig(**DEMO["train"]).to_dict()
@@ -673,8 +659,6 @@ def _apply(merged: dict, dotted: str, value) -> None:
 
 def load_toml(path) -> dict:
     """Read a TOML file into a dict; a syntax error becomes a ConfigError naming the file and line."""
-    from pathlib import Path
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")

@@ -26,10 +26,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
+from . import cell_folder
 from .errors import ConfigError
+from .files import write_json
 
 STATE_FILE = "trackers.json"  # in the cell folder: the MLflow run id and W&B run id, for a resume
 # tracker -> {module it imports: the pip package that provides it}; MLflow's SQLite store needs SQLAlchemy and Alembic
@@ -37,8 +41,10 @@ MODULES = {"tensorboard": {"tensorboard": "tensorboard"},
            "mlflow": {"mlflow": "mlflow-skinny", "sqlalchemy": "sqlalchemy", "alembic": "alembic"},
            "wandb": {"wandb": "wandb"}}
 FINAL_KEYS = ("clean_acc", "pgd_acc", "aa_acc")
-ARTIFACTS = ("best.safetensors", "last.safetensors", "summary.json", "final_eval.json", "cell.json", "metrics.jsonl",
-             "train_eval.jsonl", "environment.json")
+# the cell folder's files each run logs (names from the folder's owners: adv_train.store and cell_folder)
+ARTIFACTS = (*(cell_folder.checkpoint(".", stage).name for stage in cell_folder.CHECKPOINTS), cell_folder.SUMMARY_FILE,
+             cell_folder.FINAL_EVAL_FILE, cell_folder.CELL_FILE, cell_folder.METRICS_FILE, cell_folder.TRAIN_EVAL_FILE,
+             cell_folder.ENVIRONMENT_FILE)
 REPORTS = ("report.md", "report.html", "accuracy.png")
 
 
@@ -101,9 +107,7 @@ def _read_state(cell_dir: Path) -> dict:
 
 
 def _write_state(cell_dir: Path, state: dict) -> None:
-    from advssm.ssm_layers.checkpoint import atomic_write
-
-    atomic_write(cell_dir / STATE_FILE, json.dumps(state, indent=2).encode())
+    write_json(cell_dir / STATE_FILE, state)
 
 
 class TensorBoardTracker:
@@ -163,8 +167,6 @@ class MlflowTracker:
         state["mlflow"] = {"uri": self.uri, "run_id": self.run_id}
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -172,8 +174,6 @@ class MlflowTracker:
                                                     for k, v in _epoch_metrics(metrics).items()])
 
     def finish(self, summary: dict, cell_dir: Path) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now, epoch = int(time.time() * 1000), (summary.get("last") or {}).get("epoch") or 0
@@ -192,8 +192,6 @@ class WandbTracker:
     name = "wandb"
 
     def __init__(self, cell, cell_dir: Path, state: dict) -> None:
-        import os
-
         import wandb
 
         os.environ["WANDB_MODE"] = "offline"  # never the network; `wandb sync` uploads later

@@ -17,7 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from advssm.adv_train.attacks import PGD
+from advssm.adv_train.evaluation import evaluate
+from advssm.adv_train.trainer import eval_seed
+
 from .cell_folder import TRAIN_EVAL_FILE, read_train_eval
+from .files import write_text
 
 
 class TrainSetEval:
@@ -47,9 +52,6 @@ class TrainSetEval:
         """Evaluate the model as it is now (after ``epoch``) unless that row exists already."""
         if self.n == 0 or epoch < 1 or epoch in self.rows:
             return
-        from advssm.adv_train.attacks import PGD
-        from advssm.adv_train.evaluation import evaluate
-        from advssm.adv_train.trainer import eval_seed
 
         cfg = trainer.config
         # seeded as the trainer's test-set evaluation: the attack draws nothing from the global RNG it uses
@@ -65,12 +67,10 @@ class TrainSetEval:
         self._write(upto=epoch)
 
     def _write(self, upto: int) -> None:
-        from advssm.ssm_layers.checkpoint import atomic_write
-
         if not self.is_main:
             return
         lines = "".join(json.dumps(self.rows[e]) + "\n" for e in sorted(self.rows) if e <= upto)
-        atomic_write(self.path, lines.encode())  # an interrupt leaves the old or the new file
+        write_text(self.path, lines)  # an interrupt leaves the old or the new file
 
     # trainer hooks ------------------------------------------------------------------------------------
 

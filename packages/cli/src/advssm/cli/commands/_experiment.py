@@ -1,11 +1,14 @@
 """What ``run`` and ``sweep`` share: resolving the spec, the run folder, Ctrl-C / SIGTERM and the printed result."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import click
+from advssm.adv_train.distributed import gather_objects, shutdown
+from advssm.adv_train.methods import NonFiniteLossError
 
 from .. import interrupts, runs
 from ..cell_runner import join_process_group
@@ -51,8 +54,6 @@ def _resolve_or_resume(config_file: str | None, resume: str | None, overrides: d
 def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run: bool, as_json: bool,
            progress: bool, command: str, changes=()) -> None:
     """Print the spec (``--dry-run``) or run its cells, turning Ctrl-C / SIGTERM into a resume hint and exit 130."""
-    from advssm.adv_train.methods import NonFiniteLossError
-
     if dry_run:
         emit(spec.to_dict(), as_json, spec.to_toml().rstrip())
         return
@@ -103,7 +104,6 @@ def resume_command(command: str, run_dir: Path, info) -> str:
     --resume`` refuses the training state of another world size)."""
     if not info.active:
         return f"advssm {command} --resume {run_dir}"
-    import os
 
     per_node = os.environ.get("LOCAL_WORLD_SIZE", str(info.world_size))
     nodes = "" if per_node == str(info.world_size) else f" --nnodes {info.world_size // max(1, int(per_node))} (and " \
@@ -114,8 +114,6 @@ def resume_command(command: str, run_dir: Path, info) -> str:
 def _agreed_run_dir(info, chosen: Path | None, runs_root: str, name: str) -> Path:
     """The run folder: ``chosen``, else a new one under ``runs_root``; under torchrun rank 0 alone creates it and
     every rank gets rank 0's path (or rank 0's error)."""
-    from advssm.adv_train.distributed import gather_objects
-
     if not info.active:
         return chosen or runs.new_run_dir(runs_root, name)
     answer = None
@@ -136,10 +134,6 @@ def _leave_process_group() -> None:
     The interpreter's own teardown can abort in gloo's threads after destroy_process_group has returned
     ("terminate called without an active exception", about 1 launch in 30 on torch 2.13's CPU build), which
     torchrun would report as a failed rank of a finished run."""
-    import os
-
-    from advssm.adv_train.distributed import shutdown
-
     shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

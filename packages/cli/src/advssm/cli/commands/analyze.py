@@ -4,6 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
+from advssm.ads import propagation_analysis
+from advssm.ads.internal_attacks import internal_attack_report
+from advssm.adv_train.attacks import PGD
 
 from ..checkpoints import load_for_eval
 from ..output import emit
@@ -38,10 +42,6 @@ def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, devic
       advssm analyze model.safetensors --dataset digits --eps 0.1 --json
       advssm analyze runs/X/s6/best.safetensors --no-internals   # the error propagation only
     """
-    import torch
-    from advssm.ads import propagation_analysis
-    from advssm.adv_train.attacks import PGD
-
     run_eps = eps is None
     model, x, y, eps, cell, _ = load_for_eval(checkpoint, dataset, data_dir, n, eps, device)
     # the run's PGD step where its eps is used (as `advssm eval` does), else eps / 4
@@ -54,8 +54,6 @@ def analyze(checkpoint, n, eps, steps, dataset, data_dir, plot_path, seed, devic
     text = f"{report.to_markdown().strip()}\n\nplot: {plot_path}"
     data = {**report.to_dict(), "plot": str(plot_path)}
     if internals:
-        from advssm.ads.internal_attacks import internal_attack_report
-
         internal = internal_attack_report(model, x, eps, steps=steps, seed=seed)
         text += f"\n\n{internal.to_markdown().strip()}"
         data["internals"] = internal.to_dict()

@@ -4,6 +4,9 @@ from __future__ import annotations
 import difflib
 
 import click
+import torch
+from advssm.ssm_layers import backends as backend_status
+from advssm.ssm_layers.benchmark import SIZES, run_benchmarks, to_markdown
 
 from ..errors import ConfigError
 from ..output import emit
@@ -32,8 +35,6 @@ def _check_names(given: list[str] | None, known, what: str) -> None:
 
 
 def _device(name: str | None):
-    import torch
-
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -50,8 +51,6 @@ def _device(name: str | None):
 def select_sizes(sizes: str | None, quick: bool, ops: list[str] | None, device) -> dict[str, list[dict]]:
     """The {op: [size dicts]} to time: a named size set (default gpu on CUDA, cpu otherwise), ``ops`` of it,
     and with ``quick`` only the first size of each op (as ``benchmarks/bench_ops.py --quick``)."""
-    from advssm.ssm_layers.benchmark import SIZES
-
     name = sizes or ("gpu" if device.type == "cuda" else "cpu")
     _check_names([name], SIZES, "size set")
     table = SIZES[name]
@@ -92,10 +91,6 @@ def bench(quick, sizes, ops, backends, repeats, device, ref_budget, threads, see
       advssm bench --ops selective_scan --backends torch,loop --threads 2
       advssm bench --device cuda --json > bench.json
     """
-    import torch
-    from advssm.ssm_layers import backends as backend_status
-    from advssm.ssm_layers.benchmark import to_markdown
-
     chosen_device = _device(device)
     repeats = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
     ref_budget = ref_budget or (QUICK_REF_BUDGET_S if quick else DEFAULT_REF_BUDGET_S)
@@ -120,8 +115,6 @@ def bench(quick, sizes, ops, backends, repeats, device, ref_budget, threads, see
 def _run(table: dict, repeats: int, wanted: list[str] | None, device, ref_budget: float, seed: int,
          status: dict) -> list[dict]:
     """``run_benchmarks`` one size at a time, so a long CPU benchmark shows where it is."""
-    from advssm.ssm_layers.benchmark import run_benchmarks
-
     for op in table:
         for name in wanted or []:
             entry = status[op].get(name)

@@ -2,14 +2,19 @@
 propagation (Linf), as a table, a JSON file and a plot."""
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
 import click
+import torch
+from advssm.ads import ibp
+from advssm.adv_train.certify import Smooth
 
 from .. import interrupts
 from ..checkpoints import load_for_eval
 from ..errors import ConfigError
+from ..files import write_bytes, write_json
 from ..output import emit
 from ..progress import TqdmProgress
 
@@ -80,10 +85,6 @@ def certify(checkpoint, method, sigma, n0, n_samples, alpha, radii, eps_list, n_
       advssm certify runs/X/pgd-at/best.safetensors --method ibp --eps 0.001,0.003,0.01
       advssm certify model.safetensors --dataset mnist --method smoothing --n-examples 100 --json
     """
-    import json
-
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     radii_list = _floats(radii, "--radii")
     eps_values = _floats(eps_list, "--eps", 0.0, 1.0)
     if method == "smoothing" and eps_values is not None:
@@ -120,15 +121,12 @@ def certify(checkpoint, method, sigma, n0, n_samples, alpha, radii, eps_list, n_
     plot_path = Path(plot_path) if plot_path else Path(f"{stem}.certify-{method}.png")
     data = {"checkpoint": str(checkpoint), "method": method, "n": len(x), "device": str(device),
             "seconds": round(seconds, 3), **result, "json_file": str(out_path), "plot": str(plot_path)}
-    atomic_write(out_path, (json.dumps(data, indent=2) + "\n").encode())
-    atomic_write(plot_path, _plot(data))
+    write_json(out_path, data, end="\n")
+    write_bytes(plot_path, _plot(data))
     emit(data, as_json, _text(data))
 
 
 def _smoothing(model, x, y, sigma, n0, n, alpha, radii, batch_size, seed, step) -> dict:
-    import torch
-    from advssm.adv_train.certify import Smooth
-
     smooth = Smooth(model, sigma=sigma, seed=seed, batch_size=batch_size)
     predictions, radius, p_lower = [], [], []
     for i in range(len(x)):
@@ -150,9 +148,6 @@ def _smoothing(model, x, y, sigma, n0, n, alpha, radii, batch_size, seed, step) 
 
 
 def _ibp(model, x, y, eps_values, batch, step) -> dict:
-    import torch
-    from advssm.ads import ibp
-
     try:
         ibp.check_model(model)
     except ibp.IBPUnsupportedError as exc:
@@ -172,8 +167,6 @@ def _ibp(model, x, y, eps_values, batch, step) -> dict:
 
 def _clean_accuracy(model, x, y, batch: int = 256) -> float:
     """The base model's accuracy on (x, y), in batches."""
-    import torch
-
     with torch.no_grad():
         correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
     return correct / len(x)
@@ -195,8 +188,6 @@ def _text(data: dict) -> str:
 
 
 def _plot(data: dict) -> bytes:
-    import io
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from advssm.ssm_layers.pretrained import BOXES
+import torch
+from advssm.ssm_layers import save_checkpoint
+from advssm.ssm_layers.pretrained import BOXES, PretrainedConfigError, load_pretrained
 
 from ..errors import ConfigError
 from ..output import emit
@@ -37,10 +39,6 @@ def convert(folder, out, n_classes, box, dtype, seed, overwrite, as_json):
       advssm convert mamba-130m-hf mamba130m.safetensors --n-classes 2
       advssm convert mamba2-130m m2.safetensors --box cube --json
     """
-    import torch
-    from advssm.ssm_layers import save_checkpoint
-    from advssm.ssm_layers.pretrained import PretrainedConfigError, load_pretrained
-
     out_path = Path(out)
     if out_path.exists() and not overwrite:
         raise ConfigError(f"{out} exists; pass --overwrite to replace it, or choose another file")

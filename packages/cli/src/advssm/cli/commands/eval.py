@@ -1,15 +1,19 @@
 """``advssm eval``: attack a checkpoint and report clean and robust accuracy."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 from advssm.adv_train import threat_models
 from advssm.adv_train.attacks import ATTACKS, NORMS, build
+from advssm.adv_train.evaluation import evaluate
+from torch.utils.data import TensorDataset
 
 from .. import interrupts, jobs
 from ..checkpoints import load_for_eval
 from ..errors import ConfigError
+from ..files import write_json
 from ..output import emit
 from ..progress import TqdmProgress
 
@@ -137,8 +141,6 @@ def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_valu
       advssm eval best.safetensors --norm L1 --eps 12 --attacks aa
       advssm eval best.safetensors --position-sweep 64:32 --attacks pgd        # accuracy against position
     """
-    from pathlib import Path
-
     if norm != "Linf" and eps_values is None:
         raise ConfigError(f"--norm {norm} needs --eps: the run's eps is an Linf budget")
     if norm == "Linf" and eps_values and max(eps_values) > 1:
@@ -191,9 +193,6 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
                          data_dir, batch_size, device, seed, resume, progress):
     """(data, result, model, cell, eps list, attack names): one checkpoint evaluated at every eps in one
     ``evaluate()`` call (the attacks of eps e are named ``name@e`` when there are several)."""
-    from advssm.adv_train.evaluation import evaluate
-    from torch.utils.data import TensorDataset
-
     from ..curves import attack_at
 
     run_eps = eps_values is None
@@ -261,10 +260,6 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
 
 def _emit_one(data, result, model, cell, eps_list, names, dataset, as_json, robustbench=None) -> None:
     """One checkpoint at one eps: the accuracies, and with --json the RobustBench record."""
-    import json
-
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     checkpoint = data["checkpoint"]
     failed = None
     if as_json:
@@ -273,7 +268,7 @@ def _emit_one(data, result, model, cell, eps_list, names, dataset, as_json, robu
         path = robustbench_file(checkpoint, robustbench)
         data["robustbench"], data["robustbench_file"] = record, str(path)
         try:
-            atomic_write(path, json.dumps(record, indent=2).encode())
+            write_json(path, record)
         except OSError as exc:  # the result is printed below all the same: never lost to a write error
             data["robustbench_file"], failed = None, f"{path} could not be written ({exc.strerror or exc})"
     threat = "" if data["threat_model"] == "full" else f"  threat {data['threat_model']}"
@@ -298,8 +293,6 @@ def robustbench_file(checkpoint, given) -> Path:
 
 def check_writable(path, option: str) -> None:
     """Refuse, before anything is evaluated, an output file whose folder cannot be written."""
-    import os
-
     folder = Path(path).absolute().parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent  # atomic_write creates the missing folders under the first existing one
@@ -310,8 +303,6 @@ def check_writable(path, option: str) -> None:
 
 def _emit_curves(done, checkpoints, curves_out, as_json) -> None:
     """Robustness curves: each checkpoint's beside it (<checkpoint>.curve.*), several on one plot (curves.*)."""
-    from pathlib import Path
-
     from ..curves import COMPARISON_STEM, curve_of, curve_stem, curve_table, labels, write_curves
 
     curves, files = [], {}

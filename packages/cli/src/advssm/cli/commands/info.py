@@ -6,6 +6,10 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 import click
+import torch
+from advssm.ssm_layers import LAYERS
+from advssm.ssm_layers.layers.scans import SCANS
+from advssm.ssm_layers.model import PRESETS, VISION_PRESETS
 
 from ..output import emit
 
@@ -41,18 +45,12 @@ def _backend_lines(report: dict) -> list[str]:
 
 def _models() -> dict:
     """The layers, scan orders and model presets this advssm-ssm-layers builds."""
-    from advssm.ssm_layers import LAYERS
-    from advssm.ssm_layers.layers.scans import SCANS
-    from advssm.ssm_layers.model import PRESETS, VISION_PRESETS
-
     return {"layers": list(LAYERS), "scans": list(SCANS), "presets": [*PRESETS, *VISION_PRESETS],
             "tokens": "pixels (default) or p x p patches (model.patch_size, --patch-size)"}
 
 
 def collect() -> dict:
     """Everything ``info`` prints, as a dict."""
-    import torch
-
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     return {
