@@ -194,6 +194,8 @@ def test_study_paper_findings_tiny_writes_findings_and_resumes(tmp_path, helpers
     assert "paired t-interval over seeds at 95 %" in md and "| s4-pgd-at | 2 |" in md
     report = (out / "digits-main" / "report.md").read_text()
     assert "Mean ± sample standard deviation over each group's seeds" in report and "| s6-standard | 2 |" in report
+    page = (out / "digits-main" / "report.html").read_text()
+    assert "Mean ± std over seeds" in page and "<td>s4-pgd-at</td><td class=num>2</td>" in page
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     stamps.update({p: p.stat().st_mtime_ns for p in (out / "analysis").rglob("*.json")})

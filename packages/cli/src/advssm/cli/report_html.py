@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from . import cell_folder
+from . import cell_folder, seeds
 from .curves import read_curves
 from .files import write_text
 
@@ -358,6 +358,9 @@ def render(out_dir: Path, cells: dict[str, Path], title: str, config_text: str |
             "<p>Accuracies in %; Diff = Best - Last (robust overfitting); '-' = not evaluated. "
             "Click a column header to sort.</p>",
             _table(rows, pgd)]
+    if seeds.has_seeds(name for name, _ in rows):  # the seed axis: each group's mean ± std, as report.md
+        body += ["<h2>Mean ± std over seeds</h2><p>Sample standard deviation; n = seeds with a final evaluation."
+                 "</p>", seeds.group_table_html(seeds.aggregate(rows), pgd)]
     if grid:
         options = "".join(f'<option value="{c["key"]}"{" selected" if c["key"] == "best.pgd_acc" else ""}>'
                           f'{_E(c["label"])}</option>' for c in columns)

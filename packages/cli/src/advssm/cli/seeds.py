@@ -111,3 +111,15 @@ def mean_metrics(metrics: dict[str, list[dict]]) -> dict[str, list[dict]]:
 def to_json(groups: list[tuple[str, dict]]) -> dict[str, dict]:
     """The groups as one JSON object, group name -> entry."""
     return dict(groups)
+
+
+def group_table_html(groups: list[tuple[str, dict]], pgd: str = "PGD-10") -> str:
+    """``group_table`` as an HTML table (for report.html), the same cells and text."""
+    from html import escape
+
+    lines = group_table(groups, pgd).splitlines()
+    rows = [[part.strip() for part in line.strip("|").split("|")] for i, line in enumerate(lines) if i != 1]
+    head = "".join(f"<th>{escape(h)}</th>" for h in rows[0])
+    body = "".join("<tr>" + "".join(f'<td{"" if j == 0 else " class=num"}>{escape(v)}</td>' for j, v in enumerate(r))
+                   + "</tr>" for r in rows[1:])
+    return f"<table class=\"seeds\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
