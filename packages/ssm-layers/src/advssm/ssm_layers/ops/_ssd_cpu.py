@@ -82,6 +82,22 @@ def _tile_scores(s_q, CB, i0, i1, c0):
     return seg, seg * CB[..., i0:i1, c0:i1].unsqueeze(-3)
 
 
+def _diagonal_decays(s_q, i0, i1, out):
+    """exp(s_i - s_j) for rows and columns i0:i1 where every step decays, into ``out``: the same values
+    as ``_tile_scores``'s decays below the diagonal, in fewer passes. The difference is written
+    straight into ``dtype`` (one rounding), and clamped to [least normal exponent, 0] in one pass:
+    j > i has s_i - s_j >= 0, so its decay becomes exp(0) = 1 instead of 0, and the causal mask is
+    applied to the per-group CB tile (``_causal``) instead of to each head's decays."""
+    rows = s_q[..., i0:i1]
+    seg = torch.sub(rows[..., :, None], rows[..., None, :], out=out)
+    return seg.clamp_(min=_exp_floor(out.dtype), max=0.0).exp_()
+
+
+def _causal(CB_tile):
+    """A square diagonal tile of CB with its entries above the diagonal (j > i) zero."""
+    return CB_tile.tril()
+
+
 def _earlier_columns(s_q, u, i0, i1):
     """The factors of the columns 0:i0 of row tile i0:i1 (decaying steps): e_i = exp(s_i - s_{i0}) (…, r, rows),
     w_j = exp(s_{i0} - s_j) (…, r, i0) and v = w_j u_j arranged per group as (…, g, i0, r p)."""
@@ -90,7 +106,8 @@ def _earlier_columns(s_q, u, i0, i1):
     ref = s_q[..., i0:i0 + 1]
     e = torch.exp((s_q[..., i0:i1] - ref).to(dtype).clamp_(min=_exp_floor(dtype)))  # as in _tile_scores
     w = torch.exp((ref - s_q[..., :i0]).to(dtype).clamp_(min=_exp_floor(dtype)))
-    v = (u[..., :i0, :] * w[..., None]).permute(0, 1, 3, 2, 4).reshape(N, g, i0, r * p)
+    v = u.new_empty(N, g, i0, r * p)  # written through a per-head view: one pass, no permuted copy
+    torch.mul(u[..., :i0, :], w[..., None], out=_per_head(v, r))
     return e, w, v
 
 
@@ -129,15 +146,27 @@ class _DiagonalBlocks(torch.autograd.Function):
     def forward(ctx, s_q, CB, u):
         ctx.save_for_backward(s_q, CB, u)
         ctx.factor = factor = _all_decay(s_q)
+        N, g, r, Q, p = u.shape
         y = u.new_empty(u.shape)
-        r = u.shape[2]
+        # Kept for the backward where every step decays (each as large as u or less, against the
+        # (Q, Q) scores per head a plain autograd graph keeps): the decays of each tile's diagonal
+        # square (rows i0:i1, columns i0:i1), so the backward does not make them again, and the
+        # factored columns' per-group product CB[i, :i0] @ v, a matmul as costly as the forward's
+        # whole elementwise part, which the backward needs for the gradient of the e_i factors.
+        ctx.seg = u.new_empty(N, g, r, Q, min(Q, _ROWS)) if factor else None
+        ctx.t = u.new_empty(N, g, Q, r * p) if factor else None
         for blk, i0, i1 in _tiles(s_q):
             c0 = i0 if factor else 0
-            _, scores = _tile_scores(s_q[blk], CB[blk], i0, i1, c0)
+            if factor:
+                seg = _diagonal_decays(s_q[blk], i0, i1, out=ctx.seg[blk, :, :, i0:i1, :i1 - i0])
+                scores = seg * _causal(CB[blk, :, i0:i1, i0:i1]).unsqueeze(-3)
+            else:
+                seg, scores = _tile_scores(s_q[blk], CB[blk], i0, i1, c0)
             y_rows = torch.matmul(scores, u[blk, :, :, c0:i1])
             if c0 > 0:
                 e, _, v = _earlier_columns(s_q[blk], u[blk], i0, i1)
-                y_rows += _per_head(torch.matmul(CB[blk, :, i0:i1, :i0], v), r) * e[..., None]
+                t = torch.matmul(CB[blk, :, i0:i1, :i0], v, out=ctx.t[blk, :, i0:i1])
+                y_rows.addcmul_(_per_head(t, r), e[..., None])
             y[blk, :, :, i0:i1] = y_rows
         return y
 
@@ -150,23 +179,30 @@ class _DiagonalBlocks(torch.autograd.Function):
         r = u.shape[2]
         for blk, i0, i1 in _tiles(s_q):
             c0 = i0 if ctx.factor else 0
-            seg, scores = _tile_scores(s_q[blk], CB[blk], i0, i1, c0)
+            if ctx.factor:  # the forward's decays (not changed in place: a retained graph may run again)
+                seg = ctx.seg[blk, :, :, i0:i1, :i1 - i0]  # 1 above the diagonal, see _diagonal_decays
+                scores = seg * _causal(CB[blk, :, i0:i1, i0:i1]).unsqueeze(-3)
+            else:
+                seg, scores = _tile_scores(s_q[blk], CB[blk], i0, i1, c0)
             dy_rows = dy[blk, :, :, i0:i1]
             d_scores = torch.matmul(dy_rows, u[blk, :, :, c0:i1].transpose(-1, -2))
             du[blk, :, :, c0:i1] += torch.matmul(scores.transpose(-1, -2), dy_rows)
             d_diff = scores.mul_(d_scores)  # d loss / d (s_i - s_j)
             ds[blk, :, :, i0:i1] += d_diff.sum(-1)
             ds[blk, :, :, c0:i1] -= d_diff.sum(-2)
-            dCB[blk, :, i0:i1, c0:i1] = seg.mul_(d_scores).sum(-3)
+            dCB[blk, :, i0:i1, c0:i1] = d_scores.mul_(seg).sum(-3)
+            if ctx.factor:  # the decays are 1, not 0, above the diagonal, where CB is not used
+                dCB[blk, :, i0:i1, i0:i1] = _causal(dCB[blk, :, i0:i1, i0:i1])
             if c0 > 0:  # y_i += e_i (CB[i, :i0] @ v)_i, v_j = w_j u_j
                 e, w, v = _earlier_columns(s_q[blk], u[blk], i0, i1)
                 CB_rows = CB[blk, :, i0:i1, :i0]
-                t = _per_head(torch.matmul(CB_rows, v), r)
+                t = _per_head(ctx.t[blk, :, i0:i1], r)
                 g_e = (dy_rows * t).sum(-1).mul_(e)  # d loss / d (s_i - s_{i0})
-                d_t = _per_group(dy_rows * e[..., None])
+                d_t = dy_rows.new_empty(t.shape[:2] + (i1 - i0, t.shape[-1] * r))  # (…, g, rows, r p)
+                torch.mul(dy_rows, e[..., None], out=_per_head(d_t, r))
                 dCB[blk, :, i0:i1, :i0] = torch.matmul(d_t, v.transpose(-1, -2))
                 d_v = _per_head(torch.matmul(CB_rows.transpose(-1, -2), d_t), r)  # (…, r, i0, p)
-                du[blk, :, :, :i0] += d_v * w[..., None]
+                du[blk, :, :, :i0].addcmul_(d_v, w[..., None])
                 g_w = (d_v * u[blk, :, :, :i0]).sum(-1).mul_(w)  # d loss / d (s_{i0} - s_j)
                 ds[blk, :, :, i0:i1] += g_e
                 ds[blk, :, :, :i0] -= g_w
@@ -242,5 +278,5 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
 
     # inter-chunk (off-diagonal): exp(s_i) C_i . h_in, per group one (Q, n) @ (n, r p) product
     y_off = torch.matmul(C, h_in).view(batch, nchunks, ngroups, Q, r, headdim)
-    y = y.transpose(3, 4) + y_off * torch.exp(s).to(u.dtype).transpose(-1, -2)[..., None]  # (b, c, g, Q, r, p)
+    y = torch.addcmul(y.transpose(3, 4), y_off, torch.exp(s).to(u.dtype).transpose(-1, -2)[..., None])  # (b, c, g, Q, r, p)
     return y.transpose(2, 3).reshape(batch, nchunks * Q, nheads, headdim)[:, :L]
