@@ -427,10 +427,11 @@ def prepare(root: Path, record: dict) -> None:
 
 def run_inline(root: Path, parts: list[Part], progress: bool) -> None:
     """Every part's sweep in this process, one cell after another (complete cells skipped)."""
+    from . import interrupts
     from .experiment import execute
 
     for part in parts:
-        execute(part.spec, root / part.name, progress=progress, command="advssm study")
+        execute(part.spec, root / part.name, progress=progress, callbacks=[interrupts.CHECK], command="advssm study")
 
 
 def run_jobs(root: Path, parts: list[Part], settings, wait_for_end: bool, echo=print) -> bool:

@@ -1,11 +1,13 @@
 """``advssm study``: the paper's claims as checks over a grid run with several seeds (``advssm.cli.study``)."""
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import click
 
-from .. import executors, runs, study
+from .. import executors, interrupts, runs, study
 from ..output import emit
 from ..spec import parse_assignment
 
@@ -78,11 +80,19 @@ def paper_findings(scale, datasets, data_dir, seeds, out, runs_root, assignments
         click.echo(f"warning: {warning}", err=True)
     root = Path(out) if out else runs.new_run_dir(runs_root, f"paper-findings-{scale}")
     study.prepare(root, study.study_record(chosen, parts, n_seeds, overrides))
-    again = f"advssm study paper-findings --scale {scale} --out {root}"  # + the same options
-    click.echo(f"study folder: {root} (resume: rerun with the same options and --out {root})", err=True)
+    again = " ".join(["advssm study paper-findings", f"--scale {scale}", *(f"--dataset {d}" for d in datasets),
+                      *([f"--data-dir {shlex.quote(data_dir)}"] if data_dir else []),
+                      *([f"--seeds {seeds}"] if seeds else []), *(f"--set {shlex.quote(a)}" for a in assignments),
+                      *([f"--device {device}"] if device else []), f"--out {shlex.quote(str(root))}"])
+    click.echo(f"study folder: {root} (resume: {again})", err=True)
     echo = lambda text: click.echo(text, err=True)  # noqa: E731
     if settings.kind == "inline":
-        study.run_inline(root, parts, progress)
+        try:
+            with interrupts.handled():  # Ctrl-C and SIGTERM: the folder stays consistent, the command resumes it
+                study.run_inline(root, parts, progress)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted; the study folder is consistent. Resume with:\n  {again}", err=True)
+            sys.exit(130)
         complete = True
     else:
         complete = study.run_jobs(root, parts, settings, wait_for_end, echo=echo)
@@ -92,7 +102,7 @@ def paper_findings(scale, datasets, data_dir, seeds, out, runs_root, assignments
     md, js, results = study.write_findings(root, chosen, parts, table)
     summary = "\n".join(f"{r['dataset']}: {r['key']}: {r['verdict']}" for r in results)
     note = "" if complete else (f"\n\nnot every cell is complete yet: the findings cover the finished ones; rerun "
-                                f"`{again}` (with the same options) once `advssm status` shows them done")
+                                f"`{again}` (plus the executor options) once `advssm status` shows them done")
     emit({"study_dir": str(root), "findings": str(md), "findings_json": str(js), "complete": complete,
           "claims": [{k: r[k] for k in ("dataset", "key", "verdict")} for r in results]}, as_json,
          f"{summary}\n\nfindings: {md}{note}")
