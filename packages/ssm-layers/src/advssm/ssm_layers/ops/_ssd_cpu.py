@@ -243,8 +243,12 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
     if pad:  # identity steps at the end: dt = 0 (no decay, no input), x = B = C = 0
         x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
     # chunk-major layouts: (b, c, g, r, Q, p) for the inputs, (b, c, g, Q, n) for B and C
-    u = (x * dt[..., None]).reshape(batch, nchunks, Q, ngroups, r, headdim).permute(0, 1, 3, 4, 2, 5)
-    u = u.contiguous()  # dt_j x_j: the input term, folded in once (not into the (Q, Q) scores)
+    # u = dt_j x_j, the input term, folded in once (not into the (Q, Q) scores): one pass straight
+    # into the per-head layout, since with the (small) dt made contiguous in that layout first the
+    # product's memory order follows it (no permuted copy of the large x)
+    x_chunks = x.reshape(batch, nchunks, Q, ngroups, r, headdim)
+    dt_chunks = dt.reshape(batch, nchunks, Q, ngroups, r)
+    u = dt_chunks.permute(0, 1, 3, 4, 2).contiguous()[..., None] * x_chunks.permute(0, 1, 3, 4, 2, 5)
     B = B.reshape(batch, nchunks, Q, ngroups, dstate).transpose(2, 3)
     C = C.reshape(batch, nchunks, Q, ngroups, dstate).transpose(2, 3)
     a = (dt * A).reshape(batch, nchunks, Q, ngroups, r).permute(0, 1, 3, 4, 2)  # (b, c, g, r, Q)
@@ -262,7 +266,9 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
     # each chunk's own end state from its inputs, sum_j exp(s_Q - s_j) u_j B_j^T, per group as one
     # (n, Q) @ (Q, r p) product: (b, c, g, n, r p), the group's heads side by side
     w = torch.exp(s_last - s).to(u.dtype)  # (b, c, g, r, Q)
-    uw = (u * w[..., None]).transpose(3, 4).reshape(batch, nchunks, ngroups, Q, r * headdim)
+    # (dt_j w_j) x_j in x's own layout (b, c, Q, g, r p), not u w_j: no transposed copy of u
+    uw = (x_chunks * (dt_chunks * w.permute(0, 1, 4, 2, 3))[..., None]).view(batch, nchunks, Q, ngroups, r * headdim)
+    uw = uw.transpose(2, 3)  # (b, c, g, Q, r p): a view (a copy in matmul only for several groups)
     chunk_states = torch.matmul(B.transpose(-1, -2), uw)
 
     # states entering each chunk: h_in[c] = sum_{m < c} exp(total decay of chunks m+1 .. c-1) states[m],
@@ -278,5 +284,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
 
     # inter-chunk (off-diagonal): exp(s_i) C_i . h_in, per group one (Q, n) @ (n, r p) product
     y_off = torch.matmul(C, h_in).view(batch, nchunks, ngroups, Q, r, headdim)
-    y = torch.addcmul(y.transpose(3, 4), y_off, torch.exp(s).to(u.dtype).transpose(-1, -2)[..., None])  # (b, c, g, Q, r, p)
-    return y.transpose(2, 3).reshape(batch, nchunks * Q, nheads, headdim)[:, :L]
+    # y_off first: the sum takes its (output) memory order, so the reshape below is a view for one group
+    y = y_off * torch.exp(s).to(u.dtype).transpose(-1, -2)[..., None] + y.transpose(3, 4)  # (b, c, g, Q, r, p)
+    y = y.transpose(2, 3).reshape(batch, nchunks * Q, nheads, headdim)
+    return y[:, :L] if pad else y  # (a full slice would still cost its backward a zero fill and a copy)
