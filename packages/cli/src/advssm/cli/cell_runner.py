@@ -22,6 +22,7 @@ from .data import load_dataset
 from .errors import ConfigError
 from .final_eval import finish_cell
 from .progress import TqdmProgress
+from .spec import check_memory
 from .trackers import open_trackers
 from .train_eval import TrainSetEval
 
@@ -63,8 +64,6 @@ def check_activation_memory(cell, input_shape: tuple) -> None:
     """Refuse, before the model is built, a cell whose training activations alone cannot fit this machine: a lower
     bound (each block keeps at least its input and output, fp32, for the backward pass of every batch) that the
     spec's own check (weights, gradients, AdamW state) cannot make without the data set's sequence length."""
-    from .spec import check_memory
-
     tokens = input_shape[-2] * input_shape[-1] if len(input_shape) == 3 else input_shape[0]  # images: pixels
     if len(input_shape) == 3 and cell.model.patch_size:
         tokens //= cell.model.patch_size ** 2

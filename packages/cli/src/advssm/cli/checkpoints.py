@@ -15,12 +15,11 @@ from advssm.ssm_layers import load_checkpoint, read_metadata
 from . import cell_folder, runs
 from .data import load_dataset
 from .errors import ConfigError
+from .spec import load_toml, resolve_experiment, validate_cell
 
 
 def cell_of(checkpoint: str | Path):
     """The CellSpec a checkpoint was trained under, or None when nothing records it."""
-    from .spec import load_toml, resolve_experiment, validate_cell
-
     stored = read_metadata(checkpoint)["user"].get("cell")
     if stored is not None:
         return validate_cell(stored, str(checkpoint))  # checked as `run` checks its flags: never trusted as is

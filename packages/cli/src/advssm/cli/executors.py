@@ -37,7 +37,9 @@ from . import cell_folder, interrupts, jobs, runs
 from .cell_runner import run_cell
 from .errors import ConfigError
 from .executor_spec import EXECUTORS, ExecutorSpec
+from .experiment import check_data, prepare_dir
 from .files import write_text
+from .output import emit
 from .spec import CellSpec, load_toml, resolve_experiment
 from .trackers import log_reports
 
@@ -392,10 +394,6 @@ def launch_jobs(spec, run_dir: Path, settings: ExecutorSpec, wait_for_end: bool,
     """``advssm sweep --executor local|slurm``: submit every cell that is neither complete nor handled by a
     live job (so a rerun resubmits only unfinished and failed cells), print the job ids and the status
     command; with ``wait_for_end`` follow them to the end and print the table."""
-    from . import cell_folder, runs
-    from .experiment import check_data, prepare_dir
-    from .output import emit
-
     echo = lambda text: click.echo(text, err=True)  # noqa: E731
     run_dir = Path(run_dir)
     prepare_dir(spec, run_dir)

@@ -11,6 +11,7 @@ from .cell_runner import is_main, run_cell
 from .data import load_dataset
 from .errors import ConfigError, DataError
 from .files import write_text
+from .report_html import write_html
 from .spec import load_toml, resolve_experiment
 from .trackers import log_reports
 
@@ -56,8 +57,6 @@ def check_data(cells) -> None:
 def _partial_page(spec, run_dir: Path, cells) -> None:
     """report.html over the cells finished so far, the others marked pending, while the next cell trains (advssm
     status links it); a failure to write it warns and the run goes on (the full report is written at the end)."""
-    from .report_html import write_html
-
     finished = {c.name: run_dir / c.name for c in cells if cell_folder.is_finished(run_dir / c.name)}
     try:
         with jobs.report_lock(run_dir):

@@ -40,7 +40,7 @@ import os
 from pathlib import Path
 
 import torch
-from advssm.ads import ACTIVATIONS
+from advssm.ads import ACTIVATIONS, attach_ads
 from advssm.adv_train.attacks import ATTACK_NAMES
 from advssm.adv_train.config import AA_VERSIONS, TrainConfig
 from advssm.ssm_layers import ModelConfig, build_model
@@ -470,8 +470,6 @@ def _check_buildable(config_json: str, ads: str) -> None:
         with torch.random.fork_rng(devices=[]):
             model = build_model(ModelConfig.from_dict(values))
             if ads != "none":
-                from advssm.ads import attach_ads
-
                 attach_ads(model, activation=ads)
     except ConfigError:
         raise

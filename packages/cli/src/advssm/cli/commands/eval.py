@@ -12,9 +12,12 @@ from torch.utils.data import TensorDataset
 
 from .. import interrupts, jobs
 from ..checkpoints import load_for_eval
+from ..curves import COMPARISON_STEM, attack_at, curve_of, curve_stem, curve_table, labels, write_curves
 from ..errors import ConfigError
 from ..files import write_json
 from ..output import emit
+from ..positions import attack_at as at_start
+from ..positions import parse_sweep, study_of, sweep_table, write_sweep
 from ..progress import TqdmProgress
 
 
@@ -148,8 +151,6 @@ def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_valu
                                  param_hint="'--eps'")
     sweep = None
     if position_sweep is not None:
-        from ..positions import parse_sweep
-
         sweep = parse_sweep(position_sweep)
         if threat is not None or len(checkpoints) > 1 or (eps_values is not None and len(eps_values) > 1):
             raise ConfigError("--position-sweep moves its own window over one checkpoint at one eps: drop --threat, "
@@ -193,8 +194,6 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
                          data_dir, batch_size, device, seed, resume, progress):
     """(data, result, model, cell, eps list, attack names): one checkpoint evaluated at every eps in one
     ``evaluate()`` call (the attacks of eps e are named ``name@e`` when there are several)."""
-    from ..curves import attack_at
-
     run_eps = eps_values is None
     model, x, y, first_eps, cell, device = load_for_eval(checkpoint, dataset, data_dir, n,
                                                          None if run_eps else eps_values[0], device)
@@ -209,8 +208,6 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
             raise ConfigError(f"--threat: {error}") from None
     windows = []
     if sweep is not None:
-        from ..positions import attack_at as at_start
-
         try:
             windows = threat_models.sweep(threat_models.n_positions(x), *sweep)
         except ValueError as error:
@@ -251,8 +248,6 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
             "norm": norm, "threat_model": threat.name if threat is not None else "full",
             "device": str(device), "records": str(records), **result.to_dict()}
     if windows:
-        from ..positions import study_of
-
         data["positions"] = study_of(checkpoint, result, windows, names, records, norm=norm, eps=eps_list[0],
                                      length=sweep[0], stride=sweep[1] or sweep[0])
     return data, result, model, cell, eps_list, names, dataset
@@ -303,8 +298,6 @@ def check_writable(path, option: str) -> None:
 
 def _emit_curves(done, checkpoints, curves_out, as_json) -> None:
     """Robustness curves: each checkpoint's beside it (<checkpoint>.curve.*), several on one plot (curves.*)."""
-    from ..curves import COMPARISON_STEM, curve_of, curve_stem, curve_table, labels, write_curves
-
     curves, files = [], {}
     for (data, result, _, _, eps_list, names, _), label in zip(done, labels([d[0]["checkpoint"] for d in done])):
         curve = curve_of(label, data["checkpoint"], result, eps_list, names, Path(data["records"]))
@@ -326,8 +319,6 @@ def _emit_curves(done, checkpoints, curves_out, as_json) -> None:
 
 def _emit_sweep(data, result, model, cell, eps_list, names, dataset, as_json) -> None:
     """The robustness-vs-position study: its table, and its files beside the checkpoint."""
-    from ..positions import sweep_table, write_sweep
-
     study = data["positions"]
     files = write_sweep(study, data["checkpoint"])
     lines = [f"checkpoint {data['checkpoint']}  {study['norm']} eps {study['eps']:g}  windows of {study['length']} "
