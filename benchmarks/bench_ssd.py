@@ -19,6 +19,12 @@ timing. Forward runs under ``torch.no_grad``; forward+backward differentiates a 
 linear functional of the output with respect to x, dt, B, C, A_log, D and dt_bias. Every repeat
 times each method in turn (interleaved, after one warm-up round); the table gives medians and
 the ratios of the medians. The machine load (``os.getloadavg``) before and after is recorded.
+
+Each call is timed twice over: wall time (``time.perf_counter``) and this process's CPU time
+(``time.process_time``, user + system, all its threads). On an idle machine with one thread they
+agree; on a shared, loaded one the wall time also counts the time the process waited for a core,
+which swings from call to call (a short call can wait several times its own length), so the CPU
+time is the steadier measure of the code and both are reported, each with its own ratios.
 """
 from __future__ import annotations
 
@@ -98,9 +104,10 @@ def _fwd_bwd(fn, inputs, weight):
 
 
 def _seconds(call, fn, inputs, weight):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of this process) of one call."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     call(fn, inputs, weight)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def agreement(calls):
@@ -122,15 +129,15 @@ def bench(lengths, chunks, batch, nheads, ngroups, headdim, dstate, repeats, see
                 warnings.simplefilter("always")
                 diffs, scale = agreement(calls)
             weight = torch.randn(batch, L, nheads * headdim, generator=torch.Generator().manual_seed(seed + 1))
-            times = {(m, k): [] for m in METHODS for k in ("fwd", "fwd_bwd")}
+            times = {(m, k): [] for m in METHODS for k in ("fwd", "fwd_bwd", "fwd_cpu", "fwd_bwd_cpu")}
             load_before = os.getloadavg()
             for rep in range(repeats + 1):  # round 0 is a warm-up
                 for m, (fn, inputs) in calls.items():
-                    fwd = _seconds(_fwd, fn, inputs, weight)
-                    fwd_bwd = _seconds(_fwd_bwd, fn, inputs, weight)
+                    (fwd, fwd_cpu), (fwd_bwd, fwd_bwd_cpu) = (_seconds(c, fn, inputs, weight) for c in (_fwd, _fwd_bwd))
                     if rep:
-                        times[m, "fwd"].append(fwd)
-                        times[m, "fwd_bwd"].append(fwd_bwd)
+                        for key, value in (("fwd", fwd), ("fwd_bwd", fwd_bwd), ("fwd_cpu", fwd_cpu),
+                                           ("fwd_bwd_cpu", fwd_bwd_cpu)):
+                            times[m, key].append(value)
                 log(f"[bench_ssd] chunk {chunk} L {L}: round {rep}/{repeats}")
             load_after = os.getloadavg()
             med = {key: 1e3 * statistics.median(v) for key, v in times.items()}
@@ -144,6 +151,9 @@ def bench(lengths, chunks, batch, nheads, ngroups, headdim, dstate, repeats, see
                     x_transformers_fwd_bwd=med["transformers", "fwd_bwd"] / med[m, "fwd_bwd"],
                     x_reference_fwd=med["reference", "fwd"] / med[m, "fwd"],
                     x_reference_fwd_bwd=med["reference", "fwd_bwd"] / med[m, "fwd_bwd"],
+                    fwd_cpu_ms=med[m, "fwd_cpu"], fwd_bwd_cpu_ms=med[m, "fwd_bwd_cpu"],
+                    x_transformers_fwd_cpu=med["transformers", "fwd_cpu"] / med[m, "fwd_cpu"],
+                    x_transformers_fwd_bwd_cpu=med["transformers", "fwd_bwd_cpu"] / med[m, "fwd_bwd_cpu"],
                     max_abs_diff_vs_float64_reference=diffs[m], max_abs_output=scale,
                     load_avg_1_5_15_before=list(load_before), load_avg_1_5_15_after=list(load_after),
                     warnings=sorted({str(w.message)[:200] for w in caught})))
@@ -152,13 +162,16 @@ def bench(lengths, chunks, batch, nheads, ngroups, headdim, dstate, repeats, see
 
 def markdown(rows):
     lines = ["| L | chunk | method | fwd ms | fwd+bwd ms | x transformers fwd | x transformers fwd+bwd "
+             "| CPU fwd ms | CPU fwd+bwd ms | x transformers fwd (CPU) | x transformers fwd+bwd (CPU) "
              "| x reference fwd | x reference fwd+bwd | max abs diff vs fp64 | load 1 min before -> after |",
-             "|" + "---|" * 11]
+             "|" + "---|" * 15]
     for r in rows:
         bold = "**" if r["method"] == "ours" else ""
         lines.append(f"| {r['L']} | {r['chunk']} | {bold}{r['method']}{bold} | {r['fwd_ms']:.1f} "
                      f"| {r['fwd_bwd_ms']:.1f} "
                      f"| {bold}{r['x_transformers_fwd']:.2f}{bold} | {bold}{r['x_transformers_fwd_bwd']:.2f}{bold} "
+                     f"| {r['fwd_cpu_ms']:.1f} | {r['fwd_bwd_cpu_ms']:.1f} "
+                     f"| {bold}{r['x_transformers_fwd_cpu']:.2f}{bold} | {bold}{r['x_transformers_fwd_bwd_cpu']:.2f}{bold} "
                      f"| {r['x_reference_fwd']:.1f} | {r['x_reference_fwd_bwd']:.1f} "
                      f"| {r['max_abs_diff_vs_float64_reference']:.1e} (of {r['max_abs_output']:.2g}) "
                      f"| {r['load_avg_1_5_15_before'][0]:.1f} -> {r['load_avg_1_5_15_after'][0]:.1f} |")

@@ -175,7 +175,9 @@ class _DiagonalBlocks(torch.autograd.Function):
         s_q, CB, u = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: out-of-place ops on the whole, for autograd to follow
             return _differentiable_grads(s_q, CB, u, dy)
-        ds, dCB, du = torch.zeros_like(s_q), torch.zeros_like(CB), torch.zeros_like(u)
+        # du is not zero-filled: the tiles of a chunk come in row order and the columns i0:i1 are first
+        # reached by tile i0 (earlier tiles reach only columns before their own end), which assigns them
+        ds, dCB, du = torch.zeros_like(s_q), torch.zeros_like(CB), torch.empty_like(u)
         r = u.shape[2]
         for blk, i0, i1 in _tiles(s_q):
             c0 = i0 if ctx.factor else 0
@@ -186,7 +188,9 @@ class _DiagonalBlocks(torch.autograd.Function):
                 seg, scores = _tile_scores(s_q[blk], CB[blk], i0, i1, c0)
             dy_rows = dy[blk, :, :, i0:i1]
             d_scores = torch.matmul(dy_rows, u[blk, :, :, c0:i1].transpose(-1, -2))
-            du[blk, :, :, c0:i1] += torch.matmul(scores.transpose(-1, -2), dy_rows)
+            du_cols = torch.matmul(scores.transpose(-1, -2), dy_rows)  # columns c0:i1
+            du[blk, :, :, c0:i0] += du_cols[..., :i0 - c0, :]
+            du[blk, :, :, i0:i1] = du_cols[..., i0 - c0:, :]
             d_diff = scores.mul_(d_scores)  # d loss / d (s_i - s_j)
             ds[blk, :, :, i0:i1] += d_diff.sum(-1)
             ds[blk, :, :, c0:i1] -= d_diff.sum(-2)
