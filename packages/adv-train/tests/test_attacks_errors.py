@@ -23,7 +23,6 @@ Y = torch.tensor([0, 1, 2, 3])
     (lambda: APGD(MODEL, eps=0.1, n_restarts=0), ValueError, "n_restarts must be an integer >= 1"),
     (lambda: APGDT(MODEL, eps=0.1, loss="ce"), ValueError, "unknown targeted loss 'ce'"),
     (lambda: FAB(MODEL, eps=0.1, beta=0), ValueError, "0 < beta <= 1"),
-    (lambda: Square(MODEL, 0.1, norm="L1"), ValueError, "Square has no L1 version"),
     (lambda: Square(MODEL, 0.1, p_init=0), ValueError, "p_init must lie in"),
     (lambda: AutoAttack(MODEL, eps=0.1, version="rand", attacks=["apgd-ce"]), ValueError, "version='custom'"),
     (lambda: APGD(MODEL, eps=0.1, eot_iter=0), ValueError, "eot_iter must be an integer >= 1"),

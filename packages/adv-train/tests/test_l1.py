@@ -1,7 +1,7 @@
 """The L1 threat model (the L1 ball intersected with the [0, 1] box, as in AutoAttack): the projection is the
 Euclidean one (its variational inequality against random feasible points), the attacks reach the linear
 closed form (the budget goes to the coordinates of largest |w| that still have box room, in that order), and
-the invariants hold (L1 norm <= eps, box) for APGD-L1, APGD-T and AutoAttack's L1 version."""
+the invariants hold (L1 norm <= eps, box) for APGD-L1, APGD-T, Square-L1 and AutoAttack's L1 version."""
 import warnings
 
 import pytest
@@ -14,7 +14,6 @@ from advssm.adv_train.attacks import (
     NORMS,
     PGD,
     AutoAttack,
-    Square,
     build,
     per_example_norm,
     project_l1_box,
@@ -190,7 +189,7 @@ def test_hyperplane_projection_l1_is_greedy():
 
 
 @pytest.mark.parametrize("shape", [(12, 3), (2, 5, 5)], ids=["sequence", "image"])
-@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "pgd", "aa"])
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square", "pgd", "aa"])
 def test_l1_invariants(name, shape):
     torch.manual_seed(0)
     x = torch.rand(6, *shape)
@@ -199,7 +198,7 @@ def test_l1_invariants(name, shape):
     eps = 1.5
     settings = {"aa_steps": 10} if name != "pgd" else {}
     if name == "aa":  # AutoAttack's L1 components at a reduced budget (the standard run is timed below)
-        settings.update(aa_version="custom", aa_attacks=["apgd-ce", "apgd-t", "fab-t"])
+        settings.update(aa_version="custom", aa_attacks=["apgd-ce", "apgd-t", "fab-t", "square"])
     attack = build(name, model, norm="L1", eps=eps, seed=2, **settings)
     x_adv = attack(x, y)
     assert x_adv.dtype == x.dtype and x_adv.shape == x.shape
@@ -208,21 +207,17 @@ def test_l1_invariants(name, shape):
     assert torch.equal(attack(x, y), x_adv), "seeded: reproducible"
 
 
-def test_autoattack_l1_standard_is_the_autoattack_code_setting(monkeypatch):
-    from advssm.adv_train.attacks import autoattack
-
-    monkeypatch.setattr(autoattack, "_warned", set())  # the warning comes once per process: see it here
+def test_autoattack_l1_standard_is_the_autoattack_code_setting():
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 10))
-    with pytest.warns(UserWarning, match="L1 Square"):
-        aa = AutoAttack(model, norm="L1", eps=10.0)
-    assert list(aa.attacks) == ["apgd-ce", "apgd-t", "fab-t"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is missing any more: no warning
+        aa = AutoAttack(model, norm="L1", eps=1.0, seed=0)
+    assert list(aa.attacks) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     parts = {c["name"]: c for c in aa.describe()["components"]}
     assert parts["apgd-ce"]["restarts"] == 5 and parts["apgd-ce"]["large_reps"]
     assert parts["apgd-t"]["target_classes"] == 5 and parts["apgd-t"]["large_reps"]
     assert parts["fab-t"]["target_classes"] == 9 and all(c["norm"] == "L1" for c in parts.values())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        aa = AutoAttack(model, norm="L1", eps=1.0, seed=0)  # once only
+    assert (parts["square"]["queries"], parts["square"]["p_init"], parts["square"]["restarts"]) == (5000, 0.8, 1)
     x, y = torch.rand(6, 8), torch.arange(6)
     x_adv = aa(x, y)
     assert float(per_example_norm(x_adv - x, "L1").max()) <= 1.0 * (1 + 1e-5)
@@ -238,7 +233,5 @@ def test_large_reps_schedule_and_errors():
     assert float(attack.last_step_sizes[0].max()) == 3.0 and float(attack.last_step_sizes[-1].max()) <= 1.0
     with pytest.raises(ValueError, match="large_reps"):
         APGD(model, norm="Linf", eps=0.1, large_reps=True)
-    with pytest.raises(ValueError, match="no L1 version"):
-        Square(model, eps=1.0, norm="L1")
     with pytest.raises(ValueError, match="unknown norm"):
         APGDT(model, norm="L0", eps=1.0)

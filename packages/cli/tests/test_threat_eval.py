@@ -72,7 +72,6 @@ def test_position_sweep_matches_single_window_evaluations(tiny_run, tmp_path, he
     (["--threat", "window:60:10"], "--threat: window(start=60,length=10) does not fit an input of 64 positions"),
     (["--threat", "patch:6:6:4"], "does not fit a 8 x 8 image"),
     (["--norm", "L2"], "--norm L2 needs --eps"),
-    (["--norm", "L1", "--eps", "5", "--attacks", "square"], "Square has no L1 version"),
     (["--eps", "2"], "2 is not in the range 0<x<=1"),
     (["--position-sweep", "0"], "write LEN or LEN:STRIDE with positive integers"),
     (["--position-sweep", "10", "--threat", "prefix:3"], "drop --threat"),

@@ -5,7 +5,7 @@ The standard version (Linf or L2): APGD-CE (100 iterations, no restarts), APGD-T
 9 target classes), FAB-T (100 iterations, 9 target classes), Square (5000 queries, p_init 0.8), all
 in the threat model's norm. For L1, as the AutoAttack code sets it: APGD-CE with 5 restarts and
 APGD-T with 5 target classes, both sparse L1-APGD with the three-stage radius schedule (``large_reps``),
-and FAB-T (L1); the code also runs its L1 Square, which advssm does not have (a warning says so).
+FAB-T (L1) and the L1 Square (5000 queries, p_init 0.8).
 The "rand" version, for randomised models: APGD-CE and APGD-DLR (100 iterations) with an expectation
 over 20 transformations per step (EOT). A call's mask (``aa(x, y, mask=m)``) goes to every component.
 
@@ -15,7 +15,6 @@ over 20 transformations per step (EOT). A call's mask (``aa(x, y, mask=m)``) goe
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -28,7 +27,7 @@ from .fab import FAB
 from .square import Square
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
-STANDARD_L1 = ("apgd-ce", "apgd-t", "fab-t")  # the AutoAttack code adds its L1 Square
+STANDARD_L1 = STANDARD  # the same four attacks, each in its L1 version (APGD's and APGD-T's settings: _BUILDERS)
 RAND = ("apgd-ce", "apgd-dlr")
 EOT_ITER = 20  # samples per step in the "rand" version
 VERSIONS = ("standard", "rand", "custom")
@@ -70,17 +69,6 @@ def build_attack(name: str, model: nn.Module, norm: str, eps: float, seed: int |
     return _BUILDERS[name](model, norm, eps, seed, steps)
 
 
-_warned: set[str] = set()
-
-
-def _warn_no_l1_square() -> None:
-    """Once per process: the L1 standard version runs without the AutoAttack code's L1 Square."""
-    if "l1-square" not in _warned:
-        _warned.add("l1-square")
-        warnings.warn("AutoAttack L1 standard: running APGD-CE, APGD-T and FAB-T (L1); the AutoAttack code also "
-                      "runs an L1 Square, which advssm does not have", stacklevel=3)
-
-
 class AutoAttack(Attack):
     """The AutoAttack ensemble.
 
@@ -107,8 +95,6 @@ class AutoAttack(Attack):
         if version in ("standard", "rand"):
             if attacks is not None:
                 raise ValueError(f"version={version!r} fixes its attacks; pass attacks=... with version='custom'")
-            if version == "standard" and norm == "L1":
-                _warn_no_l1_square()
             standard = STANDARD_L1 if norm == "L1" else STANDARD
             attacks = list(standard) if version == "standard" else [
                 APGD(model, norm=norm, eps=self.eps, steps=100, n_restarts=1, loss=loss, seed=seed, eot_iter=EOT_ITER)
