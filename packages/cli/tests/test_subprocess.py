@@ -30,7 +30,8 @@ def test_subprocess_run_and_exit_codes(tmp_path, helpers):
     missing = cli("run", "--dataset", "mnist", "--data-dir", tmp_path / "nothing", "--no-progress")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     last = missing.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: MNIST not found") and "MNIST/raw" in last and "--download" in last
+    # the data sets are loaded before the first cell trains; the error names the cell
+    assert last.startswith("Error: cell standard: MNIST not found") and "MNIST/raw" in last and "--download" in last
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no empty run folder left
     debug = cli("--debug", "run", "--dataset", "mnist", "--data-dir", tmp_path / "nothing", "--no-progress")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
