@@ -22,9 +22,10 @@ exceeds 1 and nothing overflows; the padding of a last partial chunk has dt = 0,
 which leaves every kept state unchanged.
 
 The quadratic part (the (Q, Q) decays and scores, most of the cost) is one autograd Function,
-``_DiagonalBlocks``, that makes them in cache-sized row tiles and never keeps them (where every
-step decays, a tile's earlier columns go through a per-group matmul instead of per-head
-elementwise work, see ``_ROWS``); the rest is plain differentiable torch ops, with the groups'
+``_DiagonalBlocks``, that makes them in cache-sized row tiles and never keeps them whole (where
+every step decays, a tile's earlier columns go through a per-group matmul instead of per-head
+elementwise work, see ``_ROWS``, and only the tiles' diagonal squares and factors are kept for the
+backward, each at most u's size); the rest is plain differentiable torch ops, with the groups'
 heads side by side in one matmul per group (B and C are never repeated per head). The Function's
 backward is written by hand and, when it is itself differentiated (``create_graph=True``), runs
 on whole chunks with out-of-place differentiable ops, so double backward works (Jacobian
@@ -134,8 +135,12 @@ class _DiagonalBlocks(torch.autograd.Function):
     s_q (N, g, r, Q) decay exponents (float64), CB (N, g, Q, Q) = C_i . B_j per group, u (N, g, r, Q, p)
     = dt_j x_j, for N = batch x chunks; y (N, g, r, Q, p). Made a cache-sized row tile at a time
     (rows i0:i1 of a few chunks; the zero columns past i1 are skipped, the columns before i0
-    factored where every step decays, see ``_ROWS``), and nothing (Q, Q)-sized is kept: the backward
-    makes the tiles again and differentiates them by hand: for the elementwise columns
+    factored where every step decays, see ``_ROWS``), and nothing (Q, Q)-sized is kept. Where every
+    step decays the forward keeps what the backward would otherwise make again at the cost of an
+    elementwise pass or a matmul: each tile's diagonal-square decays, its factors (e, w, v) and the
+    product CB[i, :i0] @ v (together about 3.5 times u at chunk 256, headdim 64; the (Q, Q) scores per
+    head that a plain autograd graph keeps are 4 times u); otherwise the backward makes the tiles
+    again. It differentiates them by hand: for the elementwise columns
     dM = dy u^T, du = M^T dy, d(s_i - s_j) = dM M, dCB = sum over the group's heads of
     dM exp(s_i - s_j), for M = CB exp(s_i - s_j); for the factored ones the same through the two
     factors and the per-group matmul. When the backward itself is differentiated (``create_graph``:
@@ -155,6 +160,7 @@ class _DiagonalBlocks(torch.autograd.Function):
         # whole elementwise part, which the backward needs for the gradient of the e_i factors.
         ctx.seg = u.new_empty(N, g, r, Q, min(Q, _ROWS)) if factor else None
         ctx.t = u.new_empty(N, g, Q, r * p) if factor else None
+        ctx.factors = []  # (e, w, v) of each tile with factored columns, in tile order (1.5 u in all)
         for blk, i0, i1 in _tiles(s_q):
             c0 = i0 if factor else 0
             if factor:
@@ -164,7 +170,8 @@ class _DiagonalBlocks(torch.autograd.Function):
                 seg, scores = _tile_scores(s_q[blk], CB[blk], i0, i1, c0)
             y_rows = torch.matmul(scores, u[blk, :, :, c0:i1])
             if c0 > 0:
-                e, _, v = _earlier_columns(s_q[blk], u[blk], i0, i1)
+                e, w, v = _earlier_columns(s_q[blk], u[blk], i0, i1)
+                ctx.factors.append((e, w, v))
                 t = torch.matmul(CB[blk, :, i0:i1, :i0], v, out=ctx.t[blk, :, i0:i1])
                 y_rows.addcmul_(_per_head(t, r), e[..., None])
             y[blk, :, :, i0:i1] = y_rows
@@ -179,6 +186,7 @@ class _DiagonalBlocks(torch.autograd.Function):
         # reached by tile i0 (earlier tiles reach only columns before their own end), which assigns them
         ds, dCB, du = torch.zeros_like(s_q), torch.zeros_like(CB), torch.empty_like(u)
         r = u.shape[2]
+        factors = iter(ctx.factors)
         for blk, i0, i1 in _tiles(s_q):
             c0 = i0 if ctx.factor else 0
             if ctx.factor:  # the forward's decays (not changed in place: a retained graph may run again)
@@ -198,7 +206,7 @@ class _DiagonalBlocks(torch.autograd.Function):
             if ctx.factor:  # the decays are 1, not 0, above the diagonal, where CB is not used
                 dCB[blk, :, i0:i1, i0:i1] = _causal(dCB[blk, :, i0:i1, i0:i1])
             if c0 > 0:  # y_i += e_i (CB[i, :i0] @ v)_i, v_j = w_j u_j
-                e, w, v = _earlier_columns(s_q[blk], u[blk], i0, i1)
+                e, w, v = next(factors)  # the forward's
                 CB_rows = CB[blk, :, i0:i1, :i0]
                 t = _per_head(ctx.t[blk, :, i0:i1], r)
                 g_e = (dy_rows * t).sum(-1).mul_(e)  # d loss / d (s_i - s_{i0})
