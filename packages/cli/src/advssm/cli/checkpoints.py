@@ -15,7 +15,7 @@ from advssm.ssm_layers import load_checkpoint, read_metadata
 from . import cell_folder, runs
 from .data import load_dataset
 from .errors import ConfigError
-from .spec import load_toml, resolve_experiment, validate_cell
+from .spec import validate_cell
 
 
 def cell_of(checkpoint: str | Path):
@@ -29,7 +29,7 @@ def cell_of(checkpoint: str | Path):
     for folder in (cell_dir, cell_dir.parent):
         path = folder / runs.CONFIG_FILE
         if path.is_file():
-            cells = {cell.name: cell for cell in resolve_experiment(load_toml(path)).cells()}
+            cells = {cell.name: cell for cell in runs.read_spec(folder).cells()}
             return cells.get(cell_dir.name) or (next(iter(cells.values())) if len(cells) == 1 else None)
     return None
 

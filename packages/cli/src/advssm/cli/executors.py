@@ -40,7 +40,7 @@ from .executor_spec import EXECUTORS, ExecutorSpec
 from .experiment import check_data, prepare_dir
 from .files import write_text
 from .output import emit
-from .spec import CellSpec, load_toml, resolve_experiment
+from .spec import CellSpec
 from .trackers import log_reports
 
 FOREVER_MIN = 60 * 24 * 365  # the local executor's timeout when none is given
@@ -164,7 +164,7 @@ class CellJob(submitit.helpers.Checkpointable):
     def _report(self) -> None:
         """Rewrite the run's report with this cell in it (the last cell to end leaves the complete report)."""
         try:
-            spec = resolve_experiment(load_toml(Path(self.run_dir) / runs.CONFIG_FILE))
+            spec = runs.read_spec(self.run_dir)
             write_sweep_report(Path(self.run_dir), spec)
             log_reports(Path(self.run_dir), spec.cells())  # the reports as MLflow artifacts of the cells' runs
         except Exception as exc:  # the cell itself is done; the report can be rewritten with advssm report

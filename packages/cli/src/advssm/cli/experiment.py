@@ -12,7 +12,6 @@ from .data import load_dataset
 from .errors import ConfigError, DataError
 from .files import write_text
 from .report_html import write_html
-from .spec import load_toml, resolve_experiment
 from .trackers import log_reports
 
 
@@ -25,7 +24,7 @@ def prepare_dir(spec, run_dir: Path, rewrite: bool = False) -> None:
         # compare the settings, not the text: a file written by an older version (a key added since) or
         # edited by hand (comments, order) holds the same experiment when it resolves to the same spec
         try:
-            same = resolve_experiment(load_toml(path)) == spec
+            same = runs.read_spec(run_dir) == spec
         except ConfigError:
             same = False
         if not same:

@@ -189,14 +189,13 @@ def _grid_source(out_dir: Path, cells: dict[str, Path]):
     """(run folder, ExperimentSpec) whose config.toml names the grid: the report's folder, else the one folder all
     the cells are in; (None, None) for a comparison of several runs."""
     from .errors import ConfigError
-    from .runs import CONFIG_FILE
-    from .spec import load_toml, resolve_experiment
+    from .runs import CONFIG_FILE, read_spec  # runs imports this module: a cycle, broken here
 
     parents = {Path(p).resolve().parent for p in cells.values()}
     for folder in [out_dir, *parents] if len(parents) <= 1 else [out_dir]:
         if (folder / CONFIG_FILE).is_file():
             try:
-                return folder, resolve_experiment(load_toml(folder / CONFIG_FILE))
+                return folder, read_spec(folder)
             except ConfigError:
                 return None, None
     return None, None

@@ -16,7 +16,9 @@ from .cell_folder import (  # noqa: F401
     read_metrics,
     read_summary,
 )
+from .errors import ConfigError
 from .files import write_text
+from .spec import load_toml, resolve_experiment
 
 CONFIG_FILE = "config.toml"
 REPORT_FILE = "report.md"
@@ -28,8 +30,6 @@ def check_out_folder(path: str | Path) -> None:
     """Refuse an ``--out`` folder that exists and holds files but is not an advssm run folder (no config.toml):
     a run writes report.md, accuracy.png and cell folders there, over whatever the user keeps in it. An empty
     folder, or one holding only a run's lock files (a run killed before it wrote config.toml), is fine."""
-    from .errors import ConfigError
-
     path = Path(path)
     if not path.exists():
         return
@@ -47,8 +47,6 @@ def check_out_folder(path: str | Path) -> None:
 def check_report_folder(path: str | Path) -> None:
     """Refuse to write a report into a folder whose report.md (or accuracy.png, without a report.md) advssm did
     not write: a report title always starts with "# advssm"."""
-    from .errors import ConfigError
-
     path = Path(path)
     report = path / REPORT_FILE
     ours = report.is_file() and report.read_bytes()[:8] == b"# advssm"
@@ -80,15 +78,25 @@ def find_cells(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: (order.get(p.name, len(order)), p.name))
 
 
+def read_spec(run_dir: str | Path):
+    """The run's ``ExperimentSpec``: its config.toml, the spec the run resolved and wrote when it started
+    (``experiment.prepare_dir``). Everything after the run's entry (status, the jobs' reports, a checkpoint's cell)
+    reads the run's settings through here. Raises ``ConfigError`` naming the file when it is missing or invalid.
+
+    Example::
+
+        [cell.name for cell in read_spec("runs/2026-12-01-demo").cells()]   # ['standard', 'pgd-at']
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder ({path} is missing)")
+    return resolve_experiment(load_toml(path))
+
+
 def _grid_order(run_dir: Path) -> list[str]:
     """Cell names in grid order from the run's config.toml; [] when it is missing or unreadable."""
-    from .errors import ConfigError
-    from .spec import load_toml, resolve_experiment
-
-    if not (run_dir / CONFIG_FILE).is_file():
-        return []
     try:
-        return [cell.name for cell in resolve_experiment(load_toml(run_dir / CONFIG_FILE)).cells()]
+        return [cell.name for cell in read_spec(run_dir).cells()]
     except ConfigError:
         return []
 

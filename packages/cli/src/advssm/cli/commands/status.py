@@ -8,11 +8,9 @@ from pathlib import Path
 import click
 
 from .. import jobs
-from ..errors import ConfigError
 from ..output import emit
 from ..report_html import REPORT_HTML
-from ..runs import CONFIG_FILE
-from ..spec import load_toml, resolve_experiment
+from ..runs import read_spec
 
 FINAL = ("done", "failed")
 
@@ -54,10 +52,7 @@ def report_link(page: Path) -> str:
 
 def read_status(run_dir: Path) -> list[jobs.CellStatus]:
     """The status of every cell of the sweep in ``run_dir`` (its config.toml names the cells)."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run folder ({path} is missing)")
-    return jobs.cell_statuses(run_dir, resolve_experiment(load_toml(path)).cells())
+    return jobs.cell_statuses(run_dir, read_spec(run_dir).cells())
 
 
 @click.command()
