@@ -22,6 +22,7 @@ from .spec import load_toml, resolve_experiment
 
 CONFIG_FILE = "config.toml"
 REPORT_FILE = "report.md"
+PLOT_FILE = "accuracy.png"  # the run's curves beside report.md, and each cell's in its folder
 STAGES = ("best", "last", "diff")
 COLUMNS = (("clean_acc", "Clean"), ("pgd_acc", "PGD-10"), ("aa_acc", "AA"))
 
@@ -50,7 +51,7 @@ def check_report_folder(path: str | Path) -> None:
     path = Path(path)
     report = path / REPORT_FILE
     ours = report.is_file() and report.read_bytes()[:8] == b"# advssm"
-    theirs = [name for name in (REPORT_FILE, "accuracy.png") if (path / name).exists()]
+    theirs = [name for name in (REPORT_FILE, PLOT_FILE) if (path / name).exists()]
     if theirs and not ours:
         raise ConfigError(f"--out {path} holds {' and '.join(theirs)} that advssm did not write; the report would "
                           "write over them: choose a new or empty folder")
@@ -208,13 +209,13 @@ def write_report(run_dir: str | Path, cells: dict[str, Path], title: str, config
     metrics = {name: read_metrics(cell) for (name, _), cell in zip(rows, cells)}
     if any(metrics.values()):
         # seeds of one group: its mean curve (one line per group, not per seed)
-        plot_comparison(mean_metrics(metrics) if has_seeds(metrics) else metrics, run_dir / "accuracy.png")
+        plot_comparison(mean_metrics(metrics) if has_seeds(metrics) else metrics, run_dir / PLOT_FILE)
         parts += ["![test accuracy per epoch](accuracy.png)", ""]
         for name, cell in zip(metrics, cells):
             # only the run's own cells: a report written elsewhere (advssm report RUN --out DIR) writes under DIR
             # alone, and the source cells keep the curves their run drew
             if metrics[name] and cell != run_dir and cell.resolve().parent == run_dir.resolve():
-                plot_metrics(metrics[name], cell / "accuracy.png", title=name, train_set=read_train_eval(cell),
+                plot_metrics(metrics[name], cell / PLOT_FILE, title=name, train_set=read_train_eval(cell),
                              summary=dict(rows)[name])
     if config_text:
         parts += ["## Configuration", "", "```toml", config_text.strip(), "```", ""]
