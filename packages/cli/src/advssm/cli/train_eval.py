@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from advssm.adv_train.attacks import PGD
+from advssm.adv_train.attacks import build
 from advssm.adv_train.evaluation import evaluate
 from advssm.adv_train.trainer import eval_seed
 
@@ -52,10 +52,9 @@ class TrainSetEval:
         """Evaluate the model as it is now (after ``epoch``) unless that row exists already."""
         if self.n == 0 or epoch < 1 or epoch in self.rows:
             return
-
         cfg = trainer.config
         # seeded as the trainer's test-set evaluation: the attack draws nothing from the global RNG it uses
-        attack = PGD(trainer.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.eval_pgd_steps, random_start=True)
+        attack = build("pgd", trainer.model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.eval_pgd_steps)  # as the trainer's
         hook = None
         if self.bar is not None and self.is_main:
             hook = lambda info: self.bar.on_train_eval(epoch, info["done"], info["total"] or self.n)  # noqa: E731
