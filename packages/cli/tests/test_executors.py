@@ -125,6 +125,8 @@ def test_failing_cell_is_retried_then_failed_and_the_others_go_on(tmp_path, swee
     out = tmp_path / "run"
     broken = out / "s4d-pgd-at-none"
     broken.mkdir(parents=True)
+    # an earlier run of this grid (a run folder: its config.toml) whose cell's training state was damaged
+    (out / "config.toml").write_text(grid.read_text())
     (broken / cell_folder.STATE_FILE).write_bytes(b"not a training state")  # the resume must refuse it
     result = sweeps.invoke("sweep", grid, "--out", out, "--executor", "local", "--retries", "1", "--wait",
                            "--no-progress")
