@@ -327,11 +327,14 @@ def test_report_marks_a_cell_whose_final_evaluation_was_killed(tiny_run, tmp_pat
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "pgd-at" / cell_folder.FINAL_EVAL_FILE).unlink()
-    result = helpers.invoke("report", run, "--out", tmp_path / "out")
+    result = helpers.invoke("report", run, "--out", tmp_path / "out", "--html")
     assert result.exit_code == 0, result.output
     assert "| pgd-at (unfinished) |" in result.output and "| standard |" in result.output
-    assert "pgd-at: unfinished: trained, but its final evaluation has not finished" in \
-        (tmp_path / "out" / "report.md").read_text()
+    why = "pgd-at: unfinished: trained, but its final evaluation has not finished"
+    assert why in (tmp_path / "out" / "report.md").read_text()
+    assert why in result.output  # the terminal says what report.md says
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count('class="unfinished"') == 1 and '>pgd-at</a> <span class="unfinished"' in page
 
 
 def test_the_resume_hint_under_torchrun_names_torchrun(monkeypatch):

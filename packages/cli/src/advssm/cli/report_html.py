@@ -252,7 +252,10 @@ def _table(rows: list[tuple[str, dict]], pgd_label: str) -> str:
              f'{pgd_label if k == "pgd_acc" else label}</th>' for stage in STAGES for k, label in KEYS]
     body = []
     for name, summary in rows:
-        tds = [f'<td><a href="#cell-{_E(name)}">{_E(name)}</a></td>']
+        # a cell whose final evaluation did not finish shows the trainer's numbers: not comparable, so marked
+        mark = ' <span class="unfinished" title="{}">(unfinished)</span>'.format(_E(summary["unfinished"])) \
+            if summary.get("unfinished") else ""
+        tds = [f'<td><a href="#cell-{_E(name)}">{_E(name)}</a>{mark}</td>']
         for stage in STAGES:
             part = summary.get(stage) or {}
             for key, _ in KEYS:
@@ -402,7 +405,7 @@ svg.plot { display: block; font-size: 11px; background: #fff; max-width: 100%; h
 .legend { font-size: 0.85em; margin: 0.2em 0 0.8em; }
 .key { margin-right: 1.2em; white-space: nowrap; }
 .swatch { display: inline-block; width: 2em; margin-right: 0.4em; vertical-align: middle; }
-.warnings, ul.warnings li { color: #8a4b00; }
+.warnings, ul.warnings li, .unfinished { color: #8a4b00; }
 .partial-banner { background: #fff3cd; border: 1px solid #e0c060; padding: 0.5em; }
 td.partial { background: #fff8e1; color: #6b5200; font-style: italic; }
 td.failed { background: #fde2e2; color: #8a1c1c; }

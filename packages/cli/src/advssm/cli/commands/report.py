@@ -65,4 +65,5 @@ def report(run_dirs, out, html, per_seed, as_json):
         runs.summary_table(rows)
     emit({"report": str(path), "html": str(page) if page else None, "cells": summaries,
           **({"groups": seeds.to_json(groups)} if groups else {})}, as_json,
-         f"{table}\n\nreport: {path}" + (f"\nhtml: {page}" if page else ""))
+         f"{table}\n" + "".join(line + "\n" for line in runs.table_notes(rows))  # on which examples, warnings
+         + f"\nreport: {path}" + (f"\nhtml: {page}" if page else ""))
