@@ -171,7 +171,8 @@ def markdown(rows):
                      f"| {r['fwd_bwd_ms']:.1f} "
                      f"| {bold}{r['x_transformers_fwd']:.2f}{bold} | {bold}{r['x_transformers_fwd_bwd']:.2f}{bold} "
                      f"| {r['fwd_cpu_ms']:.1f} | {r['fwd_bwd_cpu_ms']:.1f} "
-                     f"| {bold}{r['x_transformers_fwd_cpu']:.2f}{bold} | {bold}{r['x_transformers_fwd_bwd_cpu']:.2f}{bold} "
+                     f"| {bold}{r['x_transformers_fwd_cpu']:.2f}{bold} "
+                     f"| {bold}{r['x_transformers_fwd_bwd_cpu']:.2f}{bold} "
                      f"| {r['x_reference_fwd']:.1f} | {r['x_reference_fwd_bwd']:.1f} "
                      f"| {r['max_abs_diff_vs_float64_reference']:.1e} (of {r['max_abs_output']:.2g}) "
                      f"| {r['load_avg_1_5_15_before'][0]:.1f} -> {r['load_avg_1_5_15_after'][0]:.1f} |")

@@ -374,7 +374,8 @@ def markdown(data: dict) -> str:
     train = sections.get("training", [])
     if train:
         lines += ["| data set | layer | batch | train step ms | bf16 step ms | bf16 speed-up | PGD-10 batch ms | "
-                  "epoch ST min | epoch PGD-AT min | peak GiB | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "epoch ST min | epoch PGD-AT min | peak GiB | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in train:
             note = r.get("skipped") or r.get("error") or r.get("note") or ""
             lines.append(f"| {r['dataset']} | {r['layer']} | {r.get('batch', '-')} | {_fmt(r.get('step_ms'), '.1f')} | "
