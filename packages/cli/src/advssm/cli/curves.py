@@ -19,7 +19,6 @@ Example:
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -90,10 +89,7 @@ def curve_table(curves: list[dict]) -> str:
 def plot_curves(curves: list[dict], title: str = "robust accuracy against eps") -> bytes:
     """PNG bytes: accuracy (%) against eps, one colour per checkpoint, one line style per attack, the clean
     accuracy at eps 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, png_bytes  # matplotlib: loaded when a plot is drawn
 
     styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -110,10 +106,7 @@ def plot_curves(curves: list[dict], title: str = "robust accuracy against eps") 
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def write_curves(curves: list[dict], stem: Path) -> dict[str, str]:

@@ -20,7 +20,6 @@ Example:
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -81,10 +80,7 @@ def sweep_table(study: dict) -> str:
 def plot_sweep(study: dict) -> bytes:
     """PNG bytes: accuracy (%) against the window's first position, one line per attack, the clean accuracy
     dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, png_bytes  # matplotlib: loaded when a plot is drawn
 
     starts = [p["start"] for p in study["points"]]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -97,10 +93,7 @@ def plot_sweep(study: dict) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def write_sweep(study: dict, checkpoint: str | Path) -> dict[str, str]:
