@@ -116,43 +116,36 @@ def is_locked(path: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def sweep_lock(run_dir: str | os.PathLike, command: str) -> Iterator[None]:
-    """One sweep command per run folder: raises FolderBusy (naming the holder) when another one has it."""
-    path = sweep_lock_path(run_dir)
-    fd = _open_lock(path)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text().strip() or "another process"
-            raise FolderBusy(f"{run_dir} is in use by another advssm command ({holder}); wait until it has "
-                             f"returned (`advssm status {run_dir}` shows the cells meanwhile)") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike, command: str) -> Iterator[None]:
-    """One writer of the file ``path`` at a time (e.g. two ``advssm eval`` of one checkpoint sharing its records
-    file): the lock ``.<name>.lock`` beside it, taken at once or FolderBusy naming the holder."""
-    path = Path(path)
-    lock = path.parent / f".{path.name}.lock"
+def _held(lock: Path, command: str, busy: str) -> Iterator[None]:
+    """The lock file ``lock`` taken at once (flock, released with the process) and signed with ``command``, or
+    FolderBusy: ``busy`` with ``{holder}`` replaced by the signature of whoever has it."""
     fd = _open_lock(lock)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = lock.read_text().strip() or "another process"
-            raise FolderBusy(f"{path} is being written by another advssm command ({holder}); wait until it has "
-                             "returned, or give this one another file (--records PATH)") from None
+            raise FolderBusy(busy.format(holder=lock.read_text().strip() or "another process")) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode())
         yield
     finally:
         os.close(fd)
+
+
+def sweep_lock(run_dir: str | os.PathLike, command: str):
+    """One sweep command per run folder: raises FolderBusy (naming the holder) when another one has it."""
+    return _held(Path(sweep_lock_path(run_dir)), command,
+                 f"{run_dir} is in use by another advssm command ({{holder}}); wait until it has returned "
+                 f"(`advssm status {run_dir}` shows the cells meanwhile)")
+
+
+def file_lock(path: str | os.PathLike, command: str):
+    """One writer of the file ``path`` at a time (e.g. two ``advssm eval`` of one checkpoint sharing its records
+    file): the lock ``.<name>.lock`` beside it, taken at once or FolderBusy naming the holder."""
+    path = Path(path)
+    return _held(path.parent / f".{path.name}.lock", command,
+                 f"{path} is being written by another advssm command ({{holder}}); wait until it has returned, "
+                 "or give this one another file (--records PATH)")
 
 
 def report_lock(run_dir: str | os.PathLike):
