@@ -32,8 +32,8 @@ import time
 
 import torch
 from advssm.adv_train.trainer import Trainer
-from advssm.cli.cell_runner import build_cell_model
-from advssm.cli.spec import resolve_experiment
+from advssm.cli.experiment.cell_runner import build_cell_model
+from advssm.cli.experiment.spec import resolve_experiment
 from torch.utils.data import TensorDataset
 
 # the data sets' shapes and sizes (train / test examples) as the paper uses them

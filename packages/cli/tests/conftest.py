@@ -12,7 +12,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
-from advssm.cli import cell_folder
+from advssm.cli.experiment import cell_folder
 from advssm.cli.main import cli
 from click.testing import CliRunner
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from advssm.cli.experiment import cell_folder
+from advssm.cli.results import report_html
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside the tests (--import-mode=importlib)
 from chromium_cdp import Chromium, find_chromium  # noqa: E402
@@ -109,7 +111,6 @@ def test_clicking_a_header_sorts_the_table(browser, run_with_curves):
 
 
 def test_sweep_grid_follows_the_select_box_and_marks_partial_cells(browser, tiny_run, tmp_path):
-    from advssm.cli import report_html
 
     folder = partial_sweep(tiny_run, tmp_path / "sweep")
     page_path = report_html.write_html(folder, {n: folder / n for n in ("s4d-standard", "s4d-pgd-at")}, "sweep")
@@ -134,6 +135,5 @@ def test_sweep_grid_follows_the_select_box_and_marks_partial_cells(browser, tiny
 
 
 def runs_value(tiny_run, cell, stage, key):
-    from advssm.cli import runs
 
-    return f"{100 * runs.read_summary(tiny_run / cell)[stage][key]:.2f}"
+    return f"{100 * cell_folder.read_summary(tiny_run / cell)[stage][key]:.2f}"

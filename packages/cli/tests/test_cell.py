@@ -7,11 +7,11 @@ import subprocess
 import sys
 import warnings
 
-import advssm.cli.cell_runner as cell_runner
+import advssm.cli.experiment.cell_runner as cell_runner
 import pytest
-from advssm.cli import cell_folder, runs
+from advssm.cli.experiment import cell_folder
+from advssm.cli.experiment.spec import CellSpec
 from advssm.cli.progress import TqdmProgress
-from advssm.cli.spec import CellSpec
 
 ONE = ["--method", "standard", "--set", "eval.train_n=0"]
 
@@ -37,7 +37,7 @@ def test_cell_folder_files_and_progress(tiny_run):
     assert isinstance(cell, CellSpec) and cell.name == "pgd-at" and cell.train.method == "pgd-at"
     assert cell_folder.read_progress(cell_dir) == {
         "epochs_done": 2, "epochs_total": 2, "complete": True,
-        "best_pgd_acc": runs.read_summary(cell_dir)["best"]["pgd_acc"]}  # the table's Best, as status shows it
+        "best_pgd_acc": cell_folder.read_summary(cell_dir)["best"]["pgd_acc"]}  # the table's Best, as status shows it
     # the trainer's summary.json is the trainer's alone; the final evaluation lives beside it
     trainer_summary = json.loads((cell_dir / "summary.json").read_text())
     assert "final_eval" not in trainer_summary and trainer_summary["best"]["aa_acc"] is None
@@ -70,7 +70,7 @@ def test_final_evaluation_runs_on_the_same_examples_with_the_trainers_seeds(tiny
     pgd = PGD(model, eps=cell.train.eps, alpha=cell.train.alpha, steps=cell.train.eval_pgd_steps, random_start=True)
     result = evaluate(model, data.test, {"pgd": pgd}, batch_size=cell.train.batch_size, seed=seed,
                       check_masking=False)
-    last = runs.read_metrics(tiny_run / "pgd-at")[-1]
+    last = cell_folder.read_metrics(tiny_run / "pgd-at")[-1]
     assert result.clean_acc == last["clean_acc"] and result.robust_acc["pgd"] == last["pgd_acc"]
     assert torch.device("cpu") == next(model.parameters()).device
 
@@ -80,9 +80,9 @@ def test_select_on_val_holds_out_and_reports_the_test_numbers(tmp_path, helpers)
     result = helpers.invoke("run", *helpers.TINY, *ONE, "--select-on", "val", "--set", "train.val_n=16",
                             "--out", out)
     assert result.exit_code == 0, result.output
-    metrics = runs.read_metrics(out / "standard")
+    metrics = cell_folder.read_metrics(out / "standard")
     assert all("val_clean_acc" in m and "val_pgd_acc" in m for m in metrics)
-    row = runs.read_summary(out / "standard")
+    row = cell_folder.read_summary(out / "standard")
     assert row["selection"]["on"] == "val" and row["selection"]["by"] == "clean"
     best = max(metrics, key=lambda m: (m["val_clean_acc"], -m["epoch"]))
     assert row["best"]["epoch"] == best["epoch"] and row["selection"]["val"]["val_clean_acc"] == best["val_clean_acc"]
@@ -108,12 +108,12 @@ def test_resume_at_a_new_rate_is_recorded(tmp_path, monkeypatch, helpers):
     with pytest.warns(UserWarning, match="lr 0.01 -> 0.001 from epoch 2"):
         result = helpers.invoke("run", "--resume", tmp_path / "lr", "--lr", "1e-3", "--no-progress")
     assert result.exit_code == 0, result.output
-    metrics = runs.read_metrics(cell_dir)
+    metrics = cell_folder.read_metrics(cell_dir)
     # epoch 2 of 2 runs at half the base rate on the cosine schedule: now the new base 1e-3, not 1e-2
     assert [m["epoch"] for m in metrics] == [1, 2] and metrics[1]["lr"] == pytest.approx(0.5e-3, rel=1e-6)
     environment = json.loads((cell_dir / "environment.json").read_text())
     assert environment["changes"] == [{"from_epoch": 2, "lr": {"was": 0.01, "now": 0.001}}]
-    assert runs.read_summary(cell_dir)["changes"] == environment["changes"]
+    assert cell_folder.read_summary(cell_dir)["changes"] == environment["changes"]
     assert "lr 0.01 -> 0.001 (resumed with a changed setting" in (tmp_path / "lr" / "report.md").read_text()
     result = helpers.invoke("run", "--resume", tmp_path / "lr", "--epochs", "3")
     assert result.exit_code == 2 and "only --lr and --batch-size may change" in result.output

@@ -2,7 +2,7 @@
 import importlib
 import json
 
-from advssm.cli import runs
+from advssm.cli.experiment import cell_folder, run_folder
 
 # the package exports the command objects under the modules' names, so fetch the module itself
 info_command = importlib.import_module("advssm.cli.commands.info")
@@ -17,16 +17,16 @@ def test_sweep_runs_cells_then_skips_finished(tmp_path, helpers):
             "--set", "model.d_model=8", "--set", "model.d_state=4", "--set", "model.n_layers=1"]
     result = helpers.invoke(*args)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in runs.find_cells(out)) == ["standard-none", "standard-relu"]
+    assert sorted(p.name for p in run_folder.find_cells(out)) == ["standard-none", "standard-relu"]
     from advssm.ssm_layers import load_checkpoint
 
     model, _ = load_checkpoint(out / "standard-relu" / "last.safetensors")
     assert model.config.transform == "ads" and model.config.transform_options["activation"] == "relu"
-    before = {p: (p / "summary.json").stat().st_mtime_ns for p in runs.find_cells(out)}
+    before = {p: (p / "summary.json").stat().st_mtime_ns for p in run_folder.find_cells(out)}
     result = helpers.invoke(*args, "--json")
     assert result.exit_code == 0, result.output
     assert "standard-none: finished, skipped" in result.output and "standard-relu: finished, skipped" in result.output
-    assert before == {p: (p / "summary.json").stat().st_mtime_ns for p in runs.find_cells(out)}
+    assert before == {p: (p / "summary.json").stat().st_mtime_ns for p in run_folder.find_cells(out)}
     table = (out / "report.md").read_text()
     assert "| standard-none |" in table and "| standard-relu |" in table
 
@@ -38,7 +38,7 @@ def test_report_compares_runs(tiny_run, tmp_path, helpers):
     assert set(data["cells"]) == {"tiny/standard", "tiny/pgd-at", "tiny/pgd-at #2"}
     text = (tmp_path / "cmp" / "report.md").read_text()
     assert text.count("| tiny/") == 3 and (tmp_path / "cmp" / "accuracy.png").is_file()
-    assert data["cells"]["tiny/pgd-at"] == runs.read_summary(tiny_run / "pgd-at")
+    assert data["cells"]["tiny/pgd-at"] == cell_folder.read_summary(tiny_run / "pgd-at")
 
 
 def test_report_in_place_keeps_the_run_configuration(tiny_run, tmp_path, helpers):
@@ -87,7 +87,7 @@ def test_eval_defaults_to_the_runs_examples_and_settings(tiny_run, helpers):
     result = helpers.invoke("eval", ckpt, "--attacks", "pgd,fgsm", "--steps", "2", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # progress bars go to stderr
-    summary = runs.read_summary(tiny_run / "pgd-at")
+    summary = cell_folder.read_summary(tiny_run / "pgd-at")
     # the examples of the run's table row (the final evaluation's first 8, where clean, PGD and AA are all measured
     # since issue 11; before, the row mixed 32 and 8) and its eps: the clean accuracy is the run's own number
     assert data["n"] == 8 and data["eps"] == 0.1 and data["clean_acc"] == summary["last"]["clean_acc"]

@@ -6,8 +6,8 @@ and on the messages is kept.
 """
 import pytest
 from advssm.cli.errors import ConfigError
-from advssm.cli.spec import parse_assignment
-from advssm.cli.spec import resolve_experiment as resolve
+from advssm.cli.experiment.spec import parse_assignment
+from advssm.cli.experiment.spec import resolve_experiment as resolve
 
 
 def _roundtrip(config):
@@ -136,7 +136,7 @@ def test_method_flag_takes_a_list(helpers):
 
 
 def test_existing_folder_with_an_equivalent_config_is_accepted(tmp_path):
-    from advssm.cli.experiment import prepare_dir
+    from advssm.cli.experiment.run_folder import prepare_dir
 
     config = resolve({}, overrides={"train.epochs": 2})
     (tmp_path / "config.toml").write_text("# edited by hand\n" + config.to_toml())

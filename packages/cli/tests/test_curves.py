@@ -1,7 +1,7 @@
 """Robustness curves: ``advssm eval CHECKPOINT... --eps e1,e2,...``."""
 import json
 
-from advssm.cli import curves
+from advssm.cli.results import curves
 
 
 def _copy(tiny_run, tmp_path, cell):

@@ -7,8 +7,8 @@ are ST 95.6 % clean / 10.2 % PGD-10 and PGD-AT 85.3 % clean / 59.6 % PGD-10 / 52
 """
 import json
 
-from advssm.cli import runs
-from advssm.cli.spec import DEMO
+from advssm.cli.experiment import cell_folder
+from advssm.cli.experiment.spec import DEMO
 
 
 def test_default_run_learns_and_pgd_at_is_robust(tmp_path, helpers):
@@ -19,7 +19,7 @@ def test_default_run_learns_and_pgd_at_is_robust(tmp_path, helpers):
     assert list(cells) == ["standard", "pgd-at"]
     standard, pgd_at = cells["standard"], cells["pgd-at"]
     for cell in ("standard", "pgd-at"):
-        assert [m["epoch"] for m in runs.read_metrics(out / cell)] == list(range(1, DEMO["train"]["epochs"] + 1))
+        assert [m["epoch"] for m in cell_folder.read_metrics(out / cell)] == list(range(1, DEMO["train"]["epochs"] + 1))
     assert standard["last"]["epoch"] == pgd_at["last"]["epoch"] == DEMO["train"]["epochs"]
     # standard training learns the digits ...
     assert standard["last"]["clean_acc"] > 0.8, standard

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from advssm.cli import cell_folder, jobs
+from advssm.cli.experiment import cell_folder, jobs
 
 GRID = """\
 name = "tiny-grid"

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from advssm.cli import cell_folder, jobs, runs
-from advssm.cli.executor_spec import ExecutorSpec
+from advssm.cli.experiment import cell_folder, jobs
+from advssm.cli.experiment.executor_spec import ExecutorSpec
+from advssm.cli.results import table
 from safetensors.torch import load_file, save_file
 
 
@@ -181,7 +182,7 @@ def test_a_model_too_large_for_the_machine_is_refused_before_allocating(helpers)
 
 def test_10000_layers_validate_without_building_them(monkeypatch, helpers):
     """The spec builds two blocks (every block is built alike) after sizing all of them on the meta device."""
-    import advssm.cli.spec as spec  # the spec's model check builds through its build_model
+    import advssm.cli.experiment.spec as spec  # the spec's model check builds through its build_model
 
     built = []
     real = spec.build_model
@@ -256,7 +257,7 @@ def test_a_full_disk_while_writing_the_training_state_names_the_file(tmp_path, m
 
 def test_a_full_disk_while_writing_a_plot_names_the_file(tmp_path, monkeypatch):
     import advssm.ssm_layers.checkpoint as checkpoint
-    from advssm.cli.plots import plot_comparison
+    from advssm.cli.results.plots import plot_comparison
 
     real_open = open
 
@@ -294,15 +295,16 @@ def test_the_epoch_line_says_on_which_examples():
 
 
 def test_run_prints_on_which_examples_its_table_is(tiny_run, helpers):
-    rows = [(name, runs.read_summary(tiny_run / name)) for name in ("standard", "pgd-at")]
-    notes = runs.table_notes(rows)
+    rows = [(name, cell_folder.read_summary(tiny_run / name)) for name in ("standard", "pgd-at")]
+    notes = table.table_notes(rows)
     assert notes[0].startswith("Numbers: clean and PGD-2 (eps 0.1), and AA, on the same first 8 test examples")
 
 
 def test_warnings_are_printed_under_the_table_too():
     rows = [("pgd-at", {"final_eval": None, "warnings": ["final evaluation of best: Square (black-box) broke 3 "
                                                           "examples the gradient attacks did not: gradient masking?"]})]
-    assert "warning (pgd-at): final evaluation of best: Square (black-box) broke 3" in "\n".join(runs.table_notes(rows))
+    notes = "\n".join(table.table_notes(rows))
+    assert "warning (pgd-at): final evaluation of best: Square (black-box) broke 3" in notes
 
 
 def test_status_uses_the_tables_rule_for_best(tiny_run, tmp_path):
@@ -320,7 +322,7 @@ def test_status_uses_the_tables_rule_for_best(tiny_run, tmp_path):
     assert cell_folder.read_progress(cell)["best_pgd_acc"] == 0.3
     # complete: the final evaluation's Best, the table's number
     assert cell_folder.read_progress(tiny_run / "pgd-at")["best_pgd_acc"] == \
-        runs.read_summary(tiny_run / "pgd-at")["best"]["pgd_acc"]
+        cell_folder.read_summary(tiny_run / "pgd-at")["best"]["pgd_acc"]
 
 
 def test_report_marks_a_cell_whose_final_evaluation_was_killed(tiny_run, tmp_path, helpers):
@@ -338,7 +340,7 @@ def test_report_marks_a_cell_whose_final_evaluation_was_killed(tiny_run, tmp_pat
 
 
 def test_the_resume_hint_under_torchrun_names_torchrun(monkeypatch):
-    from advssm.cli.commands._experiment import resume_command
+    from advssm.cli.commands._launch import resume_command
 
     one = SimpleNamespace(active=False, world_size=1)
     assert resume_command("run", "runs/x", one) == "advssm run --resume runs/x"
@@ -363,7 +365,7 @@ def test_the_nan_stop_says_what_to_try(tmp_path, helpers, monkeypatch):
 
 
 def test_the_local_executor_honours_omp_num_threads(monkeypatch):
-    from advssm.cli.executors import job_threads
+    from advssm.cli.execution.submission import job_threads
 
     settings = ExecutorSpec(kind="local", max_parallel=2)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

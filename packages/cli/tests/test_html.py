@@ -4,7 +4,9 @@ import re
 import sys
 from pathlib import Path
 
-from advssm.cli import jobs, report_html, runs
+from advssm.cli.execution import inline
+from advssm.cli.experiment import cell_folder, jobs
+from advssm.cli.results import report_html
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside the tests (--import-mode=importlib)
 from html_sweep import partial_sweep  # noqa: E402
@@ -24,7 +26,7 @@ def test_every_run_writes_a_self_contained_page(tiny_run):
         assert not href.startswith("/") and (tiny_run / href).is_file(), href
     assert 'href="pgd-at/best.safetensors"' in page and 'href="standard/final_eval.json"' in page
     # the table: a header per Best / Last / Diff column, a row per cell with the numbers of report.md
-    summary = runs.read_summary(tiny_run / "pgd-at")
+    summary = cell_folder.read_summary(tiny_run / "pgd-at")
     assert page.count('<th data-type="number"') == 9 and "Best PGD-2" in page
     assert f'data-value="{summary["best"]["pgd_acc"]:.6f}"' in page
     # per cell: one epoch plot with its Best epoch marked, the AutoAttack components, the spec and environment
@@ -65,8 +67,8 @@ def test_sweep_grid_marks_partial_cells(tiny_run, tmp_path):
     states = {name: cell["state"] for name, cell in grid["cells"].items()}
     assert states == {"s4d-standard": "done", "s4d-pgd-at": "done", "s6-standard": "running", "s6-pgd-at": "pending"}
     assert grid["cells"]["s6-standard"]["progress"]["epochs_done"] == 2
-    assert grid["cells"]["s4d-pgd-at"]["row"]["best"]["pgd_acc"] == runs.read_summary(tiny_run / "pgd-at")["best"][
-        "pgd_acc"]
+    best = cell_folder.read_summary(tiny_run / "pgd-at")["best"]
+    assert grid["cells"]["s4d-pgd-at"]["row"]["best"]["pgd_acc"] == best["pgd_acc"]
     assert "Partial results: 2 of 4 cells are complete (1 running, 1 pending)" in page
     # once nothing is left the banner goes
     done = report_html.render(tiny_run, {n: tiny_run / n for n in ("standard", "pgd-at")}, "t")
@@ -126,17 +128,16 @@ def test_aa_components_count_the_examples_they_broke(tiny_run):
 
 
 def test_an_inline_run_shows_its_finished_cells_while_the_next_trains(tmp_path, helpers, monkeypatch):
-    from advssm.cli import experiment
 
     seen = {}
-    real = experiment.run_cell
+    real = inline.run_cell
 
     def spy(cell, cell_dir, *args, **kwargs):
         page = cell_dir.parent / "report.html"
         seen[cell.name] = page.read_text() if page.is_file() else None
         return real(cell, cell_dir, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "run_cell", spy)
+    monkeypatch.setattr(inline, "run_cell", spy)
     out = tmp_path / "run"
     assert helpers.invoke("run", *helpers.TINY, "--out", out).exit_code == 0
     assert seen["standard"] is None  # nothing finished before the first cell

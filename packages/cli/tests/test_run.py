@@ -1,12 +1,12 @@
 """`advssm run` end to end on tiny settings: the run folder, interruption + resume, and determinism."""
 import json
 
-import advssm.cli.cell_runner as cell_runner
+import advssm.cli.experiment.cell_runner as cell_runner
 import pytest
 import tomllib
-from advssm.cli import runs
+from advssm.cli.experiment import cell_folder
+from advssm.cli.experiment.train_eval import TrainSetEval
 from advssm.cli.progress import TqdmProgress
-from advssm.cli.train_eval import TrainSetEval
 
 
 def test_run_writes_the_run_folder(tiny_run):
@@ -28,9 +28,9 @@ def test_run_writes_the_run_folder(tiny_run):
                      "cell.json", "final_eval.json", "final_eval_best.jsonl", "environment.json"):
             assert (cell_dir / name).is_file(), name
         assert (cell_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-        metrics = runs.read_metrics(cell_dir)
+        metrics = cell_folder.read_metrics(cell_dir)
         assert [m["epoch"] for m in metrics] == [1, 2]
-        summary = runs.read_summary(cell_dir)
+        summary = cell_folder.read_summary(cell_dir)
         for stage in ("best", "last"):
             assert 0 <= summary[stage]["clean_acc"] <= 1 and 0 <= summary[stage]["pgd_acc"] <= 1
             assert 0 <= summary[stage]["aa_acc"] <= summary[stage]["clean_acc"]  # on the same 8 examples
@@ -68,8 +68,8 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch, helpe
         result = helpers.invoke("run", *helpers.TINY, "--out", out)
     assert result.exit_code == 130, result.output
     assert f"advssm run --resume {out}" in result.output
-    assert runs.is_finished(out / "standard") and not runs.is_finished(out / "pgd-at")
-    assert len(runs.read_metrics(out / "pgd-at")) == 1
+    assert cell_folder.is_finished(out / "standard") and not cell_folder.is_finished(out / "pgd-at")
+    assert len(cell_folder.read_metrics(out / "pgd-at")) == 1
 
     result = helpers.invoke("run", "--resume", out, "--no-progress")
     assert result.exit_code == 0, result.output
@@ -96,13 +96,13 @@ def test_interrupt_in_train_set_eval_is_filled_on_resume(tmp_path, monkeypatch, 
         patch.setattr(cell_runner, "TrainSetEval", _InterruptLastTrainSetEval)
         result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--out", out)
     assert result.exit_code == 130, result.output
-    assert len(runs.read_metrics(out / "standard")) == 2 and not runs.is_finished(out / "standard")
+    assert len(cell_folder.read_metrics(out / "standard")) == 2 and not cell_folder.is_finished(out / "standard")
     assert len((out / "standard" / "train_eval.jsonl").read_text().splitlines()) == 1
     result = helpers.invoke("run", "--resume", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert (out / "standard" / "train_eval.jsonl").read_text() == \
         (tiny_run / "standard" / "train_eval.jsonl").read_text()
-    assert runs.read_summary(out / "standard") == runs.read_summary(tiny_run / "standard")
+    assert cell_folder.read_summary(out / "standard") == cell_folder.read_summary(tiny_run / "standard")
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, helpers, tiny_run):
@@ -113,7 +113,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, helpers, tiny
     assert helpers.invoke("run", *helpers.TINY, "--out", again).exit_code == 0
     for cell in ("standard", "pgd-at"):
         assert helpers.metrics(again / cell) == helpers.metrics(tiny_run / cell)
-        assert runs.read_summary(again / cell) == runs.read_summary(tiny_run / cell)
+        assert cell_folder.read_summary(again / cell) == cell_folder.read_summary(tiny_run / cell)
         assert (again / cell / "train_eval.jsonl").read_text() == (tiny_run / cell / "train_eval.jsonl").read_text()
         for name in ("best.safetensors", "last.safetensors"):
             mine, theirs = load_file(again / cell / name), load_file(tiny_run / cell / name)
@@ -138,9 +138,9 @@ def test_without_autoattack_aa_is_null_and_shown_as_dash(tmp_path, helpers):
     result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--epochs", "1", "--set", "eval.aa=false",
                             "--set", "eval.train_n=0", "--out", out)
     assert result.exit_code == 0, result.output
-    summary = runs.read_summary(out / "standard")
+    summary = cell_folder.read_summary(out / "standard")
     assert summary["best"]["aa_acc"] is None and summary["last"]["aa_acc"] is None and summary["diff"]["aa_acc"] is None
-    assert summary["final_eval"]["aa"] is None and runs.is_complete(out / "standard")
+    assert summary["final_eval"]["aa"] is None and cell_folder.is_complete(out / "standard")
     assert not (out / "standard" / "train_eval.jsonl").exists()  # train_n = 0 turns the train-set curves off
     report = (out / "report.md").read_text()
     assert "AA: not run" in report
@@ -154,7 +154,7 @@ def test_trainer_autoattack_is_labelled_as_the_trainers(tmp_path, helpers):
                             "--set", "train.aa_every=1", "--set", "train.aa_n=8", "--set", "train.aa_version=custom",
                             "--set", "train.aa_attacks=['apgd-ce']", "--out", out)
     assert result.exit_code == 0, result.output
-    summary = runs.read_summary(out / "standard")
+    summary = cell_folder.read_summary(out / "standard")
     assert summary["last"]["aa_acc"] is not None  # measured by the trainer in its last epoch
     assert summary["final_eval"]["aa"] == "trainer" and summary["final_eval"]["n"] == 8
     assert "AA: the trainer's AutoAttack (custom)" in (out / "report.md").read_text()
@@ -172,7 +172,7 @@ def test_rand_autoattack_runs_in_the_final_evaluation_and_is_labelled(tmp_path, 
     result = helpers.invoke("run", *helpers.TINY, "--method", "standard", "--epochs", "1", "--set", "eval.train_n=0",
                             "--set", "eval.aa_n=4", "--set", "eval.aa_version=rand", "--out", out)
     assert result.exit_code == 0, result.output
-    summary = runs.read_summary(out / "standard")
+    summary = cell_folder.read_summary(out / "standard")
     assert summary["final_eval"] == {"aa": "rand", "n": 4, "components": RAND_PARTS, "eps": 0.1, "pgd_steps": 2,
                                      "test_n": 32}
     assert f"on the same first 4 test examples; AA: {RAND_LABEL}." in (out / "report.md").read_text()
@@ -186,8 +186,8 @@ def test_rand_autoattack_runs_in_the_final_evaluation_and_is_labelled(tmp_path, 
 
 
 def test_the_trainers_rand_autoattack_is_labelled_with_its_attacks():
-    from advssm.cli.final_eval import describe, protocol
-    from advssm.cli.spec import resolve_experiment
+    from advssm.cli.experiment.final_eval import describe, protocol
+    from advssm.cli.experiment.spec import resolve_experiment
 
     cell = resolve_experiment({}, overrides={"eval.aa": False, "train.aa_every": 1, "train.aa_n": 8,
                                              "train.aa_version": "rand"}).cells()[0]

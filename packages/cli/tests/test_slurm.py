@@ -9,7 +9,7 @@ import os
 import subprocess
 
 import pytest
-from advssm.cli import cell_folder, jobs
+from advssm.cli.experiment import cell_folder, jobs
 
 pytestmark = [
     pytest.mark.slurm,

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 from advssm.cli.errors import ConfigError
-from advssm.cli.spec import CellSpec, ExperimentSpec, resolve_experiment
+from advssm.cli.experiment.spec import CellSpec, ExperimentSpec, resolve_experiment
 from pydantic import ValidationError
 
 

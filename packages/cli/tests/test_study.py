@@ -4,8 +4,9 @@ import json
 import math
 
 import pytest
-from advssm.cli import seeds, study
-from advssm.cli.spec import load_toml, resolve_experiment
+from advssm.cli import study
+from advssm.cli.experiment import seeds
+from advssm.cli.experiment.spec import load_toml, resolve_experiment
 
 # -- the seed axis --------------------------------------------------------------------------------------------------
 

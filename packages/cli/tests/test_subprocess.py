@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import tomllib
-from advssm.cli import runs
+from advssm.cli.experiment import cell_folder
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -54,13 +54,13 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_numbers(tmp_path, helpers, t
     stderr = "".join(seen) + rest
     assert proc.returncode == 130, stderr
     assert f"advssm run --resume {out}" in stderr and "Traceback" not in stderr
-    assert (out / "config.toml").is_file() and not runs.is_complete(out / "pgd-at")
+    assert (out / "config.toml").is_file() and not cell_folder.is_complete(out / "pgd-at")
 
     resumed = _cli(tmp_path, "run", "--resume", out, "--no-progress", "--json")
     assert resumed.returncode == 0, resumed.stderr
     cells = json.loads(resumed.stdout)["cells"]
     for cell in ("standard", "pgd-at"):
-        assert cells[cell] == runs.read_summary(tiny_run / cell)
+        assert cells[cell] == cell_folder.read_summary(tiny_run / cell)
         assert helpers.metrics(out / cell) == helpers.metrics(tiny_run / cell)
     assert (out / "report.md").is_file()
 
@@ -69,7 +69,8 @@ def test_subprocess_eval_sweep_report(tmp_path, tiny_run):
     evaluated = _cli(tmp_path, "eval", tiny_run / "standard" / "best.safetensors", "--attacks", "pgd", "--steps", "1",
                      "--json")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["clean_acc"] == runs.read_summary(tiny_run / "standard")["best"]["clean_acc"]
+    best = cell_folder.read_summary(tiny_run / "standard")["best"]
+    assert json.loads(evaluated.stdout)["clean_acc"] == best["clean_acc"]
 
     grid = tmp_path / "grid.toml"
     grid.write_text('name = "one"\n[grid]\nmethod = ["standard"]\n[data]\ntrain_size = 32\ntest_size = 16\n'

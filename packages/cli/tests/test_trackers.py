@@ -4,8 +4,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from advssm.cli import cell_folder, trackers
-from advssm.cli.spec import resolve_experiment
+from advssm.cli.execution import cell_job
+from advssm.cli.experiment import cell_folder, trackers
+from advssm.cli.experiment.spec import resolve_experiment
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_a_resumed_cell_continues_its_mlflow_run(tracked_run, tmp_path):
     """The trackers' run ids stay in the cell folder; a resumed cell appends to the same MLflow run."""
     import shutil
 
-    from advssm.cli.trackers import STATE_FILE, Trackers
+    from advssm.cli.experiment.trackers import STATE_FILE, Trackers
     from mlflow.tracking import MlflowClient
 
     state = json.loads((tracked_run / "pgd-at" / STATE_FILE).read_text())
@@ -148,7 +149,6 @@ def test_a_sweep_job_adds_the_rewritten_report_to_the_mlflow_runs(tracked_run):
     import shutil
     from urllib.parse import urlparse
 
-    from advssm.cli import executors
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tracked_run / 'mlflow.db'}")
@@ -157,7 +157,7 @@ def test_a_sweep_job_adds_the_rewritten_report_to_the_mlflow_runs(tracked_run):
     for run in found:
         shutil.rmtree(Path(urlparse(run.info.artifact_uri).path) / "report")
         assert client.list_artifacts(run.info.run_id, "report") == []
-    executors.CellJob(str(tracked_run), "local", 0, None)._report()
+    cell_job.CellJob(str(tracked_run), "local", 0, None)._report()
     for run in found:
         assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {
             "report/report.md", "report/report.html", "report/accuracy.png"}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 from advssm.cli.errors import ConfigError
-from advssm.cli.spec import PRESETS, load_toml, resolve_experiment
+from advssm.cli.experiment.spec import PRESETS, load_toml, resolve_experiment
 
 NO_AA = ["--set", "eval.aa=false"]
 

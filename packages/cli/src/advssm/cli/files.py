@@ -4,7 +4,7 @@ Each write is atomic (``advssm.ssm_layers.checkpoint.atomic_write``: a temporary
 flushed, then renamed), so a reader, a resumed run or a crash never sees half a file, and a full disk raises
 one error naming the file. The append-only logs (job logs, per-example records) append whole lines instead.
 
-    from advssm.cli.files import write_json, write_text
+    from .files import write_json, write_text
     write_json(run_dir / "cell.json", {"name": "s4d-pgd-at"})
     write_text(run_dir / "report.md", "# Results\n")
 """

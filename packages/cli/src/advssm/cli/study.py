@@ -26,8 +26,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cell_folder
+import torch
+from advssm.ads import propagation_analysis
+from advssm.adv_train.attacks import PGD
+
+from . import interrupts
+from .data import DATASETS
 from .errors import ConfigError
+from .execution import submission, sweep
+from .execution.inline import execute
+from .experiment import cell_folder, jobs
+from .experiment.data_check import check_data
+from .experiment.run_folder import prepare_dir
+from .experiment.seeds import aggregate, stats
+from .experiment.spec import PRESETS, resolve_experiment
+from .experiment.trained_model import load_for_eval
+from .files import write_json, write_text
 
 CONFIDENCE = 0.95
 TEST_NAME = "paired t-interval over seeds"
@@ -364,8 +378,6 @@ def plan(scale: Scale, datasets=None, seeds: int | None = None, overrides: dict 
         >>> ", ".join(p.name for p in plan(SCALES["tiny"]))
         'digits-main, digits-ads'
     """
-    from .data import DATASETS
-    from .spec import PRESETS, resolve_experiment
 
     datasets = tuple(datasets or scale.datasets)
     seeds = seeds if seeds is not None else scale.seeds
@@ -405,8 +417,6 @@ def study_record(scale: Scale, parts: list[Part], seeds: int, overrides: dict) -
 
 def prepare(root: Path, record: dict) -> None:
     """Write study.json into a new study folder, or check that an existing one records the same study."""
-    from advssm.ssm_layers.checkpoint import atomic_write
-
     root.mkdir(parents=True, exist_ok=True)
     path = root / STUDY_FILE
     if path.is_file():
@@ -422,13 +432,11 @@ def prepare(root: Path, record: dict) -> None:
     if foreign:
         raise ConfigError(f"--out {root} is an existing folder that is not a study folder (no {STUDY_FILE}; it holds "
                           f"{', '.join(sorted(foreign)[:3])}); choose a new or empty folder")
-    atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+    write_json(path, record, end="\n")
 
 
 def run_inline(root: Path, parts: list[Part], progress: bool) -> None:
     """Every part's sweep in this process, one cell after another (complete cells skipped)."""
-    from . import interrupts
-    from .experiment import execute
 
     for part in parts:
         execute(part.spec, root / part.name, progress=progress, callbacks=[interrupts.CHECK], command="advssm study")
@@ -437,8 +445,6 @@ def run_inline(root: Path, parts: list[Part], progress: bool) -> None:
 def run_jobs(root: Path, parts: list[Part], settings, wait_for_end: bool, echo=print) -> bool:
     """Submit every cell of every part that is neither complete nor handled by a live job (local or Slurm);
     with ``wait_for_end`` follow them to the end. Returns whether every cell is complete."""
-    from . import executors, jobs
-    from .experiment import check_data, prepare_dir
 
     n_cells = sum(len(p.spec.cells()) for p in parts)
     for part in parts:
@@ -451,8 +457,8 @@ def run_jobs(root: Path, parts: list[Part], settings, wait_for_end: bool, echo=p
             if settings.kind == "local":
                 check_data(todo)
             # one set of local slots for the whole study: --max-parallel counts every part's cells together
-            ids = executors.submit(settings, run_dir, todo, part.spec.name, n_cells=n_cells, slot_dir=root)
-            executors.write_sweep_report(run_dir, part.spec)
+            ids = submission.submit(settings, run_dir, todo, part.spec.name, n_cells=n_cells, slot_dir=root)
+            sweep.write_sweep_report(run_dir, part.spec)
         for name, job_id in ids.items():
             echo(f"  {part.name}/{name}: job {job_id}")
 
@@ -462,9 +468,9 @@ def run_jobs(root: Path, parts: list[Part], settings, wait_for_end: bool, echo=p
 
     if wait_for_end:
         names = [f"{p.name}/{c.name}" for p in parts for c in p.spec.cells()]
-        executors.wait(root, names, statuses, echo=echo)
+        submission.wait(root, names, statuses, echo=echo)
         for part in parts:
-            executors.write_sweep_report(root / part.name, part.spec)
+            sweep.write_sweep_report(root / part.name, part.spec)
     return all(row.state == "done" for row in statuses())
 
 
@@ -476,12 +482,6 @@ def analyse(root: Path, parts: list[Part], n: int, device: str | None = None, ec
     """The error propagation of every complete PGD-AT cell without AdS (its Best checkpoint, PGD with the cell's
     eps, step, eval steps and seed on its first ``n`` test examples), each written once to
     analysis/<part>/<cell>.json (a rerun skips those present)."""
-    import torch
-    from advssm.ads import propagation_analysis
-    from advssm.adv_train.attacks import PGD
-    from advssm.ssm_layers.checkpoint import atomic_write
-
-    from .checkpoints import load_for_eval
 
     for part in parts:
         for cell in part.spec.cells():
@@ -501,7 +501,7 @@ def analyse(root: Path, parts: list[Part], n: int, device: str | None = None, ec
                     "eps": eps, "steps": cell.train.eval_pgd_steps, "seed": cell.train.seed,
                     "report": report.to_dict()}
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, json.dumps(data, indent=1).encode())
+            write_json(path, data, indent=1)
 
 
 def collect(root: Path, parts: list[Part]) -> Table:
@@ -573,13 +573,12 @@ def findings_markdown(results: list[dict], table: Table, scale: Scale, parts: li
     lines += ["## Results: mean ± std over seeds", ""]
     for part in parts:
         if groups.get(part.name):
-            from .seeds import group_table
+            from .experiment.seeds import group_table
 
             lines += [f"### {part.name}", "", f"Protocol and per-cell rows: [{part.name}/report.md]({part.name}/"
                       "report.md).", "", group_table(groups[part.name]), ""]
     rates = [row for row in table.rows if row["mix_change_rate"] is not None]
     if rates:
-        from .seeds import stats
 
         lines += ["### Change rate across the mixer (PGD-AT, Best checkpoint)", "",
                   "| data set | layer | mean | std | n |", "|---|---|---:|---:|---:|"]
@@ -596,10 +595,6 @@ def findings_markdown(results: list[dict], table: Table, scale: Scale, parts: li
 
 def write_findings(root: Path, scale: Scale, parts: list[Part], table: Table) -> tuple[Path, Path, list[dict]]:
     """Evaluate the claims over ``table`` and write findings.md and findings.json (atomically) into ``root``."""
-    from advssm.ssm_layers.checkpoint import atomic_write
-
-    from .seeds import aggregate
-
     results = evaluate_claims(table)
     groups = {}
     for part in parts:
@@ -609,6 +604,6 @@ def write_findings(root: Path, scale: Scale, parts: list[Part], table: Table) ->
     md = findings_markdown(results, table, scale, parts, groups)
     data = {"scale": scale.name, "description": scale.description, "test": TEST_NAME, "confidence": CONFIDENCE,
             "claims": results, "table": table.rows, "groups": {k: dict(v) for k, v in groups.items()}}
-    atomic_write(root / FINDINGS_MD, md.encode())
-    atomic_write(root / FINDINGS_JSON, (json.dumps(data, indent=1) + "\n").encode())
+    write_text(root / FINDINGS_MD, md)
+    write_json(root / FINDINGS_JSON, data, indent=1, end="\n")
     return root / FINDINGS_MD, root / FINDINGS_JSON, results

@@ -9,7 +9,7 @@ from advssm.ads import propagation_analysis
 from advssm.ads.internal_attacks import internal_attack_report
 from advssm.adv_train.attacks import PGD
 
-from ..checkpoints import load_for_eval
+from ..experiment.trained_model import load_for_eval
 from ..output import emit
 
 

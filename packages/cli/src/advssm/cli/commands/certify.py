@@ -12,8 +12,8 @@ from advssm.ads import ibp
 from advssm.adv_train.certify import Smooth
 
 from .. import interrupts
-from ..checkpoints import load_for_eval
 from ..errors import ConfigError
+from ..experiment.trained_model import load_for_eval
 from ..files import write_bytes, write_json
 from ..output import emit
 from ..progress import TqdmProgress

@@ -10,15 +10,16 @@ from advssm.adv_train.attacks import ATTACKS, NORMS, build
 from advssm.adv_train.evaluation import evaluate
 from torch.utils.data import TensorDataset
 
-from .. import interrupts, jobs
-from ..checkpoints import load_for_eval
-from ..curves import COMPARISON_STEM, attack_at, curve_of, curve_stem, curve_table, labels, write_curves
+from .. import interrupts
 from ..errors import ConfigError
+from ..experiment import jobs
+from ..experiment.trained_model import load_for_eval
 from ..files import write_json
 from ..output import emit
-from ..positions import attack_at as at_start
-from ..positions import parse_sweep, study_of, sweep_table, write_sweep
 from ..progress import TqdmProgress
+from ..results.curves import COMPARISON_STEM, attack_at, curve_of, curve_stem, curve_table, labels, write_curves
+from ..results.positions import attack_at as at_start
+from ..results.positions import parse_sweep, study_of, sweep_table, write_sweep
 
 
 def build_attacks(names: str, model, eps: float, steps: int, seed: int, alpha: float | None = None,

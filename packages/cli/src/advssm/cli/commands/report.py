@@ -5,10 +5,11 @@ from pathlib import Path
 
 import click
 
-from .. import runs, seeds
 from ..errors import ConfigError
+from ..experiment import cell_folder, run_folder, seeds
+from ..experiment.run_folder import REPORT_HTML
 from ..output import emit
-from ..report_html import REPORT_HTML
+from ..results import report_md, table
 
 
 @click.command()
@@ -36,9 +37,9 @@ def report(run_dirs, out, html, per_seed, as_json):
     """
     cells = []
     for run_dir in map(Path, run_dirs):
-        found = runs.find_cells(run_dir)
+        found = run_folder.find_cells(run_dir)
         if not found:
-            raise ConfigError(f"{run_dir} has no finished cell (no {runs.SUMMARY_FILE}); is it a run folder?")
+            raise ConfigError(f"{run_dir} has no finished cell (no {cell_folder.SUMMARY_FILE}); is it a run folder?")
         cells += found
     named: dict[str, Path] = {}
     for cell in cells:
@@ -49,21 +50,21 @@ def report(run_dirs, out, html, per_seed, as_json):
             unique, k = f"{name} #{k}", k + 1
         named[unique] = cell
     out_dir = Path(out) if out else (Path(run_dirs[0]) if len(run_dirs) == 1 else Path("."))
-    runs.check_report_folder(out_dir)  # never write over a report.md / accuracy.png that is not ours
+    run_folder.check_report_folder(out_dir)  # never write over a report.md / accuracy.png that is not ours
     out_dir.mkdir(parents=True, exist_ok=True)
     # writing into a run folder regenerates its report.md: keep the configuration section `run` wrote there
-    config_file = out_dir / runs.CONFIG_FILE
+    config_file = out_dir / run_folder.CONFIG_FILE
     config_text = config_file.read_text() if config_file.is_file() else None
     html = html or (out_dir / REPORT_HTML).is_file()
-    path = runs.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs), config_text=config_text,
-                             html=html, per_seed=per_seed)
-    summaries = {name: runs.read_summary(cell) for name, cell in named.items()}
+    path = report_md.write_report(out_dir, named, title="advssm report: " + ", ".join(run_dirs),
+                                  config_text=config_text, html=html, per_seed=per_seed)
+    summaries = {name: cell_folder.read_summary(cell) for name, cell in named.items()}
     page = out_dir / REPORT_HTML if html else None
     rows = list(summaries.items())
     groups = seeds.aggregate(rows) if seeds.has_seeds(summaries) else []  # mean / std / n over each group's seeds
-    table = seeds.group_table(groups, runs.pgd_label(summaries.values())) if groups and not per_seed else \
-        runs.summary_table(rows)
+    text = seeds.group_table(groups, table.pgd_label(summaries.values())) if groups and not per_seed else \
+        table.summary_table(rows)
     emit({"report": str(path), "html": str(page) if page else None, "cells": summaries,
           **({"groups": seeds.to_json(groups)} if groups else {})}, as_json,
-         f"{table}\n" + "".join(line + "\n" for line in runs.table_notes(rows))  # on which examples, warnings
+         f"{text}\n" + "".join(line + "\n" for line in table.table_notes(rows))  # on which examples, warnings
          + f"\nreport: {path}" + (f"\nhtml: {page}" if page else ""))

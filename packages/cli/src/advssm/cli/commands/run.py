@@ -6,8 +6,8 @@ from advssm.adv_train.config import METHOD_NAMES
 from advssm.ssm_layers.layers import LAYERS
 from advssm.ssm_layers.layers.scans import SCANS
 
-from ..spec import PRESETS, TRACKERS, parse_assignment
-from ._experiment import common_options, launch, resolve_or_resume
+from ..experiment.spec import PRESETS, TRACKERS, parse_assignment
+from ._launch import common_options, launch, resolve_or_resume
 
 # flag -> dotted setting
 FLAG_SETTINGS = {

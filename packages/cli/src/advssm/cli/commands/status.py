@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from .. import jobs
+from ..experiment import jobs
+from ..experiment.run_folder import REPORT_HTML, read_spec
 from ..output import emit
-from ..report_html import REPORT_HTML
-from ..runs import read_spec
 
 FINAL = ("done", "failed")
 

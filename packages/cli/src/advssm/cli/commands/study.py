@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
-from .. import executors, interrupts, runs, study
+from .. import interrupts, study
+from ..execution import options
+from ..experiment import run_folder
+from ..experiment.spec import parse_assignment
 from ..output import emit
-from ..spec import parse_assignment
 
 
 @click.group("study")
@@ -42,7 +44,7 @@ def study_group():
 @click.option("--dry-run", is_flag=True, help="Validate every cell, print the sweeps (TOML) and the claims, and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
-@executors.executor_options
+@options.executor_options
 def paper_findings(scale, datasets, data_dir, seeds, out, runs_root, assignments, device, dry_run, as_json,
                    progress, wait_for_end, **executor_flags):
     """Run the paper's grid over several seeds and check its claims: AT's gain over ST per layer (and the
@@ -74,12 +76,12 @@ def paper_findings(scale, datasets, data_dir, seeds, out, runs_root, assignments
                            f"{', '.join(c.name for c in p.spec.cells())})\n{p.spec.to_toml().rstrip()}" for p in parts)
         emit(data, as_json, f"{text}\n\n{data['cells']} cells; claims: {', '.join(data['claims'])}")
         return
-    settings = executors.settings_from(parts[0].spec.executor, executor_flags)
+    settings = options.settings_from(parts[0].spec.executor, executor_flags)
     if wait_for_end and settings.kind == "inline":
         raise click.UsageError("--wait is for --executor local or slurm (an inline study always runs to the end)")
-    for warning in executors.unused_settings(settings):
+    for warning in options.unused_settings(settings):
         click.echo(f"warning: {warning}", err=True)
-    root = Path(out) if out else runs.new_run_dir(runs_root, f"paper-findings-{scale}")
+    root = Path(out) if out else run_folder.new_run_dir(runs_root, f"paper-findings-{scale}")
     study.prepare(root, study.study_record(chosen, parts, n_seeds, overrides))
     again = " ".join(["advssm study paper-findings", f"--scale {scale}", *(f"--dataset {d}" for d in datasets),
                       *([f"--data-dir {shlex.quote(data_dir)}"] if data_dir else []),

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import click
 
-from .. import executors, runs
-from ..spec import parse_assignment
-from ._experiment import common_options, launch, resolve_or_resume
+from ..execution import options
+from ..execution.sweep import launch_jobs
+from ..experiment import run_folder
+from ..experiment.spec import parse_assignment
+from ._launch import common_options, launch, resolve_or_resume
 
 
 @click.command()
 @click.argument("grid_file", required=False, type=click.Path(dir_okay=False))
 @common_options
-@executors.executor_options
+@options.executor_options
 def sweep(grid_file, out, runs_root, resume, dry_run, as_json, assignments, progress, wait_for_end, **executor_flags):
     """Run every cell of a grid into sub-folders and write the paper-style table across cells.
 
@@ -47,7 +49,7 @@ def sweep(grid_file, out, runs_root, resume, dry_run, as_json, assignments, prog
         raise click.UsageError("give a GRID_FILE (TOML with a [grid] table) or --resume DIR")
     overrides = dict(parse_assignment(a) for a in assignments)
     spec, run_dir, changes = resolve_or_resume(grid_file, resume, overrides)
-    settings = executors.settings_from(spec.executor, executor_flags)
+    settings = options.settings_from(spec.executor, executor_flags)
     if settings.kind == "inline" or dry_run:
         if wait_for_end and not dry_run:
             raise click.UsageError("--wait is for --executor local or slurm (an inline sweep always runs to the end)")
@@ -55,10 +57,10 @@ def sweep(grid_file, out, runs_root, resume, dry_run, as_json, assignments, prog
         return
     if changes:
         raise click.UsageError("--resume with --lr / --batch-size continues the cells inline: add --executor inline")
-    for warning in executors.unused_settings(settings):
+    for warning in options.unused_settings(settings):
         click.echo(f"warning: {warning}", err=True)
     if out and not run_dir:
-        runs.check_out_folder(out)
-    run_dir = run_dir or (Path(out) if out else runs.new_run_dir(runs_root, spec.name))
+        run_folder.check_out_folder(out)
+    run_dir = run_dir or (Path(out) if out else run_folder.new_run_dir(runs_root, spec.name))
     click.echo(f"run folder: {run_dir}", err=True)
-    executors.launch_jobs(spec, run_dir, settings, wait_for_end, as_json)
+    launch_jobs(spec, run_dir, settings, wait_for_end, as_json)

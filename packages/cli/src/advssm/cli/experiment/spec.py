@@ -47,8 +47,8 @@ from advssm.ssm_layers import ModelConfig, build_model
 from advssm.ssm_layers import preset as model_preset
 from advssm.ssm_layers.checkpoint import state_numel
 
-from .data import DATASETS
-from .errors import ConfigError
+from ..data import DATASETS
+from ..errors import ConfigError
 from .executor_spec import ExecutorSpec
 
 ADS_CHOICES = ("none", *ACTIVATIONS)  # AdS off, or one of its activations
@@ -163,8 +163,8 @@ TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 class TrackSpec(_Frozen):
-    """The ``[track]`` table: experiment trackers each cell logs to (``advssm.cli.trackers``); no part of what a
-    cell computes.
+    """The ``[track]`` table: experiment trackers each cell logs to (``advssm.cli.experiment.trackers``); no part
+    of what a cell computes.
 
     Attributes:
         trackers: any of tensorboard (event files in the cell folder), mlflow, wandb (offline, in the run folder).

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ConfigError
-from .files import write_bytes, write_json, write_text
+from ..errors import ConfigError
+from ..files import write_bytes, write_json, write_text
 
 SUFFIX = ".positions"  # best.safetensors -> best.positions.json / .md / .png beside it
 

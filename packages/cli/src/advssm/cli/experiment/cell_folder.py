@@ -32,7 +32,7 @@ from advssm.adv_train.store import ENVIRONMENT_FILE, METRICS_FILE, STATE_FILE, S
 # Best - Last and the choice of Best: the trainer's and the table's are one function each
 from advssm.adv_train.trainer import SELECT_KEYS, diff, robust_overfitting_summary
 
-from .files import write_json, write_text
+from ..files import write_json, write_text
 from .spec import validate_cell
 
 CELL_FILE = "cell.json"

@@ -21,8 +21,8 @@ from advssm.adv_train.attacks import build
 from advssm.adv_train.evaluation import evaluate
 from advssm.adv_train.trainer import eval_seed
 
+from ..files import write_text
 from .cell_folder import TRAIN_EVAL_FILE, read_train_eval
-from .files import write_text
 
 
 class TrainSetEval:

@@ -23,11 +23,14 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from . import cell_folder, seeds
+from ..errors import ConfigError
+from ..experiment import cell_folder, jobs, seeds
+from ..experiment.final_eval import describe
+from ..experiment.run_folder import CONFIG_FILE, REPORT_HTML, read_spec
+from ..files import write_text
 from .curves import read_curves
-from .files import write_text
+from .table import pgd_label, selection_text
 
-REPORT_HTML = "report.html"
 KEYS = (("clean_acc", "Clean"), ("pgd_acc", "PGD"), ("aa_acc", "AA"))
 STAGES = ("best", "last", "diff")
 # the grid's default rows and columns (the paper's tables: a layer per row, a training method per column)
@@ -188,8 +191,6 @@ def aa_breakdown(cell_dir: Path, stage: str) -> Counter:
 def _grid_source(out_dir: Path, cells: dict[str, Path]):
     """(run folder, ExperimentSpec) whose config.toml names the grid: the report's folder, else the one folder all
     the cells are in; (None, None) for a comparison of several runs."""
-    from .errors import ConfigError
-    from .runs import CONFIG_FILE, read_spec  # runs imports this module: a cycle, broken here
 
     parents = {Path(p).resolve().parent for p in cells.values()}
     for folder in [out_dir, *parents] if len(parents) <= 1 else [out_dir]:
@@ -232,7 +233,6 @@ def _grid(spec, statuses: dict[str, dict], rows_by_name: dict[str, dict]) -> dic
 def _statuses(run_dir: Path | None, spec) -> dict[str, dict]:
     if run_dir is None:
         return {}
-    from . import jobs
 
     return {row.cell: {"state": row.state, "epochs_done": row.epochs_done, "epochs_total": row.epochs_total,
                        "best_pgd": row.best_pgd, "error": row.error}
@@ -246,10 +246,10 @@ def _files(cell_dir: Path, out_dir: Path) -> list[tuple[str, str]]:
 
 # -- the page ----------------------------------------------------------------------------------------------
 
-def _table(rows: list[tuple[str, dict]], pgd_label: str) -> str:
+def _table(rows: list[tuple[str, dict]], pgd_heading: str) -> str:
     head = ['<th data-type="text" aria-sort="none">Cell</th>']
     head += [f'<th data-type="number" aria-sort="none">{stage.capitalize()} '
-             f'{pgd_label if k == "pgd_acc" else label}</th>' for stage in STAGES for k, label in KEYS]
+             f'{pgd_heading if k == "pgd_acc" else label}</th>' for stage in STAGES for k, label in KEYS]
     body = []
     for name, summary in rows:
         # a cell whose final evaluation did not finish shows the trainer's numbers: not comparable, so marked
@@ -296,8 +296,6 @@ def _aa_section(cell_dir: Path, summary: dict) -> str:
 
 
 def _cell_section(name: str, cell_dir: Path, summary: dict, out_dir: Path) -> str:
-    from .final_eval import describe
-    from .runs import selection_text
 
     metrics = cell_folder.read_metrics(cell_dir)
     train_set = cell_folder.read_train_eval(cell_dir)
@@ -345,7 +343,6 @@ def _partial(grid: dict | None) -> str:
 
 def render(out_dir: Path, cells: dict[str, Path], title: str, config_text: str | None = None) -> str:
     """The page's HTML for the finished ``cells`` (table row name -> folder), relative links from ``out_dir``."""
-    from .runs import pgd_label
 
     out_dir = Path(out_dir)
     rows = [(name, cell_folder.read_summary(cell)) for name, cell in cells.items()]

@@ -13,7 +13,7 @@ and the run folder's locks (hidden files, in every run folder, inline runs inclu
 - ``.lock``: held by the sweep (or run) command for as long as it runs (a second one on the folder refuses);
 - ``.report.lock``: taken around every write of ``report.md``.
 
-The cell folders themselves belong to :mod:`advssm.cli.cell_folder`; nothing here writes into them.
+The cell folders themselves belong to :mod:`advssm.cli.experiment.cell_folder`; nothing here writes into them.
 
 Example:
     >>> from pathlib import Path; import tempfile
@@ -38,8 +38,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..files import write_json
 from . import cell_folder
-from .files import write_json
 
 JOBS_DIR = "jobs"
 SUBMITIT_DIR = "submitit"

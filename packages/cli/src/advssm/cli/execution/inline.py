@@ -1,4 +1,5 @@
-"""Run the cells of an ExperimentSpec in turn, each into its own sub-folder, skipping complete ones."""
+"""The inline executor: run the cells of an ExperimentSpec in turn in this process, each into its own
+sub-folder, skipping complete ones, then write the report."""
 from __future__ import annotations
 
 import contextlib
@@ -6,51 +7,14 @@ from pathlib import Path
 
 import click
 
-from . import cell_folder, interrupts, jobs, runs
-from .cell_runner import is_main, run_cell
-from .data import load_dataset
-from .errors import ConfigError, DataError
-from .files import write_text
-from .report_html import write_html
-from .trackers import log_reports
-
-
-def prepare_dir(spec, run_dir: Path, rewrite: bool = False) -> None:
-    """Write config.toml into a new run folder, or check that an existing one holds the same experiment
-    (``rewrite``: a resume with a changed lr / batch size, which the trainer records, replaces it)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / runs.CONFIG_FILE
-    if path.is_file() and not rewrite:
-        # compare the settings, not the text: a file written by an older version (a key added since) or
-        # edited by hand (comments, order) holds the same experiment when it resolves to the same spec
-        try:
-            same = runs.read_spec(run_dir) == spec
-        except ConfigError:
-            same = False
-        if not same:
-            raise ConfigError(f"{run_dir} holds a different experiment ({path} differs); "
-                              f"choose another --out, or continue it with --resume {run_dir}")
-        return
-
-    write_text(path, spec.to_toml())  # a full disk names the file and never leaves half a config
-
-
-def check_data(cells) -> None:
-    """Load each distinct data set of ``cells`` once, before the first cell trains: a missing or unreadable data
-    set, or a train / test size larger than its split, fails the run now instead of after the cells before it
-    have trained (a grid whose second cell's data set was missing trained the first to the end, then failed)."""
-    seen = set()
-    for cell in cells:
-        data = cell.data
-        key = (data.dataset, data.data_dir, data.train_size, data.test_size, data.tiny_classes, data.augment)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            load_dataset(data.dataset, data.data_dir, data.train_size, data.test_size, data.download,
-                         data.tiny_classes, data.augment, seed=cell.train.seed)
-        except (ConfigError, DataError) as exc:
-            raise type(exc)(f"cell {cell.name}: {exc} (nothing was trained)") from exc
+from .. import interrupts
+from ..experiment import cell_folder, jobs
+from ..experiment.cell_runner import is_main, run_cell
+from ..experiment.data_check import check_data
+from ..experiment.run_folder import prepare_dir
+from ..experiment.trackers import log_reports
+from ..results import report_md
+from ..results.report_html import write_html
 
 
 def _partial_page(spec, run_dir: Path, cells) -> None:
@@ -96,7 +60,7 @@ def execute(spec, run_dir: Path, progress: bool = True, callbacks=(), allow_chan
         interrupts.raise_if_interrupted()
         if main:
             with jobs.report_lock(run_dir):
-                runs.write_report(run_dir, {cell.name: run_dir / cell.name for cell in cells},
+                report_md.write_report(run_dir, {cell.name: run_dir / cell.name for cell in cells},
                                   title=f"advssm run: {spec.name}", config_text=spec.to_toml())
             log_reports(run_dir, cells)  # the reports as MLflow artifacts of each cell's run
     return summaries

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .files import write_bytes, write_json, write_text
+from ..files import write_bytes, write_json, write_text
 
 CURVE_SUFFIX = ".curve"  # best.safetensors -> best.curve.json / .md / .png beside it
 COMPARISON_STEM = "curves"  # several checkpoints: curves.json / .md / .png in --curves-out

@@ -31,10 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import cell_folder, runs
-from .errors import ConfigError
-from .files import write_json
-from .report_html import REPORT_HTML
+from ..errors import ConfigError
+from ..files import write_json
+from . import cell_folder, run_folder
+from .run_folder import REPORT_HTML
 
 STATE_FILE = "trackers.json"  # in the cell folder: the MLflow run id and W&B run id, for a resume
 # tracker -> {module it imports: the pip package that provides it}; MLflow's SQLite store needs SQLAlchemy and Alembic
@@ -46,7 +46,7 @@ FINAL_KEYS = ("clean_acc", "pgd_acc", "aa_acc")
 ARTIFACTS = (*(cell_folder.checkpoint(".", stage).name for stage in cell_folder.CHECKPOINTS), cell_folder.SUMMARY_FILE,
              cell_folder.FINAL_EVAL_FILE, cell_folder.CELL_FILE, cell_folder.METRICS_FILE, cell_folder.TRAIN_EVAL_FILE,
              cell_folder.ENVIRONMENT_FILE)
-REPORTS = (runs.REPORT_FILE, REPORT_HTML, runs.PLOT_FILE)  # the run's reports each cell's run logs
+REPORTS = (run_folder.REPORT_FILE, REPORT_HTML, run_folder.PLOT_FILE)  # the run's reports each cell's run logs
 
 
 def check_installed(names) -> None:
@@ -284,8 +284,8 @@ def log_reports(run_dir: Path, cells) -> None:
             for name in REPORTS:
                 if (run_dir / name).is_file():
                     client.log_artifact(known["run_id"], str(run_dir / name), artifact_path="report")
-            if (run_dir / cell.name / runs.PLOT_FILE).is_file():
-                client.log_artifact(known["run_id"], str(run_dir / cell.name / runs.PLOT_FILE))
+            if (run_dir / cell.name / run_folder.PLOT_FILE).is_file():
+                client.log_artifact(known["run_id"], str(run_dir / cell.name / run_folder.PLOT_FILE))
         except Exception as exc:  # the run and its report are complete; only the tracker's copy is missing
             print(f"advssm: warning: tracker mlflow failed to log the report of {cell.name} ({type(exc).__name__}: "
                   f"{exc}); the report is in {run_dir}", file=sys.stderr, flush=True)

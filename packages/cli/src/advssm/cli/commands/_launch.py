@@ -10,13 +10,15 @@ import click
 from advssm.adv_train.distributed import gather_objects, shutdown
 from advssm.adv_train.methods import NonFiniteLossError
 
-from .. import interrupts, runs
-from ..cell_runner import join_process_group
+from .. import interrupts
 from ..errors import ConfigError
-from ..experiment import execute
+from ..execution.inline import execute
+from ..experiment import cell_folder, run_folder
+from ..experiment.cell_runner import join_process_group
+from ..experiment.spec import load_toml, resolve_experiment
+from ..experiment.trackers import check_installed
 from ..output import emit
-from ..spec import load_toml, resolve_experiment
-from ..trackers import check_installed
+from ..results import table
 
 # settings a resume may change (after a NaN stop): the trainer continues from the last good epoch with them
 RESUME_CHANGES = {"train.lr": "lr", "train.batch_size": "batch_size"}
@@ -35,9 +37,9 @@ def _resolve_or_resume(config_file: str | None, resume: str | None, overrides: d
     if resume:
         others = sorted(set(overrides) - set(RESUME_CHANGES))
         if config_file or others:
-            raise ConfigError(f"--resume {resume} reads its settings from {resume}/{runs.CONFIG_FILE}; "
+            raise ConfigError(f"--resume {resume} reads its settings from {resume}/{run_folder.CONFIG_FILE}; "
                               "drop the config file and the other settings (only --lr and --batch-size may change)")
-        path = Path(resume) / runs.CONFIG_FILE
+        path = Path(resume) / run_folder.CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"cannot resume {resume}: {path} is missing (not a run folder?)")
         stored = load_toml(path)
@@ -59,7 +61,7 @@ def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run:
         return
     info = join_process_group(spec.train.device)  # torchrun: every rank knows its rank before any file
     if out and run_dir is None:
-        runs.check_out_folder(out)  # never write over a folder that is not ours
+        run_folder.check_out_folder(out)  # never write over a folder that is not ours
     fresh = run_dir is None and not (out and Path(out).exists())
     run_dir = _agreed_run_dir(info, run_dir or (Path(out) if out else None), runs_root, spec.name)
     if info.is_main:
@@ -92,9 +94,10 @@ def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run:
         raise
     if info.is_main:
         rows = list(summaries.items())
-        notes = "\n".join(runs.table_notes(rows))  # on which examples, and the warnings (Square's masking check)
+        notes = "\n".join(table.table_notes(rows))  # on which examples, and the warnings (Square's masking check)
         emit({"run_dir": str(run_dir), "cells": summaries}, as_json,
-             f"{runs.summary_table(rows)}\n\n{notes + chr(10) if notes else ''}report: {run_dir / runs.REPORT_FILE}")
+             f"{table.summary_table(rows)}\n\n{notes + chr(10) if notes else ''}"
+             f"report: {run_dir / run_folder.REPORT_FILE}")
     if info.active:
         _leave_process_group()
 
@@ -115,11 +118,11 @@ def _agreed_run_dir(info, chosen: Path | None, runs_root: str, name: str) -> Pat
     """The run folder: ``chosen``, else a new one under ``runs_root``; under torchrun rank 0 alone creates it and
     every rank gets rank 0's path (or rank 0's error)."""
     if not info.active:
-        return chosen or runs.new_run_dir(runs_root, name)
+        return chosen or run_folder.new_run_dir(runs_root, name)
     answer = None
     if info.is_main:
         try:
-            answer = str(chosen or runs.new_run_dir(runs_root, name))
+            answer = str(chosen or run_folder.new_run_dir(runs_root, name))
         except Exception as exc:  # every rank raises it, instead of the others waiting for a path forever
             answer = exc
     answer = gather_objects(answer, info)[0]
@@ -142,7 +145,7 @@ def _leave_process_group() -> None:
 
 def _trained_anything(run_dir: Path) -> bool:
     """Whether any cell of ``run_dir`` finished an epoch (then the folder is worth keeping and resuming)."""
-    return any(path.stat().st_size > 0 for path in run_dir.glob(f"*/{runs.METRICS_FILE}"))
+    return any(path.stat().st_size > 0 for path in run_dir.glob(f"*/{cell_folder.METRICS_FILE}"))
 
 
 def common_options(func):

@@ -10,7 +10,7 @@ import io
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .files import write_bytes
+from ..files import write_bytes
 
 # (metrics key, legend label, line style): colour = train / test, dashed = clean, solid = robust;
 # a key missing from the metrics is simply not drawn

@@ -17,11 +17,11 @@ from advssm.adv_train import distributed
 from advssm.adv_train.trainer import Trainer
 from advssm.ssm_layers import build_model, load_checkpoint, save_checkpoint
 
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..progress import TqdmProgress
 from . import cell_folder
-from .data import load_dataset
-from .errors import ConfigError
 from .final_eval import finish_cell
-from .progress import TqdmProgress
 from .spec import check_memory
 from .trackers import open_trackers
 from .train_eval import TrainSetEval

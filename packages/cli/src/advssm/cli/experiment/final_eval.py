@@ -18,8 +18,8 @@ from advssm.adv_train.precision import autocast_forward
 from advssm.adv_train.trainer import eval_seed
 from advssm.ssm_layers import load_checkpoint
 
+from ..files import write_bytes
 from . import cell_folder
-from .files import write_bytes
 
 _BUDGET_KEYS = ("steps", "queries", "restarts", "n_restarts")
 

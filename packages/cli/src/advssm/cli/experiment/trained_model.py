@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from advssm.ssm_layers import load_checkpoint, read_metadata
 
-from . import cell_folder, runs
-from .data import load_dataset
-from .errors import ConfigError
+from ..data import load_dataset
+from ..errors import ConfigError
+from . import cell_folder, run_folder
 from .spec import validate_cell
 
 
@@ -27,9 +27,9 @@ def cell_of(checkpoint: str | Path):
     if (cell_dir / cell_folder.CELL_FILE).is_file():
         return cell_folder.read_cell(cell_dir)
     for folder in (cell_dir, cell_dir.parent):
-        path = folder / runs.CONFIG_FILE
+        path = folder / run_folder.CONFIG_FILE
         if path.is_file():
-            cells = {cell.name: cell for cell in runs.read_spec(folder).cells()}
+            cells = {cell.name: cell for cell in run_folder.read_spec(folder).cells()}
             return cells.get(cell_dir.name) or (next(iter(cells.values())) if len(cells) == 1 else None)
     return None
 
