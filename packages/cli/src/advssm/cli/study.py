@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from advssm.ads import propagation_analysis
 from advssm.adv_train.attacks import PGD
+from advssm.ssm_layers import LAYERS
 
 from . import interrupts
 from .data import DATASETS
@@ -48,9 +49,10 @@ TEST_NAME = "paired t-interval over seeds"
 FINDINGS_MD, FINDINGS_JSON, STUDY_FILE = "findings.md", "findings.json", "study.json"
 ANALYSIS_DIR = "analysis"
 VERDICTS = ("holds", "does not hold", "inconclusive")
-FIXED = ("s4", "s4d", "dss", "s5")  # fixed-parameter (LTI) SSMs
-SELECTIVE = ("s6",)
-PURE_SSMS = FIXED + SELECTIVE + ("mamba2",)  # without attention (Mega and attention are not)
+# the kinds of layer the claims compare, from the layers' own flags (advssm.ssm_layers.layers.base)
+FIXED = tuple(name for name, layer in LAYERS.items() if layer.is_lti)  # fixed-parameter (LTI) SSMs
+SELECTIVE = tuple(name for name, layer in LAYERS.items() if layer.is_selective)
+PURE_SSMS = tuple(name for name, layer in LAYERS.items() if not layer.uses_attention)  # not Mega, not attention
 ADVERSARIAL = "pgd-at"
 STANDARD = "standard"
 
@@ -296,7 +298,8 @@ CLAIMS = [
     Claim("at-gain", "Adversarial training (PGD-AT) raises PGD and AutoAttack accuracy over standard training (ST) "
           "for every layer; the fixed-parameter SSMs gain less from it than S6 (their output error is bounded by "
           "their parameters, which limits what AT can change)", _at_gains,
-          "Best checkpoints; the gain comparison is (S6 AT - S6 ST) - (LTI AT - LTI ST) in Best PGD accuracy."),
+          "Best checkpoints; the gain comparison is (S6 AT - S6 ST) - (LTI AT - LTI ST) in Best PGD accuracy, for "
+          "each selective layer in the table (S6, and Mamba-2 where a study adds it) against each LTI one."),
     Claim("mega-overfitting", "The attention-augmented model (Mega) overfits more under PGD-AT than the pure SSMs: "
           "a larger Diff = Best - Last in PGD accuracy", _overfitting),
     Claim("ads", "AdS raises clean and robust accuracy of S4 and DSS under PGD-AT, with a smaller Diff", _ads),

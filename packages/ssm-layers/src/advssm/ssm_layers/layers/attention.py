@@ -51,6 +51,8 @@ class Attention(SequenceLayer):
             kernel), so ``"triton"`` is refused rather than ignored.
     """
 
+    uses_attention = True
+
     def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0, backend: str = "auto"):
         super().__init__(d_model)
         name = type(self).__name__

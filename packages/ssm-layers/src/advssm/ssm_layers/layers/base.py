@@ -13,7 +13,10 @@ analysis can reach inside without knowing the layer:
 gate mixes the input back in; most layers ignore it.)
 
 ``transform_dim`` is the feature size of ``y`` (d_model, or the inner width for S6).
-Linear time-invariant layers (S4, S4D, DSS, S5) set ``is_lti = True`` and implement
+The class attributes say what kind of mixer a layer is, for the code that must know (the analysis, IBP, the
+internal attacks, the findings study): ``is_lti`` (S4, S4D, DSS, S5), ``is_selective`` (S6, Mamba-2) and
+``uses_attention`` (Mega, attention).
+Linear time-invariant layers set ``is_lti = True`` and implement
 ``conv_kernel(L)``, returning (K, D): K of shape (H, L) for per-channel (SISO) kernels
 or (H_out, H_in, L) for MIMO ones, and D of shape (H,) or (H_out, H_in) or None.
 ``make_output_transform(build)`` builds the module for the transform slot from ``build(dim)``
@@ -78,6 +81,8 @@ class SequenceLayer(nn.Module):
 
     has_output_transform = True
     is_lti = False
+    is_selective = False  # step size and B, C computed from the input (S6, Mamba-2)
+    uses_attention = False  # mixes positions by attention weights (Mega, attention): not a pure SSM
     is_causal = True  # output t depends on inputs 1..t only
 
     def __init__(self, d_model: int):

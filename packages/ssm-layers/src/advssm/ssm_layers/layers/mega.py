@@ -53,6 +53,8 @@ class Mega(SequenceLayer):
             ``ema="fft"`` (which has no Triton kernel, so ``"triton"`` needs ``ema="scan"``).
     """
 
+    uses_attention = True
+
     def __init__(self, d_model: int, d_state: int = 16, z_dim: int = 64, dropout: float = 0.0, ema: str = "fft",
                  backend: str = "auto"):
         super().__init__(d_model)
