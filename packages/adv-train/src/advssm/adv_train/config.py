@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .attacks.autoattack import ATTACK_NAMES, VERSIONS
+from .attacks.autoattack import ATTACK_NAMES, FIXED_VERSIONS, VERSIONS
 from .methods import METHODS
 
 #: Per-dataset protocol values of the paper (arXiv 2406.05532; listed in docs/reproducing.md); anything else keeps
@@ -175,7 +175,7 @@ class TrainConfig:
             unknown = [a for a in self.aa_attacks if a not in ATTACK_NAMES]
             if unknown:  # caught now rather than at the first AutoAttack epoch, hours into the run
                 fail("aa_attacks", f"a list of names from {', '.join(ATTACK_NAMES)} (unknown: {', '.join(unknown)})")
-        if self.aa_version in ("standard", "rand") and self.aa_attacks is not None:
+        if self.aa_version in FIXED_VERSIONS and self.aa_attacks is not None:
             fail("aa_attacks",
                  f"None when aa_version is {self.aa_version!r} (set aa_version='custom' to choose attacks)")
         if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda", "auto")

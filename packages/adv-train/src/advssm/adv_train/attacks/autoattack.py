@@ -30,7 +30,8 @@ STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 STANDARD_L1 = STANDARD  # the same four attacks, each in its L1 version (APGD's and APGD-T's settings: _BUILDERS)
 RAND = ("apgd-ce", "apgd-dlr")
 EOT_ITER = 20  # samples per step in the "rand" version
-VERSIONS = ("standard", "rand", "custom")
+FIXED_VERSIONS = ("standard", "rand")  # the versions that fix their attacks and budgets
+VERSIONS = (*FIXED_VERSIONS, "custom")
 
 
 # Each of AutoAttack's attacks by name; at steps=100 these are the AutoAttack paper's budgets (for L1 those the
@@ -92,7 +93,7 @@ class AutoAttack(Attack):
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, version: str = "standard",
                  attacks: list[str | Attack | tuple[str, Attack]] | None = None, seed: int | None = 0):
         super().__init__(model, eps, norm=norm, seed=seed)
-        if version in ("standard", "rand"):
+        if version in FIXED_VERSIONS:
             if attacks is not None:
                 raise ValueError(f"version={version!r} fixes its attacks; pass attacks=... with version='custom'")
             standard = STANDARD_L1 if norm == "L1" else STANDARD

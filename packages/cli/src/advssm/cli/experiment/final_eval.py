@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from advssm.adv_train.attacks import AutoAttack, build
+from advssm.adv_train.attacks.autoattack import FIXED_VERSIONS
 from advssm.adv_train.config import AA_VERSIONS
 from advssm.adv_train.evaluation import evaluate
 from advssm.adv_train.precision import autocast_forward
@@ -53,7 +54,7 @@ def protocol(cell, n: int, test_n: int, parts: list[dict] | None) -> dict:
             return {"aa": "trainer", "version": train.aa_version, "n": min(train.aa_n, test_n),
                     **({"components": fixed} if fixed else {}), **common}
         return {"aa": None, **common}
-    if settings.aa_version in ("standard", "rand"):
+    if settings.aa_version in FIXED_VERSIONS:
         return {"aa": settings.aa_version, "n": n, "components": parts, **common}
     return {"aa": "custom", "attacks": list(settings.aa_attacks), "steps": settings.aa_steps, "n": n,
             "components": parts, **common}
