@@ -76,6 +76,7 @@ def test_kernel_hands_over_to_a_twice_differentiable_path_and_says_so_once(op, b
 def test_kernel_outside_double_backward_refuses_a_second_derivative(op):
     fn, args = inputs()[op]
     y = fn(*args, backend="triton")
-    (g,) = torch.autograd.grad(y.abs().pow(2).sum(), args[0], create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
-        g.abs().pow(2).sum().backward()
+    with pytest.raises(RuntimeError, match=rf"{op}'s Triton kernel has a first-order backward only.*double_backward"):
+        torch.autograd.grad(y.abs().pow(2).sum(), args[0], create_graph=True)
+    (g,) = torch.autograd.grad(y.abs().pow(2).sum(), args[0])  # a first derivative still runs on the kernel
+    assert g.shape == args[0].shape

@@ -292,9 +292,8 @@ def test_double_backward_fails_loudly():
     C = torch.randn(2, 4, dtype=torch.complex64, device=DEVICE, requires_grad=True)
     dtA = torch.complex(-torch.rand(2, 4), torch.randn(2, 4)).to(DEVICE).requires_grad_()
     K = vandermonde_kernel(C, dtA, 5, backend="triton")
-    (grad_C,) = torch.autograd.grad(K.square().sum(), [C], create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        grad_C.abs().sum().backward()
+    with pytest.raises(RuntimeError, match=r"vandermonde_kernel's Triton kernel .*double_backward\(\)"):
+        torch.autograd.grad(K.square().sum(), [C], create_graph=True)
 
 
 def test_selective_scan_half_inputs_give_the_torch_paths_result():

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._first_order import first_order_backward
+
 MAX_BLOCK_R = 64  # rows per program
 # Compile options of every launch, explicit rather than the installed triton's default: FP fusion
 # (a*b+c as one FMA, rounded once) as CUDA and triton < 3.10 do by default; triton 3.10 turns
@@ -115,7 +117,7 @@ class DiagScanFn(torch.autograd.Function):
         return h.reshape(shape).to(out_dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels build no graph: double backward must fail loudly
+    @first_order_backward("diag_scan")  # the kernels build no graph: a second derivative is refused
     def backward(ctx, dh):
         af, h, h0f = ctx.saved_tensors
         a_meta, b_meta, h0_meta = ctx.meta

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._first_order import first_order_backward
+
 CHUNK = 16  # time steps between stored boundary states
 MAX_BLOCK_D = 32  # channels per program
 # Compile options of every launch, explicit rather than the installed triton's default: FP fusion
@@ -242,7 +244,7 @@ class SelectiveScanFn(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels build no graph: double backward must fail loudly
+    @first_order_backward("selective_scan")  # the kernels build no graph: a second derivative is refused
     def backward(ctx, dout, *maybe_dlast):
         u, delta, A, B, C, D, z, bias, chunks = ctx.saved_tensors
         has_d, has_z, has_bias = ctx.present

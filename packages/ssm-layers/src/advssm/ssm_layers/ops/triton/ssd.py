@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._first_order import first_order_backward
+
 CHUNK = 32  # time steps between stored states (memory for backward: L / CHUNK states + CHUNK + 1 scratch)
 MAX_TILE = 4096  # state elements per program: BLOCK_P x BLOCK_N (registers)
 # Compile options of every launch, explicit rather than the installed triton's default: FP fusion
@@ -223,7 +225,7 @@ class SSDFn(torch.autograd.Function):
         return out.to(x.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels build no graph: double backward must fail loudly
+    @first_order_backward("ssd")  # the kernels build no graph: a second derivative is refused
     def backward(ctx, dout):
         x, dt, A, B, C, D, z, bias, chunks = ctx.saved_tensors
         flags = ctx.flags

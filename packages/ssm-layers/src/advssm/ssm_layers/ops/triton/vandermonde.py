@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._first_order import first_order_backward
+
 BLOCK_L = 64
 MAX_BLOCK_N = 32
 # Compile options of every launch, explicit rather than the installed triton's default: FP fusion
@@ -99,7 +101,7 @@ class VandermondeFn(torch.autograd.Function):
         return K.to(C.real.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels build no graph: double backward must fail loudly
+    @first_order_backward("vandermonde_kernel")  # the kernels build no graph: a second derivative is refused
     def backward(ctx, dK):
         Cf, Af = ctx.saved_tensors
         H, N = Cf.shape
