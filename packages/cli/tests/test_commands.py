@@ -133,3 +133,20 @@ def test_info_text_lists_backends_per_op(helpers):
     lines = result.output.splitlines()
     assert "backends (per op):" in lines
     assert any(line.split()[:3] == ["selective_scan", "reference,", "torch"] for line in lines)
+
+
+def test_eval_runs_in_the_runs_precision_unless_told(tmp_path, helpers):
+    """A bf16 run's checkpoint is evaluated under bf16 autocast by default, as its final evaluation was (it was
+    evaluated in fp32 whatever the run used), so eval reproduces the run's number; --precision overrides."""
+    out = tmp_path / "bf16"
+    result = helpers.invoke("run", *helpers.TINY, "--epochs", "1", "--method", "standard", "--precision", "bf16",
+                            "--out", out)
+    assert result.exit_code == 0, result.output
+    ckpt = out / "standard" / "last.safetensors"
+    summary = cell_folder.read_summary(out / "standard")
+    data = json.loads(helpers.invoke("eval", ckpt, "--attacks", "fgsm", "--json", "--no-progress").stdout)
+    assert data["precision"] == "bf16" and data["clean_acc"] == summary["last"]["clean_acc"]
+    text = helpers.invoke("eval", ckpt, "--attacks", "fgsm", "--precision", "fp32", "--no-progress")
+    assert text.exit_code == 0 and "precision" not in text.output.splitlines()[0]
+    bad = helpers.invoke("eval", ckpt, "--attacks", "fgsm", "--precision", "fp16", "--device", "cpu")
+    assert bad.exit_code == 2 and "--precision" in bad.output and "bf16" in bad.output

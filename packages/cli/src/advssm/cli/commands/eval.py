@@ -5,9 +5,11 @@ import os
 from pathlib import Path
 
 import click
+import torch
 from advssm.adv_train import threat_models
 from advssm.adv_train.attacks import ATTACKS, NORMS, build
 from advssm.adv_train.evaluation import evaluate
+from advssm.adv_train.precision import PRECISIONS, autocast_forward, check_precision
 from torch.utils.data import TensorDataset
 
 from .. import interrupts
@@ -107,6 +109,10 @@ def _architecture(model, cell) -> str:
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", help="cpu, cuda or cuda:N (default: the run's device where it exists, else cpu).")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="The model's forward under autocast, as the run trained and evaluated it (default: the run's "
+                   "precision, recorded in the checkpoint's cell; fp32 for a checkpoint without one). The attacks' "
+                   "arithmetic stays fp32.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Seeds the attacks, per batch.")
 @click.option("--records", "records_path", type=click.Path(dir_okay=False),
@@ -123,7 +129,8 @@ def _architecture(model, cell) -> str:
                    "beside the checkpoint).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_values, alpha, steps, dataset, data_dir,
-                 batch_size, device, seed, records_path, curves_out, resume, as_json, robustbench, progress):
+                 batch_size, device, precision, seed, records_path, curves_out, resume, as_json, robustbench,
+                 progress):
     """Clean and robust accuracy of a checkpoint under the chosen attacks (worst case over them too).
 
     One rule for every number: an example counts as robust under an attack when it is classified
@@ -171,7 +178,8 @@ def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_valu
         check_writable(robustbench_file(checkpoints[0], robustbench), "--robustbench")
     options = {"attacks": attacks, "norm": norm, "threat": threat, "sweep": sweep, "n": n, "alpha": alpha,
                "steps": steps, "dataset": dataset, "data_dir": data_dir,
-               "batch_size": batch_size, "device": device, "seed": seed, "resume": resume, "progress": progress}
+               "batch_size": batch_size, "device": device, "precision": precision, "seed": seed, "resume": resume,
+               "progress": progress}
     curve_mode = len(checkpoints) > 1 or (eps_values is not None and len(eps_values) > 1)
     done = []
     try:
@@ -192,7 +200,7 @@ def eval_command(checkpoints, attacks, norm, threat, position_sweep, n, eps_valu
 
 
 def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, threat, sweep, n, alpha, steps, dataset,
-                         data_dir, batch_size, device, seed, resume, progress):
+                         data_dir, batch_size, device, precision, seed, resume, progress):
     """(data, result, model, cell, eps list, attack names): one checkpoint evaluated at every eps in one
     ``evaluate()`` call (the attacks of eps e are named ``name@e`` when there are several)."""
     run_eps = eps_values is None
@@ -202,6 +210,12 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
     if cell is not None:  # the run's PGD, so its numbers can be reproduced
         steps = steps or int(cell.train.eval_pgd_steps)
     steps = steps or 10
+    # the run's precision unless told otherwise, so eval reproduces the final evaluation's numbers
+    precision = precision or (cell.train.precision if cell is not None else "fp32")
+    try:
+        check_precision(precision, torch.device(device))
+    except ValueError as error:
+        raise ConfigError(f"--precision: {error}") from None
     if threat is not None:
         try:
             threat.mask(x[:1])  # a threat model that does not fit the data is refused before any attack runs
@@ -241,13 +255,14 @@ def _evaluate_checkpoint(checkpoint, eps_values, records, *, attacks, norm, thre
         if not resume and records.is_file():
             records.unlink()  # a new evaluation: the records of an earlier one would be refused by evaluate
         try:
-            result = evaluate(model, TensorDataset(x, y), chosen, batch_size=batch_size, seed=seed, records=records,
-                              resume=resume, progress=on_progress)
+            with autocast_forward(model, precision, torch.device(device)):
+                result = evaluate(model, TensorDataset(x, y), chosen, batch_size=batch_size, seed=seed,
+                                  records=records, resume=resume, progress=on_progress)
         finally:
             bar.close()
     data = {"checkpoint": str(checkpoint), "eps": eps_list[0] if len(eps_list) == 1 else eps_list, "n": len(x),
             "norm": norm, "threat_model": threat.name if threat is not None else "full",
-            "device": str(device), "records": str(records), **result.to_dict()}
+            "device": str(device), "precision": precision, "records": str(records), **result.to_dict()}
     if windows:
         data["positions"] = study_of(checkpoint, result, windows, names, records, norm=norm, eps=eps_list[0],
                                      length=sweep[0], stride=sweep[1] or sweep[0])
@@ -269,7 +284,9 @@ def _emit_one(data, result, model, cell, eps_list, names, dataset, as_json, robu
             data["robustbench_file"], failed = None, f"{path} could not be written ({exc.strerror or exc})"
     threat = "" if data["threat_model"] == "full" else f"  threat {data['threat_model']}"
     norm = "" if data["norm"] == "Linf" else f"  norm {data['norm']}"
-    lines = [f"checkpoint {checkpoint}  eps {eps_list[0]:g}{norm}{threat}  n {data['n']}  device {data['device']}",
+    precision = "" if data["precision"] == "fp32" else f"  precision {data['precision']}"
+    lines = [f"checkpoint {checkpoint}  eps {eps_list[0]:g}{norm}{threat}  n {data['n']}  device {data['device']}"
+             f"{precision}",
              f"{'clean':10} {100 * result.clean_acc:6.2f}%"]
     lines += [f"{name:10} {100 * acc:6.2f}%" for name, acc in result.robust_acc.items()]
     if len(result.robust_acc) > 1:
