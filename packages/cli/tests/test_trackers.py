@@ -114,6 +114,16 @@ def test_tracker_settings_are_checked_and_written(helpers):
     assert json.loads(dry.stdout)["track"]["trackers"] == ["tensorboard", "mlflow"]
 
 
+
+def test_sweep_takes_the_tracker_flag_too(tmp_path, helpers):
+    """--tracker was a flag of run only: a sweep could log to a tracker through the TOML's [track] table alone."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\nlayer = ["s4d", "s6"]\n[track]\ntrackers = ["mlflow"]\n')
+    dry = helpers.invoke("sweep", grid, "--tracker", "tensorboard", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["track"]["trackers"] == ["tensorboard"]  # the flag replaces the table's list
+
+
 def test_a_tracker_failing_mid_run_warns_once_and_training_goes_on(tmp_path, helpers, monkeypatch, capfd):
     calls = []
 

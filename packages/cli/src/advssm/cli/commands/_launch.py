@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..execution.inline import execute
 from ..experiment import cell_folder, run_folder
 from ..experiment.cell_runner import join_process_group
-from ..experiment.spec import load_toml, resolve_experiment
+from ..experiment.spec import TRACKERS, load_toml, resolve_experiment
 from ..experiment.trackers import check_installed
 from ..output import emit
 from ..results import table
@@ -148,8 +148,13 @@ def _trained_anything(run_dir: Path) -> bool:
     return any(path.stat().st_size > 0 for path in run_dir.glob(f"*/{cell_folder.METRICS_FILE}"))
 
 
+def tracker_overrides(trackers) -> dict:
+    """The override of --tracker flags: given ones replace the TOML's list; none leave it."""
+    return {"track.trackers": list(trackers)} if trackers else {}
+
+
 def common_options(func):
-    """--out, --resume, --dry-run, --json, --set, --no-progress."""
+    """--out, --resume, --dry-run, --json, --set, --no-progress, --tracker."""
     options = [
         click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<time>-<name>)."),
         click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False),
@@ -161,6 +166,10 @@ def common_options(func):
         click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                      help="Override any setting, e.g. --set train.aa_n=100 (repeatable)."),
         click.option("--progress/--no-progress", default=True, help="Progress bars on stderr."),
+        click.option("--tracker", "trackers", multiple=True, type=click.Choice(TRACKERS),
+                     help="Log each cell to this experiment tracker (repeatable; its package must be installed): "
+                          "tensorboard, mlflow (track.mlflow_uri, default a SQLite store in the run folder), wandb "
+                          "(offline). Replaces the TOML's [track] trackers."),
     ]
     for option in reversed(options):
         func = option(func)

@@ -6,8 +6,8 @@ from advssm.adv_train.config import METHOD_NAMES
 from advssm.ssm_layers.layers import LAYERS
 from advssm.ssm_layers.layers.scans import SCANS
 
-from ..experiment.spec import PRESETS, TRACKERS, parse_assignment
-from ._launch import common_options, launch, resolve_or_resume
+from ..experiment.spec import PRESETS, parse_assignment
+from ._launch import common_options, launch, resolve_or_resume, tracker_overrides
 
 # flag -> dotted setting
 FLAG_SETTINGS = {
@@ -74,9 +74,6 @@ class PatchSize(click.ParamType):
               "the loss gains W x ||d logits / d x||_F^2 on the clean batch (0 = off; e.g. 0.01).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Autocast dtype of the model's "
               "forward in training and evaluation (SSM cores, losses and attacks stay fp32); fp16 needs CUDA.")
-@click.option("--tracker", "trackers", multiple=True, type=click.Choice(TRACKERS),
-              help="Log each cell to this experiment tracker (repeatable; its package must be installed): "
-                   "tensorboard, mlflow (track.mlflow_uri, default a SQLite store in the run folder), wandb (offline).")
 @click.option("--name", help="Experiment name (used in the run folder's name).")
 @common_options
 def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, progress, **flags):
@@ -102,10 +99,8 @@ def run(config_file, out, runs_root, resume, dry_run, as_json, assignments, prog
       advssm run --method pgd-at --init-from runs/X/standard/best.safetensors --eps-warmup-epochs 5
       advssm run --tracker tensorboard --tracker mlflow
     """
-    trackers = flags.pop("trackers")
-    overrides = {FLAG_SETTINGS[k]: v for k, v in flags.items() if v is not None}
-    if trackers:  # given flags replace the TOML's list
-        overrides["track.trackers"] = list(trackers)
+    overrides = {**tracker_overrides(flags.pop("trackers")),
+                 **{FLAG_SETTINGS[k]: v for k, v in flags.items() if v is not None}}
     if "grid.method" in overrides:
         overrides["grid.method"] = [m.strip() for m in overrides["grid.method"].split(",") if m.strip()]
     overrides.update(parse_assignment(a) for a in assignments)

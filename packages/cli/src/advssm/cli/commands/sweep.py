@@ -9,14 +9,15 @@ from ..execution import options
 from ..execution.sweep import launch_jobs
 from ..experiment import run_folder
 from ..experiment.spec import parse_assignment
-from ._launch import common_options, launch, resolve_or_resume
+from ._launch import common_options, launch, resolve_or_resume, tracker_overrides
 
 
 @click.command()
 @click.argument("grid_file", required=False, type=click.Path(dir_okay=False))
 @common_options
 @options.executor_options
-def sweep(grid_file, out, runs_root, resume, dry_run, as_json, assignments, progress, wait_for_end, **executor_flags):
+def sweep(grid_file, out, runs_root, resume, dry_run, as_json, assignments, progress, trackers, wait_for_end,
+          **executor_flags):
     """Run every cell of a grid into sub-folders and write the paper-style table across cells.
 
     GRID_FILE is a run TOML whose [grid] table lists the values to combine (keys: dataset, layer,
@@ -43,11 +44,12 @@ def sweep(grid_file, out, runs_root, resume, dry_run, as_json, assignments, prog
       advssm sweep grid.toml --out runs/zoo
       advssm sweep --resume runs/zoo
       advssm sweep grid.toml --out runs/zoo --executor local --max-parallel 2 --wait
+      advssm sweep grid.toml --tracker tensorboard
       advssm sweep grid.toml --out runs/zoo --executor slurm --partition gpu --gpus-per-cell 1 --time 24:00:00
     """
     if not grid_file and not resume:
         raise click.UsageError("give a GRID_FILE (TOML with a [grid] table) or --resume DIR")
-    overrides = dict(parse_assignment(a) for a in assignments)
+    overrides = {**tracker_overrides(trackers), **dict(parse_assignment(a) for a in assignments)}
     spec, run_dir, changes = resolve_or_resume(grid_file, resume, overrides)
     settings = options.settings_from(spec.executor, executor_flags)
     if settings.kind == "inline" or dry_run:
