@@ -48,6 +48,24 @@ def test_autocast_forward_and_backward(layer):
 
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_autocast_layer_on_an_fp32_residual_stream(layer):
+    """A layer's input can be fp32 inside autocast (after a LayerNorm: the prenorm presets): Mega's gated
+    residual mixed bf16 and fp32 in one lerp and failed on every bf16 step of the paper's Mega (seen on a GPU)."""
+    torch.manual_seed(3)
+    block = LAYERS[layer](16)
+    x = torch.rand(2, 7, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+    y.float().square().sum().backward()
+    assert y.shape == x.shape and torch.isfinite(x.grad).all()
+    model = build_model(ModelConfig(layer=layer, prenorm=True, **SMALL))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.rand(2, 1, 6, 6))
+    logits.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_double_model_takes_float_inputs(layer):
     _, model64 = _pair(layer, seed=2)
     x = torch.rand(2, 1, 5, 5, requires_grad=True)

@@ -153,11 +153,15 @@ class Mamba2(SequenceLayer):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The gated SSD output (y + D x) * silu(z), (B, L, d_inner)."""
-        u, dt, B, C, z = self._scan_inputs(x)
+        # fp32 into the SSD under autocast, as S6 does: the op computes in fp32 anyway, and its Triton kernel is
+        # verified on fp32 inputs
+        inputs = self._scan_inputs(x)
+        dtype = inputs[0].dtype  # y in the dtype x had, as before: a half-precision model stays half
+        u, dt, B, C, z = (None if t is None else at_least_fp32(t) for t in inputs)
         y = ssd(u, dt, -torch.exp(at_least_fp32(self.A_log)), B, C, chunk_size=self.chunk_size,
                 D=at_least_fp32(self.D), z=z, dt_bias=at_least_fp32(self.dt_bias), dt_softplus=True,
                 dt_limit=self.dt_limit, backend=self.backend)
-        return y.flatten(2)
+        return y.to(dtype).flatten(2)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Grouped RMSNorm, dropout, then out_proj back to (B, L, d_model); ``x`` is unused."""

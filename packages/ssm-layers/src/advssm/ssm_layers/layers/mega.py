@@ -122,4 +122,6 @@ class Mega(SequenceLayer):
         # sdpa scales by 1/sqrt(z_dim) (the query width); a head dimension of 1 gives the single head.
         attended = causal_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         h = F.silu(candidate + self.h_proj(reset * attended))
-        return self.dropout(torch.lerp(x, h, torch.sigmoid(update)))
+        # the gated residual in the residual stream's dtype: under autocast h is half precision while x, after a
+        # LayerNorm (prenorm), is fp32, and lerp refuses mixed dtypes
+        return self.dropout(torch.lerp(x, h.to(x.dtype), torch.sigmoid(update).to(x.dtype)))

@@ -100,13 +100,18 @@ class S6(SequenceLayer):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Gated selective-scan output, (B, L, d_inner)."""
-        u, z, delta, B, C = self._scan_inputs(x)
+        # the scan computes in fp32 whatever it is given; under autocast it is given fp32, the inputs its Triton
+        # kernel is verified on: with bf16 inputs the kernel's gradients differed from the PyTorch path's beyond
+        # the first-use check's tolerance on an H200, so backend "auto" ran the slower PyTorch path (gpu_verify)
+        inputs = self._scan_inputs(x)
+        dtype = inputs[0].dtype  # y in the dtype u had, as before: a half-precision model stays half
+        u, z, delta, B, C = (at_least_fp32(t) for t in inputs)
         y = selective_scan(
             u, delta, -torch.exp(at_least_fp32(self.A_log)), B.transpose(1, 2), C.transpose(1, 2),
             at_least_fp32(self.D), z=z, delta_bias=at_least_fp32(self.dt_proj.bias), delta_softplus=True,
             backend=self.backend,
         )
-        return y.transpose(1, 2)
+        return y.to(dtype).transpose(1, 2)
 
     def project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Dropout, then out_proj back to (B, L, d_model); ``x`` is unused."""
