@@ -3,6 +3,7 @@
 Two cells (s4d-standard, s4d-pgd-at) are complete copies of the tiny run's; s6-standard has trained two
 epochs but has no summary yet, s6-pgd-at has not started. Nothing is trained here.
 """
+import json
 import shutil
 import sys
 
@@ -27,4 +28,7 @@ def partial_sweep(tiny_run, folder):
     running.mkdir()
     for name in ("metrics.jsonl", "cell.json", "train_eval.jsonl"):
         shutil.copy(tiny_run / "standard" / name, running / name)
+    for cell in ("s4d-standard", "s4d-pgd-at", "s6-standard"):  # each cell.json names its own cell, as a run's do
+        path = folder / cell / "cell.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "name": cell}))
     return folder

@@ -9,7 +9,7 @@ import warnings
 
 import advssm.cli.experiment.cell_runner as cell_runner
 import pytest
-from advssm.cli.experiment import cell_folder
+from advssm.cli.experiment import cell_folder, run_folder
 from advssm.cli.experiment.spec import CellSpec
 from advssm.cli.progress import TqdmProgress
 
@@ -115,6 +115,8 @@ def test_resume_at_a_new_rate_is_recorded(tmp_path, monkeypatch, helpers):
     assert environment["changes"] == [{"from_epoch": 2, "lr": {"was": 0.01, "now": 0.001}}]
     assert cell_folder.read_summary(cell_dir)["changes"] == environment["changes"]
     assert "lr 0.01 -> 0.001 (resumed with a changed setting" in (tmp_path / "lr" / "report.md").read_text()
+    # the resolved specs say the new rate too: the run's spec.json and the resumed cell's own cell.json
+    assert run_folder.read_spec(tmp_path / "lr").train.lr == 1e-3 and cell_folder.read_cell(cell_dir).train.lr == 1e-3
     result = helpers.invoke("run", "--resume", tmp_path / "lr", "--epochs", "3")
     assert result.exit_code == 2 and "only --lr and --batch-size may change" in result.output
 

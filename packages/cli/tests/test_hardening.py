@@ -205,9 +205,9 @@ def test_a_damaged_json_file_of_a_run_folder_is_named(tiny_run, tmp_path, helper
     shutil.copytree(tiny_run, run)
     (run / "pgd-at" / damaged).write_text('{"best": ')
     result = helpers.invoke("report", run, "--out", tmp_path / "out")
-    if damaged == "cell.json":  # report does not read it; status does
-        result = helpers.invoke("status", run)
-        assert result.exit_code == 0 and "| pgd-at | done |" in result.output
+    if damaged == "cell.json":  # report does not read it; status reads each cell's own spec, and names it
+        status = helpers.invoke("status", run)
+        assert status.exit_code == 1 and f"{run / 'pgd-at' / damaged} is damaged (JSONDecodeError" in _one_line(status)
         result = helpers.invoke("eval", run / "pgd-at" / "best.safetensors", "--no-progress", "--attacks", "fgsm")
         assert result.exit_code == 0  # the checkpoint carries its own cell spec
         return

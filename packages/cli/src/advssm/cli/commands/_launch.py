@@ -1,6 +1,7 @@
 """What ``run`` and ``sweep`` share: resolving the spec, the run folder, Ctrl-C / SIGTERM and the printed result."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 from advssm.adv_train.distributed import gather_objects, shutdown
 from advssm.adv_train.methods import NonFiniteLossError
+from pydantic import ValidationError
 
 from .. import interrupts
 from ..errors import ConfigError
@@ -42,15 +44,29 @@ def _resolve_or_resume(config_file: str | None, resume: str | None, overrides: d
         path = Path(resume) / run_folder.CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"cannot resume {resume}: {path} is missing (not a run folder?)")
-        stored = load_toml(path)
-        spec = resolve_experiment(stored)
+        spec = run_folder.read_spec(resume)  # the spec the run resolved when it started, not resolved again
         if not overrides:
             return spec, Path(resume), ()
-        changed = resolve_experiment(stored, overrides=overrides)
+        changed = _with_train_changes(spec, {RESUME_CHANGES[k]: v for k, v in overrides.items()})
         keys = tuple(RESUME_CHANGES[k] for k in overrides if getattr(changed.train, RESUME_CHANGES[k]) !=
                      getattr(spec.train, RESUME_CHANGES[k]))
         return changed, Path(resume), keys
     return resolve_experiment(load_toml(config_file) if config_file else {}, overrides=overrides), None, ()
+
+
+def _with_train_changes(spec, changes: dict):
+    """The stored spec with new [train] values (lr, batch size), checked as ``run`` checks them: the spec's types,
+    then every cell's own rules."""
+    values = json.loads(spec.model_dump_json())
+    values["train"].update(changes)
+    try:
+        changed = type(spec).model_validate_json(json.dumps(values))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting: {where}: {first['msg']}") from None
+    changed.cells()  # each cell validated (a ConfigError naming the setting)
+    return changed
 
 
 def launch(spec, run_dir: Path | None, out: str | None, runs_root: str, dry_run: bool, as_json: bool,

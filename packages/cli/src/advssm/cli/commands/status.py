@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..experiment import jobs
-from ..experiment.run_folder import REPORT_HTML, read_spec
+from ..experiment.run_folder import REPORT_HTML, read_cells
 from ..output import emit
 
 FINAL = ("done", "failed")
@@ -50,8 +50,8 @@ def report_link(page: Path) -> str:
 
 
 def read_status(run_dir: Path) -> list[jobs.CellStatus]:
-    """The status of every cell of the sweep in ``run_dir`` (its config.toml names the cells)."""
-    return jobs.cell_statuses(run_dir, read_spec(run_dir).cells())
+    """The status of every cell of the sweep in ``run_dir`` (each cell's own resolved spec, written at submission)."""
+    return jobs.cell_statuses(run_dir, read_cells(run_dir))
 
 
 @click.command()

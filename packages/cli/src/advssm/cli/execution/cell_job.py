@@ -122,9 +122,8 @@ class CellJob(submitit.helpers.Checkpointable):
     def _report(self) -> None:
         """Rewrite the run's report with this cell in it (the last cell to end leaves the complete report)."""
         try:
-            spec = run_folder.read_spec(self.run_dir)
-            write_sweep_report(Path(self.run_dir), spec)
-            log_reports(Path(self.run_dir), spec.cells())  # the reports as MLflow artifacts of the cells' runs
+            write_sweep_report(Path(self.run_dir), run_folder.read_spec(self.run_dir))
+            log_reports(Path(self.run_dir), run_folder.read_cells(self.run_dir))  # as MLflow artifacts of each cell
         except Exception as exc:  # the cell itself is done; the report can be rewritten with advssm report
             print(f"advssm: warning: could not rewrite {self.run_dir}/report.md ({type(exc).__name__}: {exc}); "
                   f"the cell is complete; rerun the sweep or advssm report {self.run_dir}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..experiment import cell_folder, jobs
+from ..experiment import cell_folder, jobs, run_folder
 from ..files import write_text
 from ..results import report_md
 
@@ -29,7 +29,7 @@ def write_sweep_report(run_dir: Path, spec) -> Path:
     """report.md over the cells that finished training, marked partial (with the others' progress) until every
     cell is complete. Taken under the run's report lock: the sweep command and each finishing job write it."""
     run_dir = Path(run_dir)
-    cells = spec.cells()
+    cells = run_folder.read_cells(run_dir)  # the cells' own specs, written when the sweep was submitted
     with jobs.report_lock(run_dir):
         finished = {c.name: run_dir / c.name for c in cells if cell_folder.is_finished(run_dir / c.name)}
         path = report_md.write_report(run_dir, finished, title=f"advssm run: {spec.name}", config_text=spec.to_toml())

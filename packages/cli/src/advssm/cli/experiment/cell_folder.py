@@ -4,7 +4,7 @@ CLI's own files; what "complete" means, and how Best / Last / Diff are read from
 The Trainer's files are named by ``FolderStore`` (this module re-exports their names); the CLI's own ones here.
 Writers (each file has exactly one):
 
-    cell.json            the cell's CellSpec (cell_runner, before training)
+    cell.json            the cell's own resolved CellSpec (run_folder.prepare_dir, before any cell of the run trains)
     metrics.jsonl        one line per finished epoch (Trainer)
     train_state.pt       weights, optimisers, RNG states, history: what a resume needs (Trainer)
     best.safetensors     the selected checkpoint, last.safetensors the latest one (Trainer; the metadata

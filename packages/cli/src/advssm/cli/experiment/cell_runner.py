@@ -98,9 +98,8 @@ def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: s
         return cell_folder.read_summary(cell_dir)
     label = cell.name if label is None else label
     main = join_process_group(cell.train.device).is_main
-    if main:
+    if main:  # its cell.json is there already: the run folder's prepare_dir writes every cell's before any trains
         cell_dir.mkdir(parents=True, exist_ok=True)
-        cell_folder.write_cell(cell_dir, cell)
     data_spec = cell.data
     train_config = cell.train_config()
     data = load_dataset(data_spec.dataset, data_spec.data_dir, data_spec.train_size, data_spec.test_size,

@@ -29,7 +29,7 @@ def cell_of(checkpoint: str | Path):
     for folder in (cell_dir, cell_dir.parent):
         path = folder / run_folder.CONFIG_FILE
         if path.is_file():
-            cells = {cell.name: cell for cell in run_folder.read_spec(folder).cells()}
+            cells = {cell.name: cell for cell in run_folder.read_cells(folder)}
             return cells.get(cell_dir.name) or (next(iter(cells.values())) if len(cells) == 1 else None)
     return None
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..experiment import cell_folder, jobs, seeds
 from ..experiment.final_eval import describe
-from ..experiment.run_folder import CONFIG_FILE, REPORT_HTML, read_spec
+from ..experiment.run_folder import CONFIG_FILE, REPORT_HTML, read_cells, read_spec
 from ..files import write_text
 from .curves import read_curves
 from .table import pgd_label, selection_text
@@ -230,13 +230,13 @@ def _grid(spec, statuses: dict[str, dict], rows_by_name: dict[str, dict]) -> dic
                                         for table in tables for row in table["rows"] for name in row["cells"]}}
 
 
-def _statuses(run_dir: Path | None, spec) -> dict[str, dict]:
+def _statuses(run_dir: Path | None) -> dict[str, dict]:
+    """Each cell's job state and progress, from the cells' own specs (written when the run was submitted)."""
     if run_dir is None:
         return {}
-
     return {row.cell: {"state": row.state, "epochs_done": row.epochs_done, "epochs_total": row.epochs_total,
                        "best_pgd": row.best_pgd, "error": row.error}
-            for row in jobs.cell_statuses(run_dir, spec.cells())}
+            for row in jobs.cell_statuses(run_dir, read_cells(run_dir))}
 
 
 def _files(cell_dir: Path, out_dir: Path) -> list[tuple[str, str]]:
@@ -347,7 +347,7 @@ def render(out_dir: Path, cells: dict[str, Path], title: str, config_text: str |
     out_dir = Path(out_dir)
     rows = [(name, cell_folder.read_summary(cell)) for name, cell in cells.items()]
     run_dir, spec = _grid_source(out_dir, cells)
-    statuses = _statuses(run_dir, spec) if spec is not None else {}
+    statuses = _statuses(run_dir) if spec is not None else {}
     grid = _grid(spec, statuses, dict(rows)) if spec is not None else None
     pgd = pgd_label(s for _, s in rows)
     columns = [{"key": f"{stage}.{key}", "label": f"{stage.capitalize()} {pgd if key == 'pgd_acc' else label}"}
