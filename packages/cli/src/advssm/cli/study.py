@@ -39,7 +39,7 @@ from .execution.inline import execute
 from .experiment import cell_folder, jobs
 from .experiment.data_check import check_data
 from .experiment.run_folder import prepare_dir
-from .experiment.seeds import aggregate, stats
+from .experiment.seeds import aggregate, group_table, stats
 from .experiment.spec import PRESETS, resolve_experiment
 from .experiment.trained_model import load_for_eval
 from .files import write_json, write_text
@@ -576,8 +576,6 @@ def findings_markdown(results: list[dict], table: Table, scale: Scale, parts: li
     lines += ["## Results: mean ± std over seeds", ""]
     for part in parts:
         if groups.get(part.name):
-            from .experiment.seeds import group_table
-
             lines += [f"### {part.name}", "", f"Protocol and per-cell rows: [{part.name}/report.md]({part.name}/"
                       "report.md).", "", group_table(groups[part.name]), ""]
     rates = [row for row in table.rows if row["mix_change_rate"] is not None]
