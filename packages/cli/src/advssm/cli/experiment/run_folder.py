@@ -24,12 +24,8 @@ from .spec import ExperimentSpec, load_toml, resolve_experiment
 
 CONFIG_FILE = "config.toml"
 SPEC_FILE = "spec.json"  # the resolved spec: {"spec": ExperimentSpec as JSON, "cells": names in grid order}
-
-
 REPORT_FILE = "report.md"
 REPORT_HTML = "report.html"
-
-
 PLOT_FILE = "accuracy.png"  # the run's curves beside report.md, and each cell's in its folder
 
 
