@@ -27,6 +27,22 @@ def _one_line(result) -> str:
 
 # -- item 2: never overwrite what is not ours -------------------------------------------------------------------
 
+class FullDisk:
+    """A file opened for writing on a full disk: every write fails as the OS says it (ENOSPC)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def test_run_out_into_a_folder_that_is_not_a_run_folder_is_refused(tmp_path, helpers):
     mine = tmp_path / "notes"
     mine.mkdir()
@@ -228,19 +244,6 @@ def test_a_full_disk_while_writing_the_training_state_names_the_file(tmp_path, m
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
         return real_save(obj, f, *args, **kwargs)
 
-    class FullDisk:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
     def full_open(path, mode="r", *args, **kwargs):
         f = real_open(path, mode, *args, **kwargs)
         return FullDisk(f) if "train_state.pt" in str(path) and ("w" in mode or "x" in mode) else f
@@ -260,19 +263,6 @@ def test_a_full_disk_while_writing_a_plot_names_the_file(tmp_path, monkeypatch):
     from advssm.cli.results.plots import plot_comparison
 
     real_open = open
-
-    class FullDisk:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
 
     monkeypatch.setattr(checkpoint, "open", lambda path, mode="r", *a, **k: FullDisk(real_open(path, mode, *a, **k)),
                         raising=False)
