@@ -36,20 +36,20 @@ from advssm.cli.experiment.cell_runner import build_cell_model
 from advssm.cli.experiment.spec import resolve_experiment
 from torch.utils.data import TensorDataset
 
-# the data sets' shapes and sizes (train / test examples) as the paper uses them
-SHAPES = {"mnist": ((1, 28, 28), 10, 60_000, 10_000), "cifar10": ((3, 32, 32), 10, 50_000, 10_000),
-          "tinyimagenet": ((3, 64, 64), 50, 25_000, 2_500)}
+# the data sets' image sides and sizes (train / test examples) as the paper uses them; channels and classes are
+# the cell's model's (decided by the data set when the spec is resolved)
+SIZES = {"mnist": (28, 60_000, 10_000), "cifar10": (32, 50_000, 10_000), "tinyimagenet": (64, 25_000, 2_500)}
 
 
 def measure(cell, batch: int, steps: int, device: str) -> dict:
     """Seconds per example of training and of the per-epoch evaluation, for one run of the cell's Trainer."""
-    shape, n_classes, _, _ = SHAPES[cell.data.dataset]
+    side, _, _ = SIZES[cell.data.dataset]
+    shape, n_classes = (cell.model.d_input, side, side), cell.model.n_classes
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch * steps + batch, *shape, generator=g)
     y = torch.randint(0, n_classes, (len(x),), generator=g)
-    model = build_cell_model(cell, shape[0], n_classes)
-    config = cell.train_config()
-    config = dataclasses.replace(config, epochs=1, batch_size=batch, aa_every=0, eval_n=batch, device=device)
+    model = build_cell_model(cell)
+    config = dataclasses.replace(cell.train, epochs=1, batch_size=batch, aa_every=0, eval_n=batch, device=device)
     trainer = Trainer(model, TensorDataset(x[:-batch], y[:-batch]), TensorDataset(x[-batch:], y[-batch:]), config,
                       callbacks=[object()])
     start = time.perf_counter()
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
             runs = [measure(cell, args.batch, args.steps, args.device) for _ in range(args.repeats)]
             train = statistics.median(r["train_s_per_example"] for r in runs)
             evaluate = statistics.median(r["eval_s_per_example"] for r in runs)
-            _, _, n_train, n_test = SHAPES[cell.data.dataset]
+            _, n_train, n_test = SIZES[cell.data.dataset]
             epoch_h = (train * n_train + evaluate * n_test) / 3600
             rows.append({"preset": preset, "cell": cell.name, "epochs": cell.train.epochs,
                          "pixel_key": (preset, cell.model.layer, cell.model.scan, cell.train.method),

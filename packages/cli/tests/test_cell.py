@@ -96,7 +96,7 @@ def test_init_from_loads_the_weights_and_refuses_another_architecture(tmp_path, 
     result = helpers.invoke("run", *helpers.TINY, "--method", "pgd-at", "--set", "eval.train_n=0", "--epochs", "1",
                             "--init-from", source, "--eps-warmup-epochs", "1", "--out", out)
     assert result.exit_code == 0, result.output
-    assert cell_folder.read_cell(out / "pgd-at").train.init_from == str(source)
+    assert cell_folder.read_cell(out / "pgd-at").init_from == str(source)
     assert f"Initialised from: {source}." in (out / "report.md").read_text()
     result = helpers.invoke("run", *helpers.TINY, *ONE, "--d-model", "16", "--init-from", source, "--out",
                             tmp_path / "other")

@@ -70,7 +70,7 @@ def test_grid_cells_cover_every_combination():
     ({}, {"data.augment": 1}, 'invalid data.augment 1: must be true or false (or "none")'),
     ({}, {"data.download": "yes"}, "invalid data.download 'yes': must be true or false"),
     ({}, {"data.train_size": "abc"}, "invalid data.train_size 'abc': must be an int (or \"none\")"),
-    ({}, {"data.tiny_classes": 0}, "invalid data.tiny_classes 0: must be an int >= 1"),
+    ({}, {"data.tiny_classes": 0}, "invalid data.tiny_classes 0: must be an int >= 2"),
     ({}, {"eval.aa": "maybe"}, "invalid eval.aa 'maybe': must be true or false"),
     ({}, {"eval.train_n": -1}, "invalid eval.train_n -1: must be an int >= 0"),
     ({}, {"train.epochs": "abc"}, "invalid setting: train.epochs must be an int"),
@@ -156,13 +156,14 @@ def test_existing_folder_with_an_equivalent_config_is_accepted(tmp_path):
 def test_paper_presets_pick_d_state_per_layer(preset, layer, given, expected):
     overrides = {"preset": preset, "grid.layer": [layer, "dss"]} | ({"model.d_state": given} if given else {})
     config = resolve({}, overrides=overrides)
-    assert config.model.d_state == (given or "paper")  # shown as "paper" by --dry-run
+    assert config.paper_d_state == (given is None)
+    assert config.to_dict()["model"]["d_state"] == (given or "paper")  # shown as "paper" by --dry-run
     cells = {cell.model.layer: cell for cell in config.cells()}
     other = given or (32 if preset == "paper-mnist" else 64)
-    assert cells[layer].model_settings(3, 10).d_state == expected
-    assert cells["dss"].model_settings(3, 10).d_state == other
+    assert cells[layer].model.d_state == expected
+    assert cells["dss"].model.d_state == other
 
 
 def test_paper_d_state_needs_a_paper_preset():
-    with pytest.raises(ConfigError, match='d_state = "paper" needs one of the paper presets'):
+    with pytest.raises(ConfigError, match='d_state "paper": it needs one of the paper presets'):
         resolve({"model": {"d_state": "paper"}})

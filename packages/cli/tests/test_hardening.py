@@ -1,5 +1,6 @@
 """What a new user and a red team broke (issue 20, items 2-6): every case fails in one readable line, never
 writes over what is not advssm's, and every printed number says on which examples it was measured."""
+import dataclasses
 import errno
 import json
 import shutil
@@ -305,7 +306,7 @@ def test_status_uses_the_tables_rule_for_best(tiny_run, tmp_path):
             {"epoch": 3, "clean_acc": 0.6, "pgd_acc": 0.2}]
     (cell / cell_folder.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = cell_folder.read_cell(cell)
-    by_clean = spec.model_copy(update={"train": spec.train.model_copy(update={"select_by": "clean"})})
+    by_clean = spec.model_copy(update={"train": dataclasses.replace(spec.train, select_by="clean")})
     cell_folder.write_cell(cell, by_clean)
     assert cell_folder.read_progress(cell)["best_pgd_acc"] == 0.1  # epoch 1, the best clean; not the max 0.3
     cell_folder.write_cell(cell, spec)  # select_by pgd

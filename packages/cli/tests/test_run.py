@@ -191,7 +191,7 @@ def test_the_trainers_rand_autoattack_is_labelled_with_its_attacks():
 
     cell = resolve_experiment({}, overrides={"eval.aa": False, "train.aa_every": 1, "train.aa_n": 8,
                                              "train.aa_version": "rand"}).cells()[0]
-    assert cell.train_config().aa_version == "rand"
+    assert cell.train.aa_version == "rand"
     final = protocol(cell, 8, 32, None)
     assert final["aa"] == "trainer" and final["version"] == "rand" and final["components"] == RAND_PARTS
     assert f"AA: the trainer's AutoAttack (rand: {RAND_LABEL[len('AutoAttack rand ('):-1]}) every" in describe(final)

@@ -1,4 +1,5 @@
 """Issue 11 item 1: one typed spec, resolved once into frozen, self-contained cells, every cell validated up front."""
+import dataclasses
 import json
 import pickle
 
@@ -25,8 +26,10 @@ def test_specs_are_frozen_and_refuse_unknown_fields():
     cell = resolve_experiment({}).cells()[0]
     with pytest.raises(ValidationError):
         cell.name = "other"
-    with pytest.raises(ValidationError):
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the libraries' configs, frozen themselves
         cell.train.epochs = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cell.model.d_state = 3
     data = json.loads(cell.model_dump_json())
     data["train"]["methd"] = "trades"
     with pytest.raises(ValidationError, match="methd"):
@@ -65,7 +68,7 @@ def test_every_cell_is_validated_before_the_first_trains(raw, overrides, message
 
 def test_rand_autoattack_is_accepted_and_reaches_every_cell():
     spec = resolve_experiment({"eval": {"aa_version": "rand"}}, overrides={"train.aa_version": "rand"})
-    assert {(c.eval.aa_version, c.train_config().aa_version) for c in spec.cells()} == {("rand", "rand")}
+    assert {(c.eval.aa_version, c.train.aa_version) for c in spec.cells()} == {("rand", "rand")}
     import tomllib
 
     assert resolve_experiment(tomllib.loads(spec.to_toml())) == spec

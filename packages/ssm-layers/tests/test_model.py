@@ -1,5 +1,7 @@
 """The classifier backbone: config round trip, presets, input handling, trace, transforms."""
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -25,6 +27,32 @@ def test_config_json_round_trip():
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(**bad)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("dropout", "0.1", "dropout must be a finite number, got str '0.1'"),  # not coerced
+    ("prenorm", 1, "prenorm must be true or false, got int 1"),
+    ("d_model", True, "d_model must be an int, got bool True"),
+    ("d_state", 4.0, "d_state must be an int, got float 4.0"),
+    ("layer", ["s4"], "layer must be a string"),
+    ("transform_layers", ["1"], "transform_layers must be a list of block indices"),
+    ("layer_options", {1: 2}, "layer_options must be a table"),
+    ("patch_size", "4", "patch_size must be an int or None"),
+    ("norm_eps", float("nan"), "norm_eps must be a finite number"),
+])
+def test_every_field_s_type_is_checked(key, value, match):
+    """The one check of a config's types, whoever builds it (code, a JSON dict, the CLI's TOML)."""
+    with pytest.raises(ValueError, match=re.escape(f"ModelConfig.{match}")):
+        ModelConfig(**{key: value})
+
+
+def test_config_is_frozen_and_a_change_is_checked_again():
+    config = ModelConfig(transform_layers=(1, 0), n_layers=2)
+    assert config.transform_layers == [1, 0]  # JSON's list
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.d_state = 3
+    with pytest.raises(ValueError, match="outside"):
+        dataclasses.replace(config, n_layers=1)
 
 
 def test_config_unknown_key_is_named():

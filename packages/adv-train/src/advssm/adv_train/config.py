@@ -32,9 +32,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 AA_VERSIONS = VERSIONS
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run.
+    """Settings of one training run, checked when made and frozen after (a change is a new config:
+    ``dataclasses.replace(config, epochs=5)``, checked again).
 
     Attributes:
         method: training method, one of ``METHOD_NAMES``.

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import json
+import math
+import typing
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -32,9 +35,10 @@ from .transforms import build_transform
 NORMS = ("layernorm", "rmsnorm")  # ModelConfig.norm
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a model; stored in every checkpoint."""
+    """Everything needed to rebuild a model; stored in every checkpoint. Checked when made and frozen after (a
+    change is a new config: ``dataclasses.replace(config, d_state=16)``, checked again)."""
 
     layer: str = "s4d"
     d_input: int = 1
@@ -60,36 +64,31 @@ class ModelConfig:
     scan: str = "causal"  # "causal", "bidirectional" (Vim) or "cross2d" (VMamba's SS2D)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.layer not in LAYERS:
             raise ValueError(f"ModelConfig.layer: unknown layer {self.layer!r}; choose one of {', '.join(LAYERS)}")
         for name in ("d_input", "d_model", "d_state", "n_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-        if not isinstance(self.n_classes, int) or self.n_classes < 2:
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.n_classes < 2:
             raise ValueError(f"ModelConfig.n_classes must be an int >= 2, got {self.n_classes!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.transform_layers is not None:
-            bad = [i for i in self.transform_layers if not 0 <= int(i) < self.n_layers]
+            object.__setattr__(self, "transform_layers", list(self.transform_layers))  # a tuple as the list JSON keeps
+            bad = [i for i in self.transform_layers if not 0 <= i < self.n_layers]
             if bad:
                 raise ValueError(
                     f"ModelConfig.transform_layers: block indices {bad} are outside 0..{self.n_layers - 1}"
                 )
-            self.transform_layers = [int(i) for i in self.transform_layers]
         if self.norm not in NORMS:
             raise ValueError(f"ModelConfig.norm: unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
-        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+        if not self.norm_eps > 0:
             raise ValueError(f"ModelConfig.norm_eps must be a positive number, got {self.norm_eps!r}")
-        if not isinstance(self.embed_norm, bool):
-            raise ValueError(f"ModelConfig.embed_norm must be true or false, got {self.embed_norm!r}")
         for name in ("patch_size", "image_size"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int or None, got {value!r}")
-        for name in ("pos_embed", "cls_token"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.scan not in SCANS:
             raise ValueError(f"ModelConfig.scan: unknown scan {self.scan!r}; choose one of {', '.join(SCANS)}")
         if self.pos_embed and self.image_size is None:
@@ -98,6 +97,31 @@ class ModelConfig:
         if self.image_size is not None and self.patch_size is not None and self.image_size % self.patch_size:
             raise ValueError(f"ModelConfig.patch_size {self.patch_size} does not divide ModelConfig.image_size "
                              f"{self.image_size}; choose a divisor of {self.image_size}")
+
+    def _check_types(self) -> None:
+        """Every field's type, before any rule reads it: the one check of a config, whoever builds it (a dict
+        from JSON, a TOML table, code), so a string "0.1" or a 1 for true is named here, not coerced."""
+        need = {int: "an int", bool: "true or false", str: "a string"}
+        for name, (kind, optional) in _field_kinds().items():
+            value = getattr(self, name)
+            if optional and value is None:
+                continue
+            if kind is list:  # transform_layers: block indices
+                ok = isinstance(value, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                              for i in value)
+                what = "a list of block indices (ints)"
+            elif kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                what = "a finite number"
+            elif kind is dict:
+                ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+                what = "a table (dict) with string keys"
+            else:
+                ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+                what = need[kind]
+            if not ok:
+                raise ValueError(f"ModelConfig.{name} must be {what}{' or None' if optional else ''}, "
+                                f"got {type(value).__name__} {value!r}")
 
     @property
     def n_tokens(self) -> int | None:
@@ -125,6 +149,19 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
+
+
+@functools.cache
+def _field_kinds() -> dict[str, tuple[type, bool]]:
+    """Each ModelConfig field's type, read from its annotation: (int, False) for ``int``, (list, True) for
+    ``list[int] | None``; the annotations are the one statement of the types."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(ModelConfig).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        base = args[0] if optional else hint
+        kinds[name] = (typing.get_origin(base) or base, optional)
+    return kinds
 
 
 # The paper's models (arXiv 2406.05532; docs/reproducing.md lists them); Mamba uses d_state 16 on CIFAR-10 and
@@ -409,9 +446,9 @@ class SequenceClassifier(nn.Module):
             module = (layer.make_output_transform(lambda dim: build_transform(name, dim, **options)) if i in chosen
                       else nn.Identity())
             layer.output_transform = module.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
-        self.config.transform = name
-        self.config.transform_options = options if name != "identity" else {}
-        self.config.transform_layers = None if (layers is None or name == "identity") else sorted(chosen)
+        self.config = dataclasses.replace(
+            self.config, transform=name, transform_options=options if name != "identity" else {},
+            transform_layers=None if (layers is None or name == "identity") else sorted(chosen))
 
 
 def build_model(config: ModelConfig | dict) -> SequenceClassifier:

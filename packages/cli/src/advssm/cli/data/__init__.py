@@ -16,9 +16,13 @@ from .augment import CropFlip
 from .cifar10 import load_cifar10
 from .embedded import load_digits, load_digits28, load_mnist1d
 from .mnist import load_mnist
-from .tinyimagenet import load_tinyimagenet
+from .tinyimagenet import PAPER_TINY_CLASSES, load_tinyimagenet
 
 DATASETS = ("digits", "digits28", "mnist1d", "mnist", "cifar10", "tinyimagenet")
+# input channels and classes of each data set, known before it is loaded: a cell's model is complete when the
+# experiment is resolved (Tiny-ImageNet's classes are its tiny_classes)
+SHAPES = {"digits": (1, 10), "digits28": (1, 10), "mnist1d": (1, 10), "mnist": (1, 10), "cifar10": (3, 10),
+          "tinyimagenet": (3, None)}
 # the paper augments the colour data sets only
 AUGMENTED = {"cifar10", "tinyimagenet"}
 
@@ -33,6 +37,25 @@ class Data:
     n_classes: int
     channels: int
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+
+
+def model_io(name: str, tiny_classes: int = PAPER_TINY_CLASSES) -> tuple[int, int]:
+    """The input channels and classes of data set ``name``: the ``d_input`` and ``n_classes`` of its models.
+
+    Example:
+        >>> model_io("cifar10")
+        (3, 10)
+    """
+    channels, classes = SHAPES[name]
+    return channels, tiny_classes if classes is None else classes
+
+
+def check_model_io(data: Data, d_input: int, n_classes: int) -> None:
+    """Refuse a loaded data set whose inputs or labels do not fit the model resolved for it."""
+    if data.channels != d_input or data.n_classes > n_classes:
+        raise DataError(f"the {data.name} files hold {data.channels}-channel inputs with labels up to "
+                        f"{data.n_classes - 1}, but its models take {d_input} channels and {n_classes} classes: "
+                        "the files are not the standard ones of that data set; replace them")
 
 
 def _download(name: str, root: Path) -> None:
@@ -65,7 +88,7 @@ def load_dataset(
     train_size: int | None = None,
     test_size: int | None = None,
     download: bool = False,
-    tiny_classes: int = 50,
+    tiny_classes: int = PAPER_TINY_CLASSES,
     augment: bool | None = None,
     seed: int = 0,
 ) -> Data:
@@ -108,5 +131,6 @@ def load_dataset(
                 CropFlip(4) if use_augment else None)
 
 
-__all__ = ["Data", "DATASETS", "load_dataset", "CropFlip", "load_digits", "load_digits28", "load_mnist1d", "load_mnist",
+__all__ = ["Data", "DATASETS", "SHAPES", "PAPER_TINY_CLASSES", "model_io", "check_model_io", "load_dataset",
+           "CropFlip", "load_digits", "load_digits28", "load_mnist1d", "load_mnist",
            "load_cifar10", "load_tinyimagenet"]

@@ -49,7 +49,7 @@ class CellStore(FolderStore):
 
     Example::
 
-        Trainer(model, train, test, cell.train_config(), store=CellStore(cell_dir, save))
+        Trainer(model, train, test, cell.train, store=CellStore(cell_dir, save))
         CellStore(cell_dir).checkpoint_path("best")      # cell_dir / "best.safetensors"
     """
 

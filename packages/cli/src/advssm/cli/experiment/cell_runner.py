@@ -17,7 +17,7 @@ from advssm.adv_train import distributed
 from advssm.adv_train.trainer import Trainer
 from advssm.ssm_layers import build_model, load_checkpoint, save_checkpoint
 
-from ..data import load_dataset
+from ..data import check_model_io, load_dataset
 from ..errors import ConfigError
 from ..progress import TqdmProgress
 from . import cell_folder
@@ -35,15 +35,15 @@ def save_with_cell(path, model, metadata: dict | None, cell_json: str, input_sha
     save_checkpoint(path, model, {**(metadata or {}), "cell": json.loads(cell_json), **extra})
 
 
-def build_cell_model(cell, channels: int, n_classes: int):
-    """The cell's freshly initialised model (seeded by the run's seed), AdS attached, weights of
-    ``train.init_from`` loaded when given."""
+def build_cell_model(cell, init_from: str | None = None):
+    """The cell's freshly initialised model (seeded by the run's seed), AdS attached, the weights of the
+    checkpoint ``init_from`` (``train.init_from`` in the TOML) loaded when given."""
     torch.manual_seed(cell.train.seed)  # the model's initial weights follow the run's one seed
-    model = build_model(cell.model_settings(channels, n_classes))
+    model = build_model(cell.model)
     if cell.ads != "none":
         attach_ads(model, activation=cell.ads)
-    if cell.train.init_from:
-        load_init_weights(model, cell.train.init_from)
+    if init_from:
+        load_init_weights(model, init_from)
     return model
 
 
@@ -101,23 +101,22 @@ def run_cell(cell, cell_dir: Path, progress: bool = True, callbacks=(), label: s
     if main:  # its cell.json is there already: the run folder's prepare_dir writes every cell's before any trains
         cell_dir.mkdir(parents=True, exist_ok=True)
     data_spec = cell.data
-    train_config = cell.train_config()
     data = load_dataset(data_spec.dataset, data_spec.data_dir, data_spec.train_size, data_spec.test_size,
-                        data_spec.download, data_spec.tiny_classes, data_spec.augment, seed=train_config.seed)
+                        data_spec.download, data_spec.tiny_classes, data_spec.augment, seed=cell.train.seed)
+    check_model_io(data, cell.model.d_input, cell.model.n_classes)
     check_activation_memory(cell, tuple(data.train[0][0].shape))
     save = functools.partial(save_with_cell, cell_json=cell.model_dump_json(),
                              input_shape=tuple(data.train[0][0].shape))
     store = cell_folder.CellStore(cell_dir, save)
     resume = store.has_state()
     # a resumed cell takes its weights from the training state; init_from only starts a fresh one
-    model = build_cell_model(cell if not resume else cell.model_copy(update={"train": cell.train.model_copy(
-        update={"init_from": None})}), data.channels, data.n_classes)
+    model = build_cell_model(cell, init_from=None if resume else cell.init_from)
     train_set_eval = TrainSetEval(cell_dir, data.train, cell.eval.train_n, resume, is_main=main)
     bar = TqdmProgress(label, enabled=progress, train_set_row=train_set_eval.row)
     train_set_eval.bar = bar
     trackers = open_trackers(cell, cell_dir) if main else None  # TensorBoard / MLflow / W&B, on rank 0
     # train_set_eval first: the bar's line for an epoch shows the train-set accuracy measured for it
-    trainer = Trainer(model, data.train, data.test, train_config, store=store,
+    trainer = Trainer(model, data.train, data.test, cell.train, store=store,
                       augment=data.augment, callbacks=[train_set_eval, bar, *callbacks, *filter(None, [trackers])])
     try:
         trainer.fit(resume=resume, allow_changes=allow_changes)

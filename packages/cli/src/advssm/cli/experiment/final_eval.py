@@ -143,8 +143,8 @@ def finish_cell(cell, cell_dir: Path, test_set, device, summary: dict, progress=
                              "records": records.name}
     final = {"protocol": protocol(cell, n, test_n, parts), "stages": stages, "device": str(device),
              "precision": train.precision}
-    if train.init_from:
-        final["init_from"] = train.init_from
+    if cell.init_from:
+        final["init_from"] = cell.init_from
     if is_main:
         cell_folder.write_final_eval(cell_dir, final)
     return cell_folder.merge(summary, final)

@@ -11,14 +11,19 @@ overrides (flags, ``--set``). The TOML has top-level ``name``, ``preset``, ``ads
 fields), ``[train]`` (``TrainConfig`` fields and ``init_from``) and ``[eval]``. TOML has no null, so
 optional settings are written as ``"none"``.
 
-A ``CellSpec`` holds everything one cell needs (preset values and ``d_state = "paper"`` already
-replaced), so it can be written to JSON, handed to another process or machine and read back equal.
-Types, unknown keys and value ranges are checked by pydantic; the domain rules of a layer, an output
-transform or a training method by building what the cell will build (``ModelConfig``, the model
-itself on the CPU, ``TrainConfig``) when the experiment is resolved.
+A ``CellSpec`` holds everything one cell needs (preset values, ``d_state = "paper"`` and the data set's
+channels and classes already decided), so it can be written to JSON, handed to another process or machine
+and read back equal.
+
+One schema per setting: ``[model]`` is a ``ModelConfig`` and ``[train]`` a ``TrainConfig``, checked by the
+libraries themselves (their ``from_dict``, types and ranges included), not by a copy of their fields; the
+CLI's own tables (``[data]``, ``[eval]``, ``[track]``, ``[grid]``) are pydantic models. What neither sees,
+the rules of a layer or an output transform, is checked by building the model once on the CPU when the
+experiment is resolved.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import itertools
@@ -26,10 +31,20 @@ import re
 import sys
 import typing
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,11 +58,11 @@ import torch
 from advssm.ads import ACTIVATIONS, attach_ads
 from advssm.adv_train.attacks import ATTACK_NAMES
 from advssm.adv_train.config import AA_VERSIONS, TrainConfig
-from advssm.ssm_layers import ModelConfig, build_model
+from advssm.ssm_layers import LAYERS, ModelConfig, build_model
 from advssm.ssm_layers import preset as model_preset
 from advssm.ssm_layers.checkpoint import state_numel
 
-from ..data import DATASETS
+from ..data import DATASETS, PAPER_TINY_CLASSES, SHAPES, model_io
 from ..errors import ConfigError
 from .executor_spec import ExecutorSpec
 
@@ -57,9 +72,11 @@ GRID_AXES = {"dataset": ("data", "dataset"), "layer": ("model", "layer"), "patch
              "scan": ("model", "scan"), "method": ("train", "method"), "ads": ("", "ads"),
              "seed": ("train", "seed")}  # seed last: a cell's name ends in -seedN, its group is the name before it
 FROM_DATA = ("d_input", "n_classes")  # ModelConfig fields the data set decides
-CLI_TRAIN_KEYS = ("init_from",)  # [train] keys the CLI handles itself (not TrainConfig fields)
+CLI_TRAIN_KEYS = ("init_from",)  # [train] keys of the TOML the CLI keeps itself (the spec's init_from)
 PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's value for each cell's layer
 SECTIONS = ("data", "model", "train", "eval")
+# the TOML's top-level keys and tables
+TOML_KEYS = ("name", "preset", "ads", "grid", *SECTIONS, "track", "executor")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # a run folder is named <15-character UTC stamp>-<name>[-<n>] and most file systems allow 255 bytes per name
 MAX_NAME = 100
@@ -78,7 +95,8 @@ DEMO = {
 PRESETS = {
     "paper-mnist": {"data": {"dataset": "mnist"}, "model_preset": "mnist", "train_dataset": "mnist"},
     "paper-cifar10": {"data": {"dataset": "cifar10"}, "model_preset": "cifar10", "train_dataset": "cifar10"},
-    "paper-tinyimagenet": {"data": {"dataset": "tinyimagenet", "tiny_classes": 50}, "model_preset": "tinyimagenet",
+    # the paper's 50 Tiny-ImageNet classes are DataSpec.tiny_classes' default (data.PAPER_TINY_CLASSES)
+    "paper-tinyimagenet": {"data": {"dataset": "tinyimagenet"}, "model_preset": "tinyimagenet",
                            "train_dataset": "tinyimagenet"},
 }
 # the vision models (advssm.ssm_layers.model.VISION_PRESETS owns their architecture) under the paper's protocol
@@ -100,7 +118,7 @@ class DataSpec(_Frozen):
         data_dir: folder with the data set's standard files.
         train_size, test_size: keep the first this many examples (None = all).
         download: fetch MNIST / CIFAR-10 with torchvision first.
-        tiny_classes: Tiny-ImageNet classes kept (the paper: 50).
+        tiny_classes: Tiny-ImageNet classes kept (the paper's 50 by default).
         augment: crop + flip during training; None = as the paper (CIFAR-10 and Tiny-ImageNet only).
     """
 
@@ -109,7 +127,7 @@ class DataSpec(_Frozen):
     train_size: int | None = Field(default=None, ge=1)
     test_size: int | None = Field(default=None, ge=1)
     download: bool = False
-    tiny_classes: int = Field(default=50, ge=1)
+    tiny_classes: int = Field(default=PAPER_TINY_CLASSES, ge=2)
     augment: bool | None = None
 
     @field_validator("dataset")
@@ -222,32 +240,51 @@ def axis_label(axis: str, value) -> str:
     return str(value)
 
 
-def _section_model(name: str, cls, drop=(), extra: dict | None = None, replace: dict | None = None):
-    """A frozen pydantic model with the fields (names, types, defaults) of the dataclass ``cls``."""
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in drop:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else Field(default_factory=f.default_factory)
-        fields[f.name] = ((replace or {}).get(f.name, hints[f.name]), default)
-    fields.update(extra or {})
-    model = create_model(name, __config__=_FROZEN, **fields)
-    model.__module__, model.__qualname__ = __name__, name  # module-level classes below: picklable by reference
-    model.__doc__ = f"The [{name[:-4].lower()}] settings: the fields of {cls.__name__}, checked by type."
-    return model
+def _library_section(section: str, cls):
+    """The type of the ``[section]`` table: the library's own config ``cls`` (``ModelConfig``, ``TrainConfig``),
+    built and checked by its ``from_dict`` (types, ranges, rules) and written as its ``to_dict()``. Unknown keys
+    are named first, with a close match or the table they belong in."""
+    def check(value):
+        if isinstance(value, cls):
+            value = value.to_dict()
+        if not isinstance(value, dict):
+            raise ValueError(f"invalid [{section}]: must be a table, got {value!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [key for key in value if key not in known]
+        if unknown:
+            raise ValueError(_unknown_key(section, str(unknown[0])))
+        try:
+            return cls.from_dict(copy.deepcopy(value))  # the spec's config is its own: a caller's dict stays apart
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"invalid setting: {_rename(str(exc))}") from None
+
+    return Annotated[cls, PlainValidator(check), PlainSerializer(cls.to_dict, return_type=dict)]
 
 
-@cache
-def _sections() -> dict[str, type[BaseModel]]:
-    """The section models whose fields come from ModelConfig / TrainConfig (built on first use)."""
-    train_extra = {"init_from": (str | None, None)}
-    return {
-        "model": _section_model("ModelSpec", ModelConfig, drop=FROM_DATA,
-                                replace={"d_state": int | Literal["paper"]}),
-        "cell_model": _section_model("CellModelSpec", ModelConfig, drop=FROM_DATA),
-        "train": _section_model("TrainSpec", TrainConfig, extra=train_extra),
-    }
+ModelSection = _library_section("model", ModelConfig)
+TrainSection = _library_section("train", TrainConfig)
+
+
+def _section_keys(section: str) -> list[str]:
+    """The keys a user may write in ``[section]``."""
+    if section == "model":
+        return [f.name for f in dataclasses.fields(ModelConfig) if f.name not in FROM_DATA]
+    if section == "train":
+        return [f.name for f in dataclasses.fields(TrainConfig)] + list(CLI_TRAIN_KEYS)
+    return list({"data": DataSpec, "eval": EvalSpec}[section].model_fields)
+
+
+def _unknown_key(section: str, key: str) -> str:
+    """"unknown key 'train.epoch'; did you mean 'train.epochs'?", or the table it belongs in, or the known keys."""
+    known = _section_keys(section)
+    hint = (_suggest(key, known, f"{section}.") or _elsewhere(key, section)
+            or f"; known keys: {', '.join(sorted(known))}")
+    return f"unknown key '{section}.{key}'{hint}"
+
+
+def _paper_d_state(preset: str, layer=None) -> int:
+    """The paper's d_state of the preset's model for ``layer`` (the preset's own without a layer)."""
+    return model_preset(PRESETS[preset]["model_preset"], **({} if layer is None else {"layer": layer})).d_state
 
 
 def _choose(what: str, value, choices) -> None:
@@ -265,9 +302,37 @@ class _SpecBase(_Frozen):
     name: str = "run"
     preset: str = "none"
     ads: str = "none"
+    # a checkpoint whose weights start every cell ([train] init_from in the TOML: a CLI setting, not TrainConfig's)
+    init_from: str | None = None
     data: DataSpec = DataSpec()
+    model: ModelSection
+    train: TrainSection
     eval: EvalSpec = EvalSpec()
     track: TrackSpec = TrackSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete(cls, raw):
+        return cls._prepare(dict(raw)) if isinstance(raw, dict) else raw
+
+    @classmethod
+    def _prepare(cls, raw: dict) -> dict:
+        """What the tables leave to others: ``[train] init_from`` moves to ``init_from``, and the data set decides
+        the model's ``d_input`` and ``n_classes`` where they are not given (a TOML, or a cell of an earlier version,
+        whose cell.json and checkpoints lack them)."""
+        train = raw.get("train")
+        if isinstance(train, dict) and "init_from" in train:
+            train = dict(train)
+            raw.setdefault("init_from", train.pop("init_from"))
+            raw["train"] = train
+        model, data = raw.get("model"), raw.get("data", {})
+        data = data.model_dump() if isinstance(data, DataSpec) else data
+        if isinstance(model, dict) and isinstance(data, dict) and not set(FROM_DATA) <= set(model):
+            dataset = data.get("dataset", DataSpec.model_fields["dataset"].default)
+            tiny = data.get("tiny_classes", PAPER_TINY_CLASSES)
+            if dataset in SHAPES and isinstance(tiny, int) and not isinstance(tiny, bool):  # else [data] is named
+                raw["model"] = {**dict(zip(FROM_DATA, model_io(dataset, tiny))), **model}
+        return raw
 
     @field_validator("name")
     @classmethod
@@ -288,43 +353,38 @@ class _SpecBase(_Frozen):
         return value
 
 
-def _make_specs():
-    sections = _sections()
-    experiment = create_model("ExperimentSpec", __base__=ExperimentSpecBase, grid=(GridSpec, GridSpec()),
-                              model=(sections["model"], ...), train=(sections["train"], ...))
-    cell = create_model("CellSpec", __base__=CellSpecBase, model=(sections["cell_model"], ...),
-                        train=(sections["train"], ...))
-    experiment.__doc__, cell.__doc__ = ExperimentSpecBase.__doc__, CellSpecBase.__doc__
-    for model, name in ((experiment, "ExperimentSpec"), (cell, "CellSpec")):
-        model.__module__, model.__qualname__ = __name__, name  # pickled by reference, as a module-level class
-    return experiment, cell
-
-
-class CellSpecBase(_SpecBase):
-    """One cell: everything it trains and evaluates, presets applied (see ``CellSpec``).
+class CellSpec(_SpecBase):
+    """One cell: everything it trains and evaluates, presets applied. ``model`` is the whole ``ModelConfig`` the
+    cell builds (before AdS; the data set's channels and classes included), ``train`` its ``TrainConfig``.
 
     Round trip: ``CellSpec.model_validate_json(cell.model_dump_json()) == cell``.
     """
 
-    def train_config(self):
-        """The cell's ``TrainConfig``."""
-        values = self.train.model_dump()
-        for key in CLI_TRAIN_KEYS:
-            values.pop(key)
-        return TrainConfig(**values)
 
-    def model_settings(self, d_input: int, n_classes: int):
-        """The cell's ``ModelConfig``, completed by the data set's channels and classes (before AdS)."""
-        return ModelConfig(**self.model.model_dump(), d_input=d_input, n_classes=n_classes)
+class ExperimentSpec(_SpecBase):
+    """A resolved experiment: the base settings and the grid of cells that vary them.
 
+    ``model`` and ``train`` are the settings before the grid varies them (``model`` for ``data``'s data set).
+    ``paper_d_state``: the TOML's ``d_state = "paper"``: each cell takes the paper's d_state for its layer
+    (``model.d_state`` is then the preset's own). ``executor`` is the TOML's ``[executor]`` table: where a
+    sweep's cells run (no part of any cell).
+    """
 
-class ExperimentSpecBase(_SpecBase):
-    """A resolved experiment: the base settings and the grid of cells that vary them (see ``ExperimentSpec``).
-
-    ``executor`` is the TOML's ``[executor]`` table: where a sweep's cells run (no part of any cell)."""
-
+    grid: GridSpec = GridSpec()
+    paper_d_state: bool = False
     executor: ExecutorSpec = ExecutorSpec()
     _cells: list | None = PrivateAttr(default=None)
+
+    @classmethod
+    def _prepare(cls, raw: dict) -> dict:
+        model = raw.get("model")
+        if isinstance(model, dict) and model.get("d_state") == PAPER_D_STATE:
+            preset = raw.get("preset", "none")
+            if preset not in PRESETS:
+                raise ValueError(f'invalid model.d_state "{PAPER_D_STATE}": it needs one of the paper presets '
+                                 f"({', '.join(PRESETS)}); give a number instead")
+            raw["model"], raw["paper_d_state"] = {**model, "d_state": _paper_d_state(preset)}, True
+        return super()._prepare(raw)
 
     def cells(self) -> list:
         """Every combination of the grid as a validated ``CellSpec``, in a fixed order (cached)."""
@@ -348,6 +408,11 @@ class ExperimentSpecBase(_SpecBase):
         for axis in data["grid"]:
             section, key = GRID_AXES[axis]
             (data[section] if section else data).pop(key)
+        for key in FROM_DATA:  # the data set's, not a setting
+            data["model"].pop(key)
+        if data.pop("paper_d_state"):
+            data["model"]["d_state"] = PAPER_D_STATE
+        data["train"]["init_from"] = data.pop("init_from")
         for section in SECTIONS:
             data[section] = {k: ("none" if v is None else v) for k, v in data[section].items()}
         track = self.track.model_dump(exclude_defaults=True)  # [track] only where it was given
@@ -368,8 +433,8 @@ class ExperimentSpecBase(_SpecBase):
 def _make_cell(spec, values: dict[str, str]):
     """The cell of ``spec`` at the grid point ``values``, with d_state = "paper" and select_by = "auto" decided."""
     data = spec.data.model_dump()
-    model = spec.model.model_dump()
-    train = spec.train.model_dump()
+    model = spec.model.to_dict()
+    train = spec.train.to_dict()
     ads = spec.ads
     for axis, value in values.items():
         section, key = GRID_AXES[axis]
@@ -380,30 +445,24 @@ def _make_cell(spec, values: dict[str, str]):
             {"data": data, "model": model, "train": train}[section][key] = value
     name = "-".join(axis_label(axis, value) for axis, value in values.items()) or "cell"
     where = f" (cell {name})" if values else ""
-    if model["d_state"] == PAPER_D_STATE:
-        if spec.preset not in PRESETS:
-            raise ConfigError(f'model.d_state = "{PAPER_D_STATE}" needs one of the paper presets '
-                              f"({', '.join(PRESETS)}); give a number instead")
-        model["d_state"] = model_preset(PRESETS[spec.preset]["model_preset"], layer=model["layer"]).d_state
-    if train.get("select_by") == "auto":
+    if spec.paper_d_state and model["layer"] in LAYERS:  # an unknown layer is named by the cell's ModelConfig
+        model["d_state"] = _paper_d_state(spec.preset, model["layer"])
+    model.update(zip(FROM_DATA, model_io(data["dataset"], data["tiny_classes"])))  # the cell's data set's
+    if train["select_by"] == "auto":
         train["select_by"] = "clean" if train["method"] == "standard" else "pgd"
-    raw = {"name": name, "preset": spec.preset, "ads": ads, "data": data, "model": model, "train": train,
-           "eval": spec.eval.model_dump(), "track": spec.track.model_dump()}
+    raw = {"name": name, "preset": spec.preset, "ads": ads, "init_from": spec.init_from, "data": data,
+           "model": model, "train": train, "eval": spec.eval.model_dump(), "track": spec.track.model_dump()}
     cell = _validated(CellSpec, raw, where)
     _check_cell(cell, where)
     return cell
 
 
 def _check_cell(cell, where: str) -> None:
-    """What pydantic cannot see: the domain rules of the model and the training method, and the device."""
-    try:
-        train = cell.train_config()
-        config = cell.model_settings(3, 10)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid setting: {_rename(str(exc))}{where}") from exc
-    _check_buildable(config.to_json(), cell.ads)
-    if train.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {train.device!r}{where} but CUDA is not available here; "
+    """What the configs cannot see alone: the rules of the layer and the output transform (by building the model),
+    and the device."""
+    _check_buildable(cell.model.to_json(), cell.ads)
+    if cell.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {cell.train.device!r}{where} but CUDA is not available here; "
                           "use --device cpu (or auto)")
 
 
@@ -421,15 +480,9 @@ def validate_cell(raw, source: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} is not a table ({type(raw).__name__}); the file is damaged or not ours")
     try:
-        cell = _validated(CellSpec, raw)
-        cell.train_config()
-        cell.model_settings(3, 10)
+        return _validated(CellSpec, raw)
     except ConfigError as exc:
         raise ConfigError(f"{where} is invalid: {exc}; the file was edited or damaged") from None
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where} is invalid: invalid setting: {_rename(str(exc))}; the file was edited or "
-                          "damaged") from None
-    return cell
 
 
 # bytes per weight while training: the fp32 weight, its gradient and AdamW's two moments
@@ -494,6 +547,8 @@ def _validated(cls, raw: dict, where: str = ""):
 
 
 def _known_keys(section: str, cls) -> list[str]:
+    if section in SECTIONS:
+        return _section_keys(section)
     field = cls.model_fields.get(section)
     if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
         return list(cls.model_fields)
@@ -513,11 +568,13 @@ def _config_error(exc: ValidationError, cls, where: str) -> ConfigError:
         known = _known_keys(section, cls) if section else list(cls.model_fields)
         hint = _suggest(loc[-1], known, f"{section}." if section else "")
         if not hint:
-            hint = _elsewhere(loc[-1], section, cls) or f"; known keys: {', '.join(sorted(known))}"
+            hint = _elsewhere(loc[-1], section) or f"; known keys: {', '.join(sorted(known))}"
         return ConfigError(f"unknown key {key!r}{where}{hint}")
     if kind == "value_error":
         text = _rename(str(err["ctx"]["error"]))
-        return ConfigError(text if text.startswith("invalid ") else f"invalid {key}{where}: {text}")
+        if text.startswith(("invalid ", "unknown ")):  # written by a check that names its key (a library config's)
+            return ConfigError(text + where)
+        return ConfigError(f"invalid {key}{where}: {text}")
     optional = _is_optional(cls, loc)
     if kind in ("greater_than_equal", "greater_than"):
         bound = err["ctx"].get("ge", err["ctx"].get("gt"))
@@ -547,20 +604,25 @@ def _is_optional(cls, loc: list[str]) -> bool:
     return field is not None and type(None) in typing.get_args(field.annotation)
 
 
-def _elsewhere(key: str, section: str, cls) -> str:
+def _elsewhere(key: str, section: str) -> str:
     """``[model] epochs`` -> "; it belongs in [train] (train.epochs)"."""
     for other in SECTIONS:
-        if other != section and key in _known_keys(other, cls):
+        if other != section and key in _section_keys(other):
             return f"; it belongs in [{other}] ({other}.{key})"
     return ""
 
 
 # -- resolving ---------------------------------------------------------------------------------------
 
-def _optional_fields(section: str) -> set[str]:
+@cache
+def _optional_fields(section: str) -> frozenset[str]:
     """Fields that may be None: the ones written as "none" in TOML (which has no null)."""
-    model = {"data": DataSpec, "eval": EvalSpec}.get(section) or _sections()[section]
-    return {name for name, f in model.model_fields.items() if type(None) in typing.get_args(f.annotation)}
+    if section in ("model", "train"):
+        hints = typing.get_type_hints({"model": ModelConfig, "train": TrainConfig}[section])
+        optional = {name for name, hint in hints.items() if type(None) in typing.get_args(hint)}
+        return frozenset(optional | (set(CLI_TRAIN_KEYS) if section == "train" else set()))
+    model = {"data": DataSpec, "eval": EvalSpec}[section]
+    return frozenset(name for name, f in model.model_fields.items() if type(None) in typing.get_args(f.annotation))
 
 
 def _preset_base(name: str) -> dict[str, Any]:
@@ -604,8 +666,11 @@ def resolve_experiment(raw: dict, overrides: dict[str, Any] | None = None):
             if not isinstance(value, dict):
                 raise ConfigError(f"'grid' must be a table ([grid]), got {value!r}")
             merged["grid"] = dict(value)
+        elif key in TOML_KEYS:
+            merged[key] = value
         else:
-            merged[key] = value  # unknown top-level keys are reported by the spec's validation
+            raise ConfigError(f"unknown key {key!r}"
+                              + (_suggest(key, TOML_KEYS) or f"; known keys: {', '.join(TOML_KEYS)}"))
     _settings_under_axes(raw, merged)
     for dotted, value in overrides.items():
         _apply(merged, dotted, value)
@@ -682,9 +747,6 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = raw.strip()
     return key.strip(), value
 
-
-ModelSpec, CellModelSpec, TrainSpec = (_sections()[k] for k in ("model", "cell_model", "train"))
-ExperimentSpec, CellSpec = _make_specs()
 
 __all__ = ["ExperimentSpec", "CellSpec", "DataSpec", "EvalSpec", "GridSpec", "TrackSpec", "TRACKERS",
            "resolve_experiment", "load_toml",
