@@ -12,8 +12,11 @@ from advssm.cli.data import Data, check_model_io
 from advssm.cli.errors import ConfigError, DataError
 from advssm.cli.experiment.cell_runner import build_cell_model
 from advssm.cli.experiment.run_folder import same_experiment
-from advssm.cli.experiment.spec import CellSpec, ExperimentSpec, resolve_experiment, validate_cell
+from advssm.cli.experiment.spec import PRESETS, CellSpec, ExperimentSpec, resolve_experiment, validate_cell
 from advssm.ssm_layers import ModelConfig
+from advssm.ssm_layers import preset as model_preset
+from advssm.ssm_layers.model import PRESETS as MODEL_PRESETS
+from advssm.ssm_layers.model import VISION_PRESETS
 from torch.utils.data import TensorDataset
 
 if sys.version_info >= (3, 11):
@@ -124,3 +127,15 @@ def test_the_libraries_configs_are_frozen_and_a_change_is_checked_again():
         dataclasses.replace(config, eps=5.0)
     with pytest.raises(ValueError, match="d_state must be a positive int"):
         dataclasses.replace(ModelConfig(), d_state=0)
+
+
+def test_the_presets_are_the_libraries_own():
+    """A CLI preset names a model preset (ssm-layers), a protocol (adv-train) and a data set; its cells hold exactly
+    those values, the data set's channels and classes included (Tiny-ImageNet's 50 classes agree with the model
+    preset's head)."""
+    assert set(PRESETS) == {f"paper-{name}" for name in MODEL_PRESETS} | set(VISION_PRESETS)
+    for name, parts in PRESETS.items():
+        cell = resolve_experiment({"preset": name}, {"grid.method": ["standard"]}).cells()[0]
+        assert cell.model == model_preset(parts["model_preset"]), name
+        protocol = TrainConfig.for_dataset(parts["train_dataset"])
+        assert cell.train == dataclasses.replace(protocol, select_by="clean"), name

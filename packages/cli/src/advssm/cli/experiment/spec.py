@@ -57,10 +57,12 @@ from pathlib import Path
 import torch
 from advssm.ads import ACTIVATIONS, attach_ads
 from advssm.adv_train.attacks import ATTACK_NAMES
-from advssm.adv_train.config import AA_VERSIONS, TrainConfig
+from advssm.adv_train.config import AA_VERSIONS, DATASET_DEFAULTS, TrainConfig
 from advssm.ssm_layers import LAYERS, ModelConfig, build_model
 from advssm.ssm_layers import preset as model_preset
 from advssm.ssm_layers.checkpoint import state_numel
+from advssm.ssm_layers.model import PRESETS as MODEL_PRESETS
+from advssm.ssm_layers.model import VISION_PRESETS
 
 from ..data import DATASETS, PAPER_TINY_CLASSES, SHAPES, model_io
 from ..errors import ConfigError
@@ -92,16 +94,24 @@ DEMO = {
     # and the black-box Square at 50 x 25 = 1250 queries (gradient attacks alone overstate a PGD-AT model's AA)
     "eval": {"aa_n": 200, "aa_version": "custom", "aa_attacks": ["apgd-ce", "apgd-dlr", "square"], "aa_steps": 25},
 }
-PRESETS = {
-    "paper-mnist": {"data": {"dataset": "mnist"}, "model_preset": "mnist", "train_dataset": "mnist"},
-    "paper-cifar10": {"data": {"dataset": "cifar10"}, "model_preset": "cifar10", "train_dataset": "cifar10"},
-    # the paper's 50 Tiny-ImageNet classes are DataSpec.tiny_classes' default (data.PAPER_TINY_CLASSES)
-    "paper-tinyimagenet": {"data": {"dataset": "tinyimagenet"}, "model_preset": "tinyimagenet",
-                           "train_dataset": "tinyimagenet"},
-}
-# the vision models (advssm.ssm_layers.model.VISION_PRESETS owns their architecture) under the paper's protocol
-PRESETS.update({f"{family}-{dataset}": {**PRESETS[f"paper-{dataset}"], "model_preset": f"{family}-{dataset}"}
-                for family in ("vim", "vmamba") for dataset in ("cifar10", "tinyimagenet")})
+
+
+def _paper_presets() -> dict[str, dict]:
+    """The presets, named from the libraries' own tables, which hold their values: ``paper-<dataset>`` for each
+    data set with both a paper model (``advssm.ssm_layers.model.PRESETS``) and a paper protocol
+    (``advssm.adv_train.config.DATASET_DEFAULTS``), and each vision model (``VISION_PRESETS``,
+    ``<family>-<dataset>``) under its data set's protocol. The data set's own facts (Tiny-ImageNet's 50 classes)
+    are ``[data]``'s defaults."""
+    presets = {f"paper-{name}": {"data": {"dataset": name}, "model_preset": name, "train_dataset": name}
+               for name in MODEL_PRESETS if name in DATASET_DEFAULTS and name in DATASETS}
+    for name in sorted(VISION_PRESETS):
+        dataset = name.split("-", 1)[1]
+        if dataset in DATASET_DEFAULTS and dataset in DATASETS:
+            presets[name] = {"data": {"dataset": dataset}, "model_preset": name, "train_dataset": dataset}
+    return presets
+
+
+PRESETS = _paper_presets()
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True, strict=True)
 
