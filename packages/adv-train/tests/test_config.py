@@ -4,8 +4,9 @@ import json
 import math
 
 import pytest
+import torch
 from advssm.adv_train.attacks import ATTACK_NAMES
-from advssm.adv_train.config import METHOD_NAMES, TrainConfig
+from advssm.adv_train.config import METHOD_NAMES, TrainConfig, decide_device, decide_select_by
 
 
 def test_defaults_follow_the_paper_protocol():
@@ -134,3 +135,16 @@ def test_attack_methods_need_attack_steps():
     with pytest.raises(ValueError, match="attack_steps must be >= 1 for method 'pgd-at'"):
         TrainConfig(method="pgd-at", attack_steps=0)
     assert TrainConfig(method="standard", attack_steps=0).attack_steps == 0
+
+
+@pytest.mark.parametrize("select_by, method, decided", [
+    ("auto", "standard", "clean"), ("auto", "pgd-at", "pgd"), ("auto", "trades", "pgd"),
+    ("clean", "pgd-at", "clean"), ("pgd", "standard", "pgd"),
+])
+def test_select_by_auto_is_decided_in_one_place(select_by, method, decided):
+    assert decide_select_by(select_by, method) == decided
+
+
+def test_device_auto_is_decided_in_one_place():
+    assert decide_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert decide_device("cuda:1") == "cuda:1" and decide_device("cpu") == "cpu"

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .attacks.autoattack import ATTACK_NAMES, FIXED_VERSIONS, VERSIONS
 from .methods import METHODS
 
@@ -30,6 +32,31 @@ JACOBIAN_NAMES = ("jr", "jacobian", "jacobian-reg", "jacobian-regularisation", "
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: The AutoAttack versions ``aa_version`` accepts (those of ``advssm.adv_train.attacks.AutoAttack``).
 AA_VERSIONS = VERSIONS
+
+
+def decide_select_by(select_by: str, method: str) -> str:
+    """``select_by`` with "auto" decided, the one place it is: clean accuracy for standard training, PGD accuracy
+    for the adversarial methods.
+
+    Example:
+        >>> decide_select_by("auto", "pgd-at")
+        'pgd'
+    """
+    if select_by != "auto":
+        return select_by
+    return "clean" if method == "standard" else "pgd"
+
+
+def decide_device(device: str) -> str:
+    """``device`` with "auto" decided, the one place it is: "cuda" where CUDA is available here, else "cpu".
+
+    Example:
+        >>> decide_device("cpu")
+        'cpu'
+    """
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import distributed as D
 from .atomic import remove_stale_temps
 from .attacks import build
-from .config import TrainConfig
+from .config import TrainConfig, decide_device, decide_select_by
 from .evaluation import evaluate
 from .methods import NonFiniteLossError, StepContext, get_method
 from .precision import autocast_forward, grad_scaler
@@ -88,8 +88,7 @@ def robust_overfitting_summary(history: Sequence[dict[str, Any]], select_by: str
 
 
 def _resolve_device(name: str, info: D.DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    """The device of ``name`` ("auto" decided already) on this rank."""
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"TrainConfig.device is {name!r} but CUDA is not available; use 'cpu' or 'auto'")
@@ -175,8 +174,7 @@ class Trainer:
                                  f"({len(train_set)} examples); lower it")
             cut = len(train_set) - config.val_n
             train_set, self.val_set = Subset(train_set, range(cut)), Subset(train_set, range(cut, len(train_set)))
-        self.select_by = config.select_by if config.select_by != "auto" else (
-            "clean" if config.method == "standard" else "pgd")
+        self.select_by = decide_select_by(config.select_by, config.method)
         self.config, self.train_set, self.test_set, self.augment = config, train_set, test_set, augment
         if store is not None and (out_dir is not None or save_model is not None):
             raise ValueError("Trainer takes either store= or out_dir= (with save_model=), not both")
@@ -184,9 +182,9 @@ class Trainer:
         # the run's folder, where the store is one (read by callbacks that write beside the run)
         self.out_dir = getattr(self.store, "path", None)
         self.callbacks = list(callbacks) or [_StderrProgress()]
-        self.dist = D.init_from_env(use_cuda=config.device.startswith("cuda") or
-                                    (config.device == "auto" and torch.cuda.is_available()))
-        self.device = _resolve_device(config.device, self.dist)
+        device = decide_device(config.device)
+        self.dist = D.init_from_env(use_cuda=device.startswith("cuda"))
+        self.device = _resolve_device(device, self.dist)
         self.scaler = grad_scaler(config.precision, self.device)  # checks the precision on this device too
         self.model = model.to(self.device)
         self.method = get_method(config.method, config)

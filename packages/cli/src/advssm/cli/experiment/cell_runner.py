@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from advssm.ads import attach_ads
 from advssm.adv_train import distributed
+from advssm.adv_train.config import decide_device
 from advssm.adv_train.trainer import Trainer
 from advssm.ssm_layers import build_model, load_checkpoint, save_checkpoint
 
@@ -76,8 +77,7 @@ def join_process_group(device: str):
     """Under torchrun / srun (``WORLD_SIZE`` > 1) join the process group now, NCCL for a CUDA device, gloo
     otherwise (the Trainer reuses it), so that every rank knows its rank before anything is written; returns
     the ``DistInfo`` (one process: rank 0 of 1, nothing joined)."""
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return distributed.init_from_env(use_cuda=use_cuda)
+    return distributed.init_from_env(use_cuda=decide_device(device).startswith("cuda"))
 
 
 def is_main() -> bool:

@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 from advssm.ads import ACTIVATIONS, attach_ads
 from advssm.adv_train.attacks import ATTACK_NAMES
-from advssm.adv_train.config import AA_VERSIONS, DATASET_DEFAULTS, TrainConfig
+from advssm.adv_train.config import AA_VERSIONS, DATASET_DEFAULTS, TrainConfig, decide_select_by
 from advssm.ssm_layers import LAYERS, ModelConfig, build_model
 from advssm.ssm_layers import preset as model_preset
 from advssm.ssm_layers.checkpoint import state_numel
@@ -458,8 +458,7 @@ def _make_cell(spec, values: dict[str, str]):
     if spec.paper_d_state and model["layer"] in LAYERS:  # an unknown layer is named by the cell's ModelConfig
         model["d_state"] = _paper_d_state(spec.preset, model["layer"])
     model.update(zip(FROM_DATA, model_io(data["dataset"], data["tiny_classes"])))  # the cell's data set's
-    if train["select_by"] == "auto":
-        train["select_by"] = "clean" if train["method"] == "standard" else "pgd"
+    train["select_by"] = decide_select_by(train["select_by"], train["method"])
     raw = {"name": name, "preset": spec.preset, "ads": ads, "init_from": spec.init_from, "data": data,
            "model": model, "train": train, "eval": spec.eval.model_dump(), "track": spec.track.model_dump()}
     cell = _validated(CellSpec, raw, where)

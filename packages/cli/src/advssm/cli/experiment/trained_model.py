@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import torch
+from advssm.adv_train.config import decide_device
 from advssm.ssm_layers import load_checkpoint, read_metadata
 
 from ..data import load_dataset
@@ -44,10 +45,8 @@ def final_examples(cell, test_len: int) -> int:
 
 def default_device(cell) -> str:
     """The device the cell trained on, where it exists here; else the CPU."""
-    wanted = cell.train.device if cell is not None else "cpu"
-    if wanted == "auto" or wanted.startswith("cuda"):
-        return wanted.replace("auto", "cuda") if torch.cuda.is_available() else "cpu"
-    return "cpu"
+    wanted = decide_device(cell.train.device) if cell is not None else "cpu"
+    return wanted if wanted.startswith("cuda") and torch.cuda.is_available() else "cpu"
 
 
 def check_device(device: str) -> str:
