@@ -433,7 +433,8 @@ class ExperimentSpec(_SpecBase):
         data.pop("executor")
         if executor:
             data["executor"] = executor
-        return tomli_w.dumps(data)
+        order = ("name", "preset", "ads", "data", "eval", "grid", "model", "train", "track", "executor")
+        return tomli_w.dumps({key: data[key] for key in order if key in data})
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as TOML writes it (for ``--dry-run --json``)."""
