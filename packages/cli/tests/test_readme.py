@@ -37,3 +37,13 @@ def test_readme_commands_exist_with_their_options():
         used = {a.split("=")[0] for a in args[1:] if a.startswith("--")}
         unknown = used - _options(command)
         assert not unknown, f"README uses options that `advssm {args[0]}` lacks: {sorted(unknown)} in {words}"
+
+
+def test_the_guide_s_default_toml_is_what_dry_run_prints(helpers):
+    """docs/guide/run.md shows the default TOML as `advssm run --dry-run` prints it; a setting added to a library's
+    config shows up there, so the page is kept equal to it."""
+    page = (Path(__file__).resolve().parents[3] / "docs" / "guide" / "run.md").read_text()
+    layout = page[page.index("## The TOML layout"):]
+    shown = re.search(r"```toml\n(.*?)```", layout, flags=re.S).group(1)
+    result = helpers.invoke("run", "--dry-run")
+    assert result.exit_code == 0 and result.output.strip() == shown.strip()
