@@ -89,8 +89,10 @@ def test_init_from_keeps_its_toml_key_and_is_the_cli_s_own_setting():
 def test_the_toml_s_top_level_keys_are_unchanged(key):
     """The spec's own fields (paper_d_state, init_from) are not TOML keys: they are written as d_state = "paper"
     and [train] init_from."""
-    with pytest.raises(ConfigError, match=f"unknown key '{key}'"):
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'") as info:
         resolve_experiment({key: True})
+    if key == "init_from":
+        assert str(info.value) == "unknown key 'init_from'; it belongs in [train] (train.init_from)"
 
 
 def test_paper_d_state_round_trips_through_the_toml():

@@ -679,8 +679,8 @@ def resolve_experiment(raw: dict, overrides: dict[str, Any] | None = None):
         elif key in TOML_KEYS:
             merged[key] = value
         else:
-            raise ConfigError(f"unknown key {key!r}"
-                              + (_suggest(key, TOML_KEYS) or f"; known keys: {', '.join(TOML_KEYS)}"))
+            raise ConfigError(f"unknown key {key!r}" + (_suggest(key, TOML_KEYS) or _elsewhere(key, "")
+                                                         or f"; known keys: {', '.join(TOML_KEYS)}"))
     _settings_under_axes(raw, merged)
     for dotted, value in overrides.items():
         _apply(merged, dotted, value)
