@@ -35,7 +35,9 @@ from typing import Annotated, Any, Literal
 
 import tomli_w
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -113,6 +115,25 @@ def _paper_presets() -> dict[str, dict]:
 
 PRESETS = _paper_presets()
 
+def _one_of(what: str, choices):
+    """A validator of a value that must be one of ``choices``: "invalid dataset 'mnsit'; did you mean 'mnist'?
+    (choose one of ...)"."""
+    def check(value):
+        _choose(what, value, choices)
+        return value
+
+    return check
+
+
+# names checked against their registries, a close match named
+DatasetName = Annotated[str, AfterValidator(_one_of("dataset", DATASETS))]
+AdsName = Annotated[str, AfterValidator(_one_of("ads", ADS_CHOICES))]
+# checked before the Literal: "random" -> did you mean 'rand'?, with the choices
+AAVersion = Annotated[Literal[AA_VERSIONS], BeforeValidator(_one_of("eval.aa_version", AA_VERSIONS))]
+AttackName = Annotated[str, AfterValidator(_one_of("eval.aa_attacks entry", ATTACK_NAMES))]
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+TrackerName = Annotated[str, AfterValidator(_one_of("track.trackers entry", TRACKERS))]
+
 _FROZEN = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
@@ -132,19 +153,13 @@ class DataSpec(_Frozen):
         augment: crop + flip during training; None = as the paper (CIFAR-10 and Tiny-ImageNet only).
     """
 
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     data_dir: str = "data"
     train_size: int | None = Field(default=None, ge=1)
     test_size: int | None = Field(default=None, ge=1)
     download: bool = False
     tiny_classes: int = Field(default=PAPER_TINY_CLASSES, ge=2)
     augment: bool | None = None
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        _choose("dataset", value, DATASETS)
-        return value
 
 
 class EvalSpec(_Frozen):
@@ -167,27 +182,13 @@ class EvalSpec(_Frozen):
 
     aa: bool = True
     aa_n: int = Field(default=2000, ge=1)
-    aa_version: Literal[AA_VERSIONS] = "standard"
-    aa_attacks: list[str] = Field(default_factory=lambda: ["apgd-ce", "apgd-t", "fab-t", "square"], min_length=1)
+    aa_version: AAVersion = "standard"
+    aa_attacks: list[AttackName] = Field(default_factory=lambda: ["apgd-ce", "apgd-t", "fab-t", "square"], min_length=1)
     aa_steps: int = Field(default=100, ge=1)
     train_n: int = Field(default=256, ge=0)
     batch_size: int = Field(default=256, ge=1)
 
-    @field_validator("aa_version", mode="before")
-    @classmethod
-    def _known_version(cls, value):
-        _choose("eval.aa_version", value, AA_VERSIONS)  # "random" -> did you mean 'rand'?, with the choices
-        return value
 
-    @field_validator("aa_attacks")
-    @classmethod
-    def _known_attacks(cls, value: list[str]) -> list[str]:
-        for name in value:
-            _choose("eval.aa_attacks entry", name, ATTACK_NAMES)
-        return value
-
-
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 class TrackSpec(_Frozen):
@@ -201,16 +202,14 @@ class TrackSpec(_Frozen):
         wandb_project: W&B project of the offline runs.
     """
 
-    trackers: list[str] = Field(default_factory=list)
+    trackers: list[TrackerName] = Field(default_factory=list)
     mlflow_uri: str = ""
     mlflow_experiment: str = ""
     wandb_project: str = "advssm"
 
     @field_validator("trackers")
     @classmethod
-    def _known_trackers(cls, value: list[str]) -> list[str]:
-        for name in value:
-            _choose("track.trackers entry", name, TRACKERS)
+    def _no_repeats(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"invalid track.trackers {value!r}: lists a tracker twice")
         return value
@@ -311,7 +310,7 @@ def _suggest(key: str, known, prefix: str = "") -> str:
 class _SpecBase(_Frozen):
     name: str = "run"
     preset: str = "none"
-    ads: str = "none"
+    ads: AdsName = "none"
     # a checkpoint whose weights start every cell ([train] init_from in the TOML: a CLI setting, not TrainConfig's)
     init_from: str | None = None
     data: DataSpec = DataSpec()
@@ -354,12 +353,6 @@ class _SpecBase(_Frozen):
         if len(value) > MAX_NAME:
             raise ValueError(f"invalid name {value[:20]}... ({len(value)} characters): at most {MAX_NAME}, as it "
                              "names the run folder; choose a shorter --name")
-        return value
-
-    @field_validator("ads")
-    @classmethod
-    def _known_ads(cls, value: str) -> str:
-        _choose("ads", value, ADS_CHOICES)
         return value
 
 
