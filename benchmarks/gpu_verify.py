@@ -155,31 +155,41 @@ def verification(device, sizes: str, deadline: float) -> list[dict]:
 def first_use_checks(device) -> list[dict]:
     """Run each kernel op once through backend="auto" (on CUDA: the kernel after its first-use check;
     on the CPU, where auto keeps the PyTorch path, through backend="triton", which checks as well)
-    and record the check's verdicts and any warning."""
+    and record the check's verdicts and any warning: on fp32 inputs, and for the real-valued ops on
+    bf16 and fp16 inputs too (a kernel that fails its check there makes auto run the PyTorch path)."""
     import warnings
 
     import torch
     from advssm.ssm_layers import benchmark, ops
 
     gen = torch.Generator().manual_seed(0)
-    ops.reset_kernel_checks()
     rows = []
-    for name in (name for name, op in ops.OPS.items() if op.kernel is not None):
-        args, kwargs = benchmark.op_inputs(name, TINY_OP_SIZES[name][0], device, gen)
-        backend = "auto" if device.type == "cuda" else "triton"
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                getattr(ops, name)(*args, **kwargs, backend=backend)
-                error = None
-            except Exception as exc:
-                error = _error(exc)
-        verdicts = [v for k, v in ops.kernel_checks().items() if k[0] == name]
-        rows.append({"op": name, "case": f"first-use check (backend={backend!r})",
-                     "ok": None if not verdicts else all(v is None for v in verdicts),
-                     "mismatch": error or next((v for v in verdicts if v), None),
-                     "note": "auto did not pick the kernel on this device" if not verdicts else None,
-                     "warnings": [str(w.message) for w in caught if issubclass(w.category, ops.KernelCheckWarning)]})
+    sizes = {name: TINY_OP_SIZES[name][:1] for name, op in ops.OPS.items() if op.kernel is not None}
+    sizes["diag_scan"] = [*sizes["diag_scan"], {**sizes["diag_scan"][0], "complex": False}]  # S5's and Mega's
+    for name, size in ((name, size) for name, entries in sizes.items() for size in entries):
+        args, kwargs = benchmark.op_inputs(name, size, device, gen)
+        real = not any(isinstance(a, torch.Tensor) and a.is_complex() for a in args)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16) if real else (None,):
+            given = [a.to(dtype) if dtype is not None and isinstance(a, torch.Tensor) and a.is_floating_point()
+                     else a for a in args]
+            backend = "auto" if device.type == "cuda" else "triton"
+            ops.reset_kernel_checks()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    getattr(ops, name)(*given, **kwargs, backend=backend)
+                    error = None
+                except Exception as exc:
+                    error = _error(exc)
+            verdicts = [v for k, v in ops.kernel_checks().items() if k[0] == name]
+            inputs = "complex64" if dtype is None else str(dtype).removeprefix("torch.")
+            rows.append({"op": name, "case": f"first-use check (backend={backend!r}, {inputs} inputs)",
+                         "ok": None if not verdicts else all(v is None for v in verdicts),
+                         "mismatch": error or next((v for v in verdicts if v), None),
+                         "note": "auto did not pick the kernel on this device" if not verdicts else None,
+                         "warnings": [str(w.message) for w in caught
+                                      if issubclass(w.category, ops.KernelCheckWarning)]})
+    ops.reset_kernel_checks()
     return rows
 
 

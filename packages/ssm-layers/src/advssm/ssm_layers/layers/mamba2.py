@@ -153,8 +153,8 @@ class Mamba2(SequenceLayer):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The gated SSD output (y + D x) * silu(z), (B, L, d_inner)."""
-        # fp32 into the SSD under autocast, as S6 does: the op computes in fp32 anyway, and its Triton kernel is
-        # verified on fp32 inputs
+        # fp32 into the SSD under autocast, as S6 does: the op computes in fp32 anyway, and these are the inputs of
+        # the H200's timings (docs/performance.md)
         inputs = self._scan_inputs(x)
         dtype = inputs[0].dtype  # y in the dtype x had, as before: a half-precision model stays half
         u, dt, B, C, z = (None if t is None else at_least_fp32(t) for t in inputs)
