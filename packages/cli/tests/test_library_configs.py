@@ -141,3 +141,13 @@ def test_the_presets_are_the_libraries_own():
         assert cell.model == model_preset(parts["model_preset"]), name
         protocol = TrainConfig.for_dataset(parts["train_dataset"])
         assert cell.train == dataclasses.replace(protocol, select_by="clean"), name
+
+
+def test_specs_are_equal_by_their_settings_not_by_the_cells_they_cached():
+    asked = resolve_experiment({})  # resolving checks the cells, which the spec then caches
+    asked.cells()
+    fresh = ExperimentSpec.model_validate(asked.model_dump())  # as spec.json is read: no cell asked for yet
+    assert asked == fresh and same_experiment(asked, fresh)
+    assert asked != resolve_experiment({}, {"train.epochs": 2}) and asked != "a spec"
+    with pytest.raises(TypeError):
+        hash(asked)

@@ -164,8 +164,8 @@ def _grid_order(run_dir: Path) -> list[str]:
 
 
 def same_experiment(a, b) -> bool:
-    """Whether two ExperimentSpecs hold the same settings (not ``==``: a spec caches its cells once asked)."""
-    return a.model_dump() == b.model_dump()
+    """Whether two ExperimentSpecs hold the same settings (``==``, which leaves out the cells a spec caches)."""
+    return a == b
 
 
 def prepare_dir(spec, run_dir: Path, rewrite: bool = False) -> None:

@@ -378,6 +378,14 @@ class ExperimentSpec(_SpecBase):
     executor: ExecutorSpec = ExecutorSpec()
     _cells: list | None = PrivateAttr(default=None)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal settings: the cells a spec has cached once asked are not a setting (pydantic would compare them)."""
+        if not isinstance(other, ExperimentSpec):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # mutable, as pydantic models are
+
     @classmethod
     def _prepare(cls, raw: dict) -> dict:
         model = raw.get("model")
