@@ -380,9 +380,9 @@ class ExperimentSpec(_SpecBase):
 
     def __eq__(self, other: object) -> bool:
         """Equal settings: the cells a spec has cached once asked are not a setting (pydantic would compare them)."""
-        if not isinstance(other, ExperimentSpec):
+        if type(other) is not type(self):
             return NotImplemented
-        return type(self) is type(other) and self.__dict__ == other.__dict__
+        return self.__dict__ == other.__dict__
 
     __hash__ = None  # mutable, as pydantic models are
 

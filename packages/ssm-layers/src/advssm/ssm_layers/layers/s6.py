@@ -100,9 +100,8 @@ class S6(SequenceLayer):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Gated selective-scan output, (B, L, d_inner)."""
-        # the scan computes in fp32 whatever it is given; under autocast it is handed fp32 all the same, the
-        # inputs of the H200's timings (docs/performance.md). (Its kernel passes the first-use check on bf16 and
-        # fp16 inputs too since the check's fix for half precision; before it, auto fell back on bf16.)
+        # the scan computes in fp32 whatever it is given; under autocast it is handed fp32 inputs all the same,
+        # as in the H200's timings (docs/performance.md)
         inputs = self._scan_inputs(x)
         dtype = inputs[0].dtype  # y in the dtype u had, as before: a half-precision model stays half
         u, z, delta, B, C = (at_least_fp32(t) for t in inputs)
