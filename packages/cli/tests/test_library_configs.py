@@ -138,8 +138,8 @@ def test_the_presets_are_the_libraries_own():
     assert set(PRESETS) == {f"paper-{name}" for name in MODEL_PRESETS} | set(VISION_PRESETS)
     for name, parts in PRESETS.items():
         cell = resolve_experiment({"preset": name}, {"grid.method": ["standard"]}).cells()[0]
-        assert cell.model == model_preset(parts["model_preset"]), name
-        protocol = TrainConfig.for_dataset(parts["train_dataset"])
+        assert cell.model == model_preset(parts.model), name
+        protocol = TrainConfig.for_dataset(parts.dataset)
         assert cell.train == dataclasses.replace(protocol, select_by="clean"), name
 
 

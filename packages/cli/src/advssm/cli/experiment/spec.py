@@ -31,7 +31,7 @@ import re
 import sys
 import typing
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import tomli_w
 from pydantic import (
@@ -79,8 +79,8 @@ FROM_DATA = ("d_input", "n_classes")  # ModelConfig fields the data set decides
 CLI_TRAIN_KEYS = ("init_from",)  # [train] keys of the TOML the CLI keeps itself (the spec's init_from)
 PAPER_D_STATE = "paper"  # [model] d_state of the paper presets: the paper's value for each cell's layer
 SECTIONS = ("data", "model", "train", "eval")
-# the TOML's top-level keys and tables
-TOML_KEYS = ("name", "preset", "ads", "grid", *SECTIONS, "track", "executor")
+# the TOML's top-level keys and tables, in the order config.toml writes them
+TOML_KEYS = ("name", "preset", "ads", "data", "eval", "grid", "model", "train", "track", "executor")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # a run folder is named <15-character UTC stamp>-<name>[-<n>] and most file systems allow 255 bytes per name
 MAX_NAME = 100
@@ -98,19 +98,24 @@ DEMO = {
 }
 
 
-def _paper_presets() -> dict[str, dict]:
+class Preset(NamedTuple):
+    """A CLI preset: an ssm-layers model preset under the paper's protocol for its data set (adv-train's
+    ``TrainConfig.for_dataset``), on that data set with ``[data]``'s defaults."""
+
+    model: str
+    dataset: str
+
+
+def _paper_presets() -> dict[str, Preset]:
     """The presets, named from the libraries' own tables, which hold their values: ``paper-<dataset>`` for each
     data set with both a paper model (``advssm.ssm_layers.model.PRESETS``) and a paper protocol
     (``advssm.adv_train.config.DATASET_DEFAULTS``), and each vision model (``VISION_PRESETS``,
     ``<family>-<dataset>``) under its data set's protocol. The data set's own facts (Tiny-ImageNet's 50 classes)
     are ``[data]``'s defaults."""
-    presets = {f"paper-{name}": {"data": {"dataset": name}, "model_preset": name, "train_dataset": name}
-               for name in MODEL_PRESETS if name in DATASET_DEFAULTS and name in DATASETS}
-    for name in sorted(VISION_PRESETS):
-        dataset = name.split("-", 1)[1]
-        if dataset in DATASET_DEFAULTS and dataset in DATASETS:
-            presets[name] = {"data": {"dataset": dataset}, "model_preset": name, "train_dataset": dataset}
-    return presets
+    parts = [(f"paper-{name}", name, name) for name in MODEL_PRESETS]
+    parts += [(name, name, name.split("-", 1)[1]) for name in sorted(VISION_PRESETS)]
+    return {name: Preset(model, dataset) for name, model, dataset in parts
+            if dataset in DATASET_DEFAULTS and dataset in DATASETS}
 
 
 PRESETS = _paper_presets()
@@ -293,7 +298,7 @@ def _unknown_key(section: str, key: str) -> str:
 
 def _paper_d_state(preset: str, layer=None) -> int:
     """The paper's d_state of the preset's model for ``layer`` (the preset's own without a layer)."""
-    return model_preset(PRESETS[preset]["model_preset"], **({} if layer is None else {"layer": layer})).d_state
+    return model_preset(PRESETS[preset].model, **({} if layer is None else {"layer": layer})).d_state
 
 
 def _choose(what: str, value, choices) -> None:
@@ -434,8 +439,7 @@ class ExperimentSpec(_SpecBase):
         data.pop("executor")
         if executor:
             data["executor"] = executor
-        order = ("name", "preset", "ads", "data", "eval", "grid", "model", "train", "track", "executor")
-        return tomli_w.dumps({key: data[key] for key in order if key in data})
+        return tomli_w.dumps({key: data[key] for key in TOML_KEYS if key in data})
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as TOML writes it (for ``--dry-run --json``)."""
@@ -643,11 +647,11 @@ def _preset_base(name: str) -> dict[str, Any]:
         train = TrainConfig(**DEMO["train"]).to_dict()
         base = {"name": "run", "data": {}, "eval": dict(DEMO["eval"])}
     elif name in PRESETS:
-        spec = PRESETS[name]
-        model = model_preset(spec["model_preset"]).to_dict()
+        preset = PRESETS[name]
+        model = model_preset(preset.model).to_dict()
         model["d_state"] = PAPER_D_STATE  # decided per cell, once the layer is known
-        train = TrainConfig.for_dataset(spec["train_dataset"]).to_dict()
-        base = {"name": name, "data": dict(spec["data"]), "eval": {}}
+        train = TrainConfig.for_dataset(preset.dataset).to_dict()
+        base = {"name": name, "data": {"dataset": preset.dataset}, "eval": {}}
     else:
         raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)} (choose one of {', '.join(PRESETS)})")
     for key in FROM_DATA:
@@ -759,6 +763,6 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-__all__ = ["ExperimentSpec", "CellSpec", "DataSpec", "EvalSpec", "GridSpec", "TrackSpec", "TRACKERS",
+__all__ = ["ExperimentSpec", "CellSpec", "Preset", "DataSpec", "EvalSpec", "GridSpec", "TrackSpec", "TRACKERS",
            "resolve_experiment", "load_toml",
            "parse_assignment", "validate_cell", "DEMO", "PRESETS", "ADS_CHOICES", "GRID_AXES"]
